@@ -1,0 +1,26 @@
+//! sipguard's sockets: the UDP front, the per-client session table, and the path back.
+//!
+//! Every client address gets its own upstream UDP socket on loopback, connected to the PBX, so
+//! the PBX sees each client as a distinct, stable peer and its own NAT handling keeps working
+//! (DESIGN.md section 1). Whatever the PBX sends to that socket (responses, and requests it starts
+//! itself: INVITE to a registered phone, OPTIONS qualify, NOTIFY) goes back to the client from
+//! the public socket the client used. Packets are never rewritten.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Validated relay settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Where the PBX listens (Asterisk's pjsip transport on loopback).
+    pub pbx: SocketAddr,
+    /// Local address the per-client upstream sockets bind to (an ephemeral port each).
+    pub upstream_bind: IpAddr,
+    /// A session with no traffic either way for this long is closed. Longer than a phone's
+    /// registration interval, or an idle registered phone would become unreachable.
+    pub session_idle: Duration,
+    /// At most this many sessions (one socket each); new clients beyond it are refused.
+    pub max_sessions: usize,
+}

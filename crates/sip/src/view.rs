@@ -1,0 +1,296 @@
+//! The borrowed view over one SIP message and the single pass that builds it.
+
+use crate::error::{Header, ParseError};
+use crate::field::{first_value, is_token, param, trim_lws, Credentials, NameAddr};
+use crate::method::Method;
+
+/// The first line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    /// `METHOD Request-URI SIP/2.0`
+    Request {
+        /// The request method.
+        method: Method<'a>,
+        /// The Request-URI as written.
+        uri: &'a [u8],
+    },
+    /// `SIP/2.0 code reason`
+    Response {
+        /// The status code, 100 to 699.
+        code: u16,
+    },
+}
+
+/// The CSeq header: sequence number and the method it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    /// The sequence number (at most 2^32-1).
+    pub seq: u32,
+    /// The method: for a response, the method of the request it answers.
+    pub method: Method<'a>,
+}
+
+/// What sipguard reads from one SIP message. Every slice borrows from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipView<'a> {
+    /// The message as it must be forwarded: leading CRLFs and any bytes beyond Content-Length
+    /// are excluded (RFC 3261 sections 7.5 and 18.3).
+    pub message: &'a [u8],
+    /// Request or status line.
+    pub start: StartLine<'a>,
+    /// The topmost Via value (`SIP/2.0/UDP host;params`).
+    pub via: &'a [u8],
+    /// The `branch` parameter of the topmost Via.
+    pub via_branch: Option<&'a [u8]>,
+    /// The From header.
+    pub from: NameAddr<'a>,
+    /// The To header.
+    pub to: NameAddr<'a>,
+    /// The Call-ID.
+    pub call_id: &'a [u8],
+    /// The CSeq.
+    pub cseq: CSeq<'a>,
+    /// The User-Agent value (for responses, Server is not read: the policy judges requests).
+    pub user_agent: Option<&'a [u8]>,
+    /// The first Authorization header.
+    pub authorization: Option<Credentials<'a>>,
+    /// The first Proxy-Authorization header.
+    pub proxy_authorization: Option<Credentials<'a>>,
+    /// The first Contact value, as written.
+    pub contact: Option<&'a [u8]>,
+    /// Content-Length when the header is present.
+    pub content_length: Option<usize>,
+    /// The body (Content-Length bytes, or the rest of the datagram without the header).
+    pub body: &'a [u8],
+}
+
+/// True for a datagram of only CR and LF: the keep-alive phones send to hold a NAT binding
+/// open (RFC 5626 section 4.4.1). It is not SIP and not garbage either.
+pub fn is_keepalive(datagram: &[u8]) -> bool {
+    !datagram.is_empty() && datagram.iter().all(|&b| b == b'\r' || b == b'\n')
+}
+
+impl<'a> SipView<'a> {
+    /// Parses one message from a datagram. Size limits are the caller's: this reads the whole
+    /// slice it is given.
+    pub fn parse(datagram: &'a [u8]) -> Result<Self, ParseError> {
+        let skip = datagram.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        let buf = &datagram[skip..];
+        let mut lines = Lines { buf, pos: 0 };
+        let first = lines.next_line().ok_or(ParseError::NotSip)?;
+        let start = parse_start_line(first)?;
+
+        let mut found = Found::default();
+        let body_start = loop {
+            let Some(line) = lines.next_line() else {
+                return Err(ParseError::Unterminated);
+            };
+            if line.is_empty() {
+                break lines.pos;
+            }
+            if matches!(line[0], b' ' | b'\t') {
+                // A continuation with no header before it.
+                return Err(ParseError::BadHeaderLine);
+            }
+            let value_end = lines.skip_continuations(line);
+            let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::BadHeaderLine)?;
+            let name = trim_lws(&line[..colon]);
+            if !is_token(name) {
+                return Err(ParseError::BadHeaderLine);
+            }
+            let value_start = line.as_ptr() as usize - buf.as_ptr() as usize + colon + 1;
+            found.record(name, &buf[value_start..value_end])?;
+        };
+
+        let rest = &buf[body_start..];
+        let content_length = match found.content_length {
+            Some(raw) => Some(parse_content_length(raw)?),
+            None => None,
+        };
+        let body = match content_length {
+            Some(len) if len > rest.len() => return Err(ParseError::ContentLengthBeyondDatagram),
+            Some(len) => &rest[..len],
+            None => rest,
+        };
+
+        let via = found.via.ok_or(ParseError::MissingHeader(Header::Via))?;
+        let via = first_value(via);
+        let via_branch = via.iter().position(|&b| b == b';').and_then(|semi| param(&via[semi..], b"branch"));
+        let from = NameAddr::parse(found.from.ok_or(ParseError::MissingHeader(Header::From))?, Header::From)?;
+        let to = NameAddr::parse(found.to.ok_or(ParseError::MissingHeader(Header::To))?, Header::To)?;
+        let call_id = trim_lws(found.call_id.ok_or(ParseError::MissingHeader(Header::CallId))?);
+        if call_id.is_empty() {
+            return Err(ParseError::BadValue(Header::CallId));
+        }
+        let cseq = parse_cseq(found.cseq.ok_or(ParseError::MissingHeader(Header::CSeq))?)?;
+        if let StartLine::Request { method, .. } = start {
+            if method != cseq.method {
+                return Err(ParseError::CSeqMethodMismatch);
+            }
+        }
+
+        Ok(SipView {
+            message: &buf[..body_start + body.len()],
+            start,
+            via,
+            via_branch,
+            from,
+            to,
+            call_id,
+            cseq,
+            user_agent: found.user_agent.map(trim_lws),
+            authorization: found.authorization.map(Credentials::parse),
+            proxy_authorization: found.proxy_authorization.map(Credentials::parse),
+            contact: found.contact.map(first_value),
+            content_length,
+            body,
+        })
+    }
+
+    /// The request method, or `None` for a response.
+    pub fn method(&self) -> Option<Method<'a>> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The status code, or `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// Credentials from Authorization, else from Proxy-Authorization.
+    pub fn credentials(&self) -> Option<Credentials<'a>> {
+        self.authorization.or(self.proxy_authorization)
+    }
+}
+
+/// Raw values of the headers the view reads, gathered during the header pass.
+#[derive(Default)]
+struct Found<'a> {
+    via: Option<&'a [u8]>,
+    from: Option<&'a [u8]>,
+    to: Option<&'a [u8]>,
+    call_id: Option<&'a [u8]>,
+    cseq: Option<&'a [u8]>,
+    content_length: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    authorization: Option<&'a [u8]>,
+    proxy_authorization: Option<&'a [u8]>,
+    contact: Option<&'a [u8]>,
+}
+
+impl<'a> Found<'a> {
+    fn record(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), ParseError> {
+        /// Headers that may appear once: a second one makes the message ambiguous.
+        fn once<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8], header: Header) -> Result<(), ParseError> {
+            match slot.replace(value) {
+                Some(_) => Err(ParseError::DuplicateHeader(header)),
+                None => Ok(()),
+            }
+        }
+        /// Headers that may repeat: the policy reads the first.
+        fn first<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8]) -> Result<(), ParseError> {
+            slot.get_or_insert(value);
+            Ok(())
+        }
+        let is = |long: &[u8], compact: &[u8]| name.eq_ignore_ascii_case(long) || name.eq_ignore_ascii_case(compact);
+        match name.len() {
+            1 | 3 if is(b"via", b"v") => first(&mut self.via, value),
+            1 | 4 if is(b"from", b"f") => once(&mut self.from, value, Header::From),
+            1 | 2 if is(b"to", b"t") => once(&mut self.to, value, Header::To),
+            1 | 7 if is(b"call-id", b"i") => once(&mut self.call_id, value, Header::CallId),
+            1 | 7 if is(b"contact", b"m") => first(&mut self.contact, value),
+            1 | 14 if is(b"content-length", b"l") => once(&mut self.content_length, value, Header::ContentLength),
+            4 if name.eq_ignore_ascii_case(b"cseq") => once(&mut self.cseq, value, Header::CSeq),
+            10 if name.eq_ignore_ascii_case(b"user-agent") => first(&mut self.user_agent, value),
+            13 if name.eq_ignore_ascii_case(b"authorization") => first(&mut self.authorization, value),
+            19 if name.eq_ignore_ascii_case(b"proxy-authorization") => first(&mut self.proxy_authorization, value),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Physical lines of the header block. A line ends at LF; a CR before it is not part of it.
+struct Lines<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn next_line(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.buf[self.pos..];
+        let lf = memchr::memchr(b'\n', rest)?;
+        self.pos += lf + 1;
+        let line = &rest[..lf];
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    }
+
+    /// Consumes folded continuation lines after `line` and returns where the logical value ends.
+    fn skip_continuations(&mut self, line: &'a [u8]) -> usize {
+        let mut end = line.as_ptr() as usize - self.buf.as_ptr() as usize + line.len();
+        while matches!(self.buf.get(self.pos), Some(b' ' | b'\t')) {
+            match self.next_line() {
+                Some(next) => end = next.as_ptr() as usize - self.buf.as_ptr() as usize + next.len(),
+                None => break,
+            }
+        }
+        end
+    }
+}
+
+fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, ParseError> {
+    if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+        let code = &line[8..];
+        let digits = code.get(..3).ok_or(ParseError::NotSip)?;
+        if !digits.iter().all(u8::is_ascii_digit) || !matches!(code.get(3), None | Some(b' ')) {
+            return Err(ParseError::NotSip);
+        }
+        let code = digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::NotSip);
+        }
+        return Ok(StartLine::Response { code });
+    }
+    let first_sp = line.iter().position(|&b| b == b' ').ok_or(ParseError::NotSip)?;
+    let last_sp = line.iter().rposition(|&b| b == b' ').ok_or(ParseError::NotSip)?;
+    let method = &line[..first_sp];
+    let version = &line[last_sp + 1..];
+    let uri = line.get(first_sp + 1..last_sp).ok_or(ParseError::NotSip)?;
+    let uri_ok = uri.contains(&b':') && uri.iter().all(|&b| b > b' ' && b != 0x7f) && uri[0] != b'<';
+    if !is_token(method) || !version.eq_ignore_ascii_case(b"SIP/2.0") || !uri_ok {
+        return Err(ParseError::NotSip);
+    }
+    Ok(StartLine::Request { method: Method::from_token(method), uri })
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_content_length(raw: &[u8]) -> Result<usize, ParseError> {
+    parse_decimal(trim_lws(raw))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or(ParseError::BadContentLength)
+}
+
+fn parse_cseq(raw: &[u8]) -> Result<CSeq<'_>, ParseError> {
+    let raw = trim_lws(raw);
+    let digits_end = raw.iter().position(|b| !b.is_ascii_digit()).ok_or(ParseError::BadCSeq)?;
+    let seq = parse_decimal(&raw[..digits_end])
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or(ParseError::BadCSeq)?;
+    let separated = matches!(raw[digits_end], b' ' | b'\t' | b'\r' | b'\n');
+    let method = trim_lws(&raw[digits_end..]);
+    if !separated || !is_token(method) {
+        return Err(ParseError::BadCSeq);
+    }
+    Ok(CSeq { seq, method: Method::from_token(method) })
+}
