@@ -24,3 +24,11 @@ pub struct RelayConfig {
     /// At most this many sessions (one socket each); new clients beyond it are refused.
     pub max_sessions: usize,
 }
+
+mod metrics;
+mod session;
+mod socket;
+mod udp;
+
+pub use socket::bind_udp;
+pub use udp::run;

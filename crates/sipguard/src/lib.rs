@@ -6,7 +6,10 @@ pub mod config;
 
 pub use config::Config;
 
+use anyhow::Context;
+use sipguard_policy::Policy;
 use std::future::Future;
+use std::sync::Arc;
 use std::net::SocketAddr;
 
 /// The listening sockets, bound before `run` so callers learn the real addresses of port-0 binds.
@@ -24,11 +27,17 @@ impl Sockets {
 
 /// Binds every listener the config names (IPv6 sockets are IPv6-only so `0.0.0.0` and `[::]`
 /// can both be bound on one port).
-pub fn bind(_config: &Config) -> anyhow::Result<Sockets> {
-    todo!("relay wiring")
+pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
+    let udp = config
+        .listen_udp
+        .iter()
+        .map(|&addr| sipguard_relay::bind_udp(addr).with_context(|| format!("cannot bind UDP {addr}")))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Sockets { udp })
 }
 
 /// Runs sipguard until `shutdown` completes.
-pub async fn run(_config: Config, _sockets: Sockets, _shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    todo!("relay wiring")
+pub async fn run(config: Config, sockets: Sockets, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let policy = Arc::new(Policy::new(&config.policy));
+    sipguard_relay::run(config.relay, sockets.udp, policy, shutdown).await.context("relay failed")
 }

@@ -1,0 +1,118 @@
+//! The session table: one upstream socket per client address, bounded in size, idle-expired.
+//!
+//! Activity is kept as milliseconds since the table's epoch in an atomic, so the front loop can
+//! mark a session active without a lock; the session's own task reads it when its timer fires.
+
+use dashmap::DashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// One client's binding to the PBX.
+pub(crate) struct Session {
+    /// The client's public address: where everything the PBX sends on `upstream` goes.
+    pub client: SocketAddr,
+    /// Connected to the PBX; its local port is the client's identity at the PBX.
+    pub upstream: UdpSocket,
+    last_active_ms: AtomicU64,
+}
+
+/// Why no session could be had for a new client.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The table holds its configured maximum.
+    Full,
+    /// The upstream socket could not be opened (out of descriptors or ports).
+    Socket(std::io::Error),
+}
+
+pub(crate) struct SessionTable {
+    sessions: DashMap<SocketAddr, Arc<Session>>,
+    /// Kept beside the map so the limit check is one atomic load, exact under concurrency.
+    active: AtomicUsize,
+    max: usize,
+    epoch: Instant,
+}
+
+impl SessionTable {
+    pub fn new(max: usize) -> Self {
+        SessionTable { sessions: DashMap::new(), active: AtomicUsize::new(0), max, epoch: Instant::now() }
+    }
+
+    pub fn get(&self, client: &SocketAddr) -> Option<Arc<Session>> {
+        self.sessions.get(client).map(|entry| Arc::clone(entry.value()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Opens a session for a client that has none. Returns the session and whether this call
+    /// created it (another task may have raced us to the same client).
+    pub fn open(
+        &self,
+        client: SocketAddr,
+        connect: impl FnOnce() -> std::io::Result<UdpSocket>,
+    ) -> Result<(Arc<Session>, bool), Refusal> {
+        if let Some(existing) = self.get(&client) {
+            return Ok((existing, false));
+        }
+        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Full);
+        }
+        let upstream = match connect() {
+            Ok(socket) => socket,
+            Err(error) => {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::Socket(error));
+            }
+        };
+        let session = Arc::new(Session { client, upstream, last_active_ms: AtomicU64::new(self.now_ms()) });
+        match self.sessions.entry(client) {
+            dashmap::Entry::Occupied(entry) => {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                Ok((Arc::clone(entry.get()), false))
+            }
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(Arc::clone(&session));
+                Ok((session, true))
+            }
+        }
+    }
+
+    pub fn touch(&self, session: &Session) {
+        session.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// When `session` becomes idle if nothing happens meanwhile.
+    pub fn idle_deadline(&self, session: &Session, idle: Duration) -> Instant {
+        self.epoch + Duration::from_millis(session.last_active_ms.load(Ordering::Relaxed)) + idle
+    }
+
+    /// Removes `session` if it has been idle for `idle`; true when it was removed.
+    pub fn remove_if_idle(&self, session: &Arc<Session>, idle: Duration) -> bool {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
+        let removed = self.sessions.remove_if(&session.client, |_, current| {
+            Arc::ptr_eq(current, session)
+                && now.saturating_sub(current.last_active_ms.load(Ordering::Relaxed)) >= idle_ms
+        });
+        if removed.is_some() {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+        }
+        removed.is_some()
+    }
+
+    /// Removes `session` now, if it is still the one in the table for its client.
+    pub fn remove(&self, session: &Arc<Session>) {
+        self.remove_if_idle(session, Duration::ZERO);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,32 @@
+//! Socket creation: every socket sipguard opens is made here, with the options it needs.
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+/// Receive buffer asked for on listeners, so a burst is queued rather than lost while the
+/// front loop works; the kernel caps it at `net.core.rmem_max`.
+const LISTENER_RECV_BUFFER: usize = 4 << 20;
+
+/// Binds a UDP listener. IPv6 listeners are IPv6-only, so `0.0.0.0:5060` and `[::]:5060` can be
+/// bound side by side and each client keeps the address family it used.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer is a tuning problem, not a reason to refuse to start.
+    let _ = socket.set_recv_buffer_size(LISTENER_RECV_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Opens a client's upstream socket: bound to an ephemeral port on `local`, connected to the
+/// PBX so that only the PBX's datagrams are accepted on it.
+pub(crate) fn connect_upstream(local: std::net::IpAddr, pbx: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
+    socket.connect(pbx)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
+}

@@ -1,0 +1,200 @@
+//! The UDP front: one receive loop per listener, and one task per client session that carries
+//! what the PBX sends back.
+//!
+//! The front loop owns the only large receive buffer; session tasks hold no buffer of their own
+//! (they wait for readiness and read into a per-thread one), so an idle session costs a socket
+//! and a parked task, not 64 KiB.
+
+use crate::metrics::{RelayDrop, UdpMetrics};
+use crate::session::{Refusal, Session, SessionTable};
+use crate::socket::connect_upstream;
+use crate::RelayConfig;
+use sipguard_policy::{Policy, Timestamp, Verdict};
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+/// Largest UDP payload: the receive buffers take any datagram whole, so that the policy sees
+/// an oversized one as such instead of a truncated one.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Datagrams relayed from one upstream socket per wake-up, so one busy session cannot starve
+/// the others on the same worker thread.
+const DRAIN_BATCH: usize = 64;
+
+thread_local! {
+    static UPSTREAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+struct Relay {
+    config: RelayConfig,
+    policy: Arc<Policy>,
+    sessions: SessionTable,
+    metrics: UdpMetrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Relays between clients on `listeners` and the PBX until `shutdown` completes.
+pub async fn run(
+    config: RelayConfig,
+    listeners: Vec<std::net::UdpSocket>,
+    policy: Arc<Policy>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    let relay = Arc::new(Relay {
+        sessions: SessionTable::new(config.max_sessions),
+        config,
+        policy,
+        metrics: UdpMetrics::new(),
+        shutdown: stopped,
+    });
+    let mut fronts = JoinSet::new();
+    for listener in listeners {
+        let listener = Arc::new(UdpSocket::from_std(listener)?);
+        fronts.spawn(Arc::clone(&relay).front(listener));
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    fronts.shutdown().await;
+    Ok(())
+}
+
+impl Relay {
+    async fn front(self: Arc<Self>, listener: Arc<UdpSocket>) {
+        let mut buf = vec![0; MAX_DATAGRAM];
+        loop {
+            let (len, client) = match listener.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(error) => {
+                    debug!(%error, "udp receive failed");
+                    continue;
+                }
+            };
+            self.metrics.received.increment(1);
+            let now = Timestamp::from_system(SystemTime::now());
+            match self.policy.check_datagram(&buf[..len], client.ip(), now) {
+                Verdict::Forward(view) => self.forward(view.message, client, &listener).await,
+                Verdict::Keepalive => {
+                    self.metrics.keepalives.increment(1);
+                    if let Some(session) = self.sessions.get(&client) {
+                        self.sessions.touch(&session);
+                    }
+                }
+                Verdict::Drop(reason) => {
+                    self.metrics.policy_drop(reason);
+                    debug!(%client, reason = reason.as_str(), len, "dropped");
+                }
+            }
+        }
+    }
+
+    async fn forward(self: &Arc<Self>, message: &[u8], client: SocketAddr, listener: &Arc<UdpSocket>) {
+        let session = match self.sessions.get(&client) {
+            Some(session) => session,
+            None => match self.open_session(client, listener) {
+                Some(session) => session,
+                None => return,
+            },
+        };
+        self.sessions.touch(&session);
+        // Awaited rather than tried: a new socket's write readiness is only known after the
+        // reactor's next turn, and a send to loopback does not otherwise wait.
+        match session.upstream.send(message).await {
+            Ok(_) => self.metrics.forwarded_to_pbx.increment(1),
+            Err(error) => {
+                self.metrics.upstream_errors.increment(1);
+                debug!(%client, %error, "send to pbx failed");
+            }
+        }
+    }
+
+    fn open_session(self: &Arc<Self>, client: SocketAddr, listener: &Arc<UdpSocket>) -> Option<Arc<Session>> {
+        let opened = self.sessions.open(client, || connect_upstream(self.config.upstream_bind, self.config.pbx));
+        match opened {
+            Ok((session, created)) => {
+                if created {
+                    self.metrics.sessions_active.set(self.sessions.len() as f64);
+                    tokio::spawn(Arc::clone(self).serve_session(Arc::clone(&session), Arc::clone(listener)));
+                    debug!(%client, upstream = ?session.upstream.local_addr().ok(), "session opened");
+                }
+                Some(session)
+            }
+            Err(Refusal::Full) => {
+                self.metrics.relay_drop(RelayDrop::SessionLimit);
+                debug!(%client, "session table full, client refused");
+                None
+            }
+            Err(Refusal::Socket(error)) => {
+                self.metrics.relay_drop(RelayDrop::UpstreamUnavailable);
+                debug!(%client, %error, "no upstream socket for client");
+                None
+            }
+        }
+    }
+
+    /// Carries what the PBX sends on this session's socket back to the client, until the
+    /// session has been idle for `session_idle` or the relay stops.
+    async fn serve_session(self: Arc<Self>, session: Arc<Session>, listener: Arc<UdpSocket>) {
+        let idle = self.config.session_idle;
+        let mut shutdown = self.shutdown.clone();
+        let timer = tokio::time::sleep_until(self.sessions.idle_deadline(&session, idle));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                ready = session.upstream.readable() => match ready {
+                    Ok(()) => self.relay_to_client(&session, &listener),
+                    Err(error) => {
+                        debug!(client = %session.client, %error, "upstream socket failed");
+                        break;
+                    }
+                },
+                () = &mut timer => {
+                    if self.sessions.remove_if_idle(&session, idle) {
+                        self.metrics.sessions_expired.increment(1);
+                        self.metrics.sessions_active.set(self.sessions.len() as f64);
+                        debug!(client = %session.client, "session expired");
+                        return;
+                    }
+                    timer.as_mut().reset(self.sessions.idle_deadline(&session, idle));
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+        self.sessions.remove(&session);
+        self.metrics.sessions_active.set(self.sessions.len() as f64);
+    }
+
+    fn relay_to_client(&self, session: &Session, listener: &UdpSocket) {
+        UPSTREAM_BUF.with_borrow_mut(|buf| {
+            for _ in 0..DRAIN_BATCH {
+                match session.upstream.try_recv(buf) {
+                    Ok(len) => {
+                        self.sessions.touch(session);
+                        match listener.try_send_to(&buf[..len], session.client) {
+                            Ok(_) => self.metrics.forwarded_to_client.increment(1),
+                            Err(error) => {
+                                self.metrics.client_send_errors.increment(1);
+                                debug!(client = %session.client, %error, "send to client failed");
+                            }
+                        }
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                    // An ICMP error from an earlier send (the PBX not listening): counted, and
+                    // the session stays, since the PBX may come back.
+                    Err(error) => {
+                        self.metrics.upstream_errors.increment(1);
+                        debug!(client = %session.client, %error, "upstream receive failed");
+                    }
+                }
+            }
+        });
+    }
+}

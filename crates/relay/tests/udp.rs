@@ -1,0 +1,179 @@
+//! The UDP relay over real loopback sockets, with a plain socket standing in for the PBX so
+//! each test can see exactly what reaches it and from where.
+
+use sipguard_policy::{Policy, PolicyConfig};
+use sipguard_relay::{bind_udp, RelayConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn options(call_id: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:pbx@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bK-{call_id};rport\r\n\
+From: <sip:1001@127.0.0.1>;tag=t-{call_id}\r\n\
+To: <sip:pbx@127.0.0.1>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+struct Running {
+    addr: SocketAddr,
+    pbx: UdpSocket,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(tune: impl FnOnce(&mut RelayConfig)) -> Running {
+    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut config = RelayConfig {
+        pbx: pbx.local_addr().unwrap(),
+        upstream_bind: "127.0.0.1".parse().unwrap(),
+        session_idle: Duration::from_secs(3600),
+        max_sessions: 100,
+    };
+    tune(&mut config);
+    let listener = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let policy = Arc::new(Policy::new(&PolicyConfig::default()));
+    tokio::spawn(sipguard_relay::run(config, vec![listener], policy, async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, pbx, _stop: stop }
+}
+
+async fn client(ip: &str) -> UdpSocket {
+    UdpSocket::bind((ip, 0)).await.unwrap()
+}
+
+async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0; 65_535];
+    let (len, from) = timeout(WAIT, socket.recv_from(&mut buf)).await.expect("nothing arrived in time").unwrap();
+    buf.truncate(len);
+    (buf, from)
+}
+
+#[tokio::test]
+async fn request_reaches_pbx_unchanged_and_reply_returns_from_public_socket() {
+    let relay = start(|_| {}).await;
+    let phone = client("127.0.0.2").await;
+    let request = options("a1");
+    phone.send_to(&request, relay.addr).await.unwrap();
+
+    let (at_pbx, upstream) = recv(&relay.pbx).await;
+    assert_eq!(at_pbx, request);
+    assert_eq!(upstream.ip().to_string(), "127.0.0.1");
+
+    relay.pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream).await.unwrap();
+    let (at_phone, from) = recv(&phone).await;
+    assert_eq!(at_phone, b"SIP/2.0 200 OK\r\n\r\n");
+    assert_eq!(from, relay.addr, "the reply must come from the socket the phone used");
+}
+
+#[tokio::test]
+async fn pbx_initiated_request_reaches_the_client_of_that_session() {
+    let relay = start(|_| {}).await;
+    let phone = client("127.0.0.2").await;
+    phone.send_to(&options("reg"), relay.addr).await.unwrap();
+    let (_, upstream) = recv(&relay.pbx).await;
+
+    let invite = options("from-pbx");
+    relay.pbx.send_to(&invite, upstream).await.unwrap();
+    assert_eq!(recv(&phone).await.0, invite);
+}
+
+#[tokio::test]
+async fn clients_get_distinct_stable_upstream_ports() {
+    let relay = start(|_| {}).await;
+    let a = client("127.0.0.2").await;
+    let b = client("127.0.0.3").await;
+    a.send_to(&options("a1"), relay.addr).await.unwrap();
+    let (_, a_up) = recv(&relay.pbx).await;
+    b.send_to(&options("b1"), relay.addr).await.unwrap();
+    let (_, b_up) = recv(&relay.pbx).await;
+    a.send_to(&options("a2"), relay.addr).await.unwrap();
+    let (_, a_up_again) = recv(&relay.pbx).await;
+    assert_ne!(a_up, b_up);
+    assert_eq!(a_up, a_up_again);
+}
+
+#[tokio::test]
+async fn garbage_and_keepalives_are_not_forwarded() {
+    let relay = start(|_| {}).await;
+    let phone = client("127.0.0.2").await;
+    for junk in [&b"\r\n\r\n"[..], b"GET / HTTP/1.1\r\n\r\n", b"\x00\x01\x02", b"INVITE sip:x SIP/2.0\r\n\r\n"] {
+        phone.send_to(junk, relay.addr).await.unwrap();
+    }
+    let probe = options("after-junk");
+    phone.send_to(&probe, relay.addr).await.unwrap();
+    assert_eq!(recv(&relay.pbx).await.0, probe, "the first datagram at the PBX must be the probe");
+}
+
+#[tokio::test]
+async fn new_client_beyond_the_limit_is_refused_while_existing_ones_work() {
+    let relay = start(|c| c.max_sessions = 1).await;
+    let first = client("127.0.0.2").await;
+    let second = client("127.0.0.3").await;
+    first.send_to(&options("first"), relay.addr).await.unwrap();
+    assert_eq!(recv(&relay.pbx).await.0, options("first"));
+    second.send_to(&options("second"), relay.addr).await.unwrap();
+    first.send_to(&options("first-again"), relay.addr).await.unwrap();
+    assert_eq!(recv(&relay.pbx).await.0, options("first-again"), "the refused client's request must not arrive");
+}
+
+#[tokio::test]
+async fn idle_session_expires_and_its_upstream_socket_closes() {
+    let relay = start(|c| c.session_idle = Duration::from_millis(100)).await;
+    let phone = client("127.0.0.2").await;
+    phone.send_to(&options("x"), relay.addr).await.unwrap();
+    let (_, upstream) = recv(&relay.pbx).await;
+
+    // A connected socket learns of the closed port through ICMP: poll until it does.
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    probe.connect(upstream).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut buf = [0; 16];
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "session never expired");
+        probe.send(b"ping").await.ok();
+        match timeout(Duration::from_millis(50), probe.recv(&mut buf)).await {
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => continue,
+        }
+    }
+    phone.send_to(&options("y"), relay.addr).await.unwrap();
+    let (_, new_upstream) = recv(&relay.pbx).await;
+    relay.pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", new_upstream).await.unwrap();
+    assert_eq!(recv(&phone).await.0, b"SIP/2.0 200 OK\r\n\r\n", "a returning client gets a working session");
+}
+
+#[tokio::test]
+async fn ipv6_client_is_relayed() {
+    let Ok(phone) = UdpSocket::bind("[::1]:0").await else { return };
+    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let config = RelayConfig {
+        pbx: pbx.local_addr().unwrap(),
+        upstream_bind: "127.0.0.1".parse().unwrap(),
+        session_idle: Duration::from_secs(60),
+        max_sessions: 10,
+    };
+    let listener = bind_udp("[::1]:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let policy = Arc::new(Policy::new(&PolicyConfig::default()));
+    tokio::spawn(sipguard_relay::run(config, vec![listener], policy, async move {
+        let _ = stopped.await;
+    }));
+    phone.send_to(&options("v6"), addr).await.unwrap();
+    let (_, upstream) = recv(&pbx).await;
+    pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream).await.unwrap();
+    assert_eq!(recv(&phone).await.1, addr);
+}
