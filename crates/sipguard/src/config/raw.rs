@@ -1,0 +1,281 @@
+//! Stage one: the file as written, read from YAML into [`RawConfig`].
+//!
+//! Every leaf is kept as the text the operator wrote (`Option<String>`), so a bad address or
+//! duration is a validation problem that names its value and is reported alongside all the
+//! others, instead of a parse error that stops at the first. Only a wrongly shaped value (a list
+//! where an address belongs, a section that is not a mapping) or broken YAML stops this stage.
+//!
+//! Unknown keys are collected with `serde_ignored` rather than rejected with
+//! `deny_unknown_fields`, which would stop at the first one: a file with three typos gets three
+//! lines. `serde_path_to_error` names the key path of a wrongly shaped value.
+
+use super::error::{quote, Problem, ProblemKind};
+use serde::Deserialize;
+
+/// The configuration file as written. Every key is optional; validation fills in defaults.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawConfig {
+    pub listen: Option<RawListen>,
+    pub pbx: Option<RawPbx>,
+    pub sessions: Option<RawSessions>,
+    pub limits: Option<RawLimits>,
+    pub deny: Option<Vec<String>>,
+    // Later sections (DESIGN.md sections 3 to 5) go here, each an `Option<Raw..>` with its own
+    // entries in `SCHEMA` and its own checks in validate.rs:
+    //   allowlist: the allowlist file and whether it is enforced,
+    //   rules:     per-rule thresholds, windows, ban durations and mode (observe | drop | ban),
+    //   metrics:   the Prometheus exporter address,
+    //   admin:     the loopback admin API address, and the ban journal path.
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListen {
+    pub udp: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPbx {
+    pub address: Option<String>,
+    pub upstream_bind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawSessions {
+    pub idle_timeout: Option<String>,
+    pub max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLimits {
+    pub max_message_size: Option<String>,
+}
+
+/// Every key the file may hold, with what belongs there, in the words messages use. Unknown keys
+/// list their known siblings from here, and a wrongly shaped value says what was expected. A
+/// `[]` suffix stands for any item of a list; a mapping's keys are the entries below it. A unit
+/// test checks that each key here is accepted.
+pub(crate) const SCHEMA: &[(&str, &str)] = &[
+    ("", "a mapping"),
+    ("listen", "a mapping"),
+    (
+        "listen.udp",
+        "a list of addresses with ports, such as [\"0.0.0.0:5060\", \"[::]:5060\"]",
+    ),
+    (
+        "listen.udp[]",
+        "an address with a port, such as 0.0.0.0:5060",
+    ),
+    ("pbx", "a mapping"),
+    (
+        "pbx.address",
+        "an address with a port, such as 127.0.0.1:5080",
+    ),
+    ("pbx.upstream_bind", "an IP address, such as 127.0.0.1"),
+    ("sessions", "a mapping"),
+    ("sessions.idle_timeout", "a duration such as 30s, 10m, 1h"),
+    (
+        "sessions.max",
+        "a whole number greater than 0, such as 20000",
+    ),
+    ("limits", "a mapping"),
+    (
+        "limits.max_message_size",
+        "a number of bytes from 512 to 65535",
+    ),
+    (
+        "deny",
+        "a list of networks, such as [\"192.0.2.0/24\", \"2001:db8::/32\"]",
+    ),
+    (
+        "deny[]",
+        "a network such as 192.0.2.0/24 or 2001:db8::/32, or a single address",
+    ),
+];
+
+/// Reads `text` into a [`RawConfig`], pushing every problem found onto `problems`. Returns `None`
+/// when the YAML could not be read into shape; unknown keys alone still return the config, so
+/// validation can report its own problems alongside them.
+pub(crate) fn parse(text: &str, origin: &str, problems: &mut Vec<Problem>) -> Option<RawConfig> {
+    let mut unknown = Vec::new();
+    let mut shape_path = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let mut on_unknown = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
+        let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
+        // An empty file (or one of comments only) is a null document: all defaults.
+        serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|err| {
+            shape_path = Some(error_path(err.path()));
+            err.into_inner()
+        })
+    });
+    for path in unknown {
+        problems.push(unknown_key(origin, path));
+    }
+    match result {
+        Ok(raw) => Some(raw.unwrap_or_default()),
+        Err(err) => {
+            problems.push(yaml_problem(text, origin, shape_path, &err));
+            None
+        }
+    }
+}
+
+fn unknown_key(origin: &str, path: String) -> Problem {
+    let parent = match path.rfind(['.', '[']) {
+        Some(end) => &path[..end],
+        None => "",
+    };
+    let known = known_keys(parent);
+    let message = if known.is_empty() {
+        "unknown key".to_owned()
+    } else {
+        format!("unknown key, expected one of: {}", known.join(", "))
+    };
+    Problem {
+        kind: ProblemKind::UnknownKey,
+        origin: origin.to_owned(),
+        location: None,
+        path,
+        value: None,
+        message,
+    }
+}
+
+/// The keys a mapping at `parent` accepts, in schema order.
+pub(crate) fn known_keys(parent: &str) -> Vec<&'static str> {
+    SCHEMA
+        .iter()
+        .filter_map(|(path, _)| {
+            let name = if parent.is_empty() {
+                *path
+            } else {
+                path.strip_prefix(parent)?.strip_prefix('.')?
+            };
+            let is_child = !name.is_empty() && !name.contains(['.', '[']);
+            is_child.then_some(name)
+        })
+        .collect()
+}
+
+/// What belongs at `path` (list indices ignored), from [`SCHEMA`].
+pub(crate) fn expected_at(path: &str) -> Option<&'static str> {
+    let mut generic = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                generic.push_str("[]");
+            }
+            ']' => in_index = false,
+            _ if in_index => {}
+            _ => generic.push(c),
+        }
+    }
+    SCHEMA
+        .iter()
+        .find(|(key, _)| *key == generic)
+        .map(|(_, expected)| *expected)
+}
+
+/// Turns a YAML error into a problem: a wrongly shaped value says what belongs at its key;
+/// anything else (broken YAML, a duplicate key, several documents) keeps the parser's words.
+fn yaml_problem(
+    text: &str,
+    origin: &str,
+    path: Option<String>,
+    err: &serde_saphyr::Error,
+) -> Problem {
+    use serde_saphyr::MessageFormatter;
+    let err = err.without_snippet();
+    let location = err
+        .location()
+        .filter(|loc| loc.line() > 0)
+        .map(|loc| (loc.line(), loc.column()));
+    let path = path.unwrap_or_default();
+    let is_shape = matches!(
+        err,
+        serde_saphyr::Error::Unexpected { .. } | serde_saphyr::Error::SerdeInvalidType { .. }
+    );
+    let shape_expected = is_shape
+        .then(|| expected_at(&path))
+        .flatten()
+        .map(|expected| {
+            let keys = known_keys(&path);
+            if keys.is_empty() {
+                expected.to_owned()
+            } else {
+                format!("{expected} with the keys {}", keys.join(", "))
+            }
+        });
+    let (kind, value, message) = match shape_expected {
+        Some(expected) => (
+            ProblemKind::WrongShape,
+            location.map(|(line, column)| quote(found_at(text, line, column))),
+            format!("expected {expected}"),
+        ),
+        None => {
+            // The formatter's text is for people; keep it on one line whatever the input was.
+            let message = serde_saphyr::UserMessageFormatter.format_message(err);
+            (
+                ProblemKind::Syntax,
+                None,
+                format!("not valid YAML: {}", message.escape_debug()),
+            )
+        }
+    };
+    Problem {
+        kind,
+        origin: origin.to_owned(),
+        location,
+        path,
+        value,
+        message,
+    }
+}
+
+/// The text at `line:column` (1-based) to the end of that line, without a trailing comment: what
+/// the operator wrote where the parser wanted something else.
+fn found_at(text: &str, line: u64, column: u64) -> &str {
+    let Some(line) = text.lines().nth((line as usize).saturating_sub(1)) else {
+        return "";
+    };
+    let start = line
+        .char_indices()
+        .nth((column as usize).saturating_sub(1))
+        .map_or(line.len(), |(at, _)| at);
+    let rest = &line[start..];
+    let rest = rest.find(" #").map_or(rest, |end| &rest[..end]);
+    rest.trim()
+}
+
+/// `listen.udp[0]` style, the way keys are written in messages and docs. Wrappers serde_ignored
+/// inserts for `Option` and newtypes are not keys and are skipped.
+fn ignored_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join_key(ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+fn error_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .fold(String::new(), |out, segment| match segment {
+            Segment::Seq { index } => format!("{out}[{index}]"),
+            Segment::Map { key } | Segment::Enum { variant: key } => join_key(out, key),
+            Segment::Unknown => out,
+        })
+}
+
+fn join_key(mut parent: String, key: &str) -> String {
+    if !parent.is_empty() {
+        parent.push('.');
+    }
+    parent.push_str(key);
+    parent
+}
