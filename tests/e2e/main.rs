@@ -1,1 +1,10 @@
-//! stub
+//! End-to-end tests: sipguard in-process on port 0, between real SIP peers over loopback.
+//!
+//! SIPp plays the phones and callers, Kamailio (tests/fixtures/kamailio/pbx.cfg) the PBX, a bare
+//! UDP socket the PBX tap where the exact bytes forwarded matter. Every test starts its own
+//! peers on free ports and 127.0.0.x addresses, so the tests run in parallel.
+
+mod support;
+
+mod inspection;
+mod relay;

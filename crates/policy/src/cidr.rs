@@ -20,11 +20,15 @@ impl CidrSet {
         match canonical(addr) {
             IpAddr::V4(v4) => {
                 let bits = u32::from(v4);
-                self.v4.iter().any(|(len, nets)| nets.contains(&mask32(bits, *len)))
+                self.v4
+                    .iter()
+                    .any(|(len, nets)| nets.contains(&mask32(bits, *len)))
             }
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6);
-                self.v6.iter().any(|(len, nets)| nets.contains(&mask128(bits, *len)))
+                self.v6
+                    .iter()
+                    .any(|(len, nets)| nets.contains(&mask128(bits, *len)))
             }
         }
     }
@@ -43,18 +47,22 @@ impl FromIterator<IpNet> for CidrSet {
             match net {
                 IpNet::V4(net) => {
                     let len = net.prefix_len();
-                    v4.entry(len).or_default().insert(mask32(u32::from(net.addr()), len));
+                    v4.entry(len)
+                        .or_default()
+                        .insert(mask32(u32::from(net.addr()), len));
                 }
                 IpNet::V6(net) => {
                     let len = net.prefix_len();
-                    v6.entry(len).or_default().insert(mask128(u128::from(net.addr()), len));
+                    v6.entry(len)
+                        .or_default()
+                        .insert(mask128(u128::from(net.addr()), len));
                 }
             }
         }
         let mut v4: Vec<_> = v4.into_iter().collect();
         let mut v6: Vec<_> = v6.into_iter().collect();
-        v4.sort_by(|a, b| b.0.cmp(&a.0));
-        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        v4.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        v6.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         CidrSet { v4, v6 }
     }
 }
@@ -67,11 +75,19 @@ fn canonical(addr: IpAddr) -> IpAddr {
 }
 
 fn mask32(bits: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { bits & (u32::MAX << (32 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        bits & (u32::MAX << (32 - u32::from(len)))
+    }
 }
 
 fn mask128(bits: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { bits & (u128::MAX << (128 - u32::from(len))) }
+    if len == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - u32::from(len)))
+    }
 }
 
 #[cfg(test)]
@@ -79,7 +95,9 @@ mod tests {
     use super::*;
 
     fn set(nets: &[&str]) -> CidrSet {
-        nets.iter().map(|net| net.parse::<IpNet>().unwrap()).collect()
+        nets.iter()
+            .map(|net| net.parse::<IpNet>().unwrap())
+            .collect()
     }
 
     #[test]

@@ -1,124 +1,306 @@
 //! sipguard's decisions, pure and I/O-free.
 //!
 //! [`Policy::check_datagram`] runs the request pipeline of DESIGN.md section 2 over one received
-//! datagram, cheapest check first, and returns a [`Verdict`]. Nothing here reads a clock, touches
-//! a socket or records a metric: time comes in as a [`Timestamp`], and the caller turns verdicts
-//! into I/O and counters. That keeps every rule testable with time passed in.
+//! datagram, cheapest check first (ban, deny list, allowlist, size, parse, scanner signature,
+//! flood, blocked username), and [`Policy::observe_response`] feeds the PBX's answers into the
+//! failure, enumeration and trust rules of section 3. Nothing here reads a clock, touches a
+//! socket or records a metric: time comes in as a [`Timestamp`], and rule hits come out as
+//! [`Event`]s for the caller to count and log. Every per-source table is capped.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bans;
+mod bounded;
 mod cidr;
+mod config;
+mod response;
+mod scanner;
+mod state;
 mod time;
 mod verdict;
 
+pub use bans::{Ban, RepeatConfig};
 pub use cidr::CidrSet;
+pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
+pub use response::{PendingRequests, RequestMemo};
+pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
 pub use time::Timestamp;
-pub use verdict::{DropReason, Verdict};
+pub use verdict::{Action, DropReason, Event, RuleId, Verdict};
 
-use ipnet::IpNet;
-use sipguard_sip::{is_keepalive, SipView};
+use bans::{BanTable, Evidence};
+use bounded::BoundedMap;
+use scanner::ScannerSignatures;
+use sipguard_sip::{is_keepalive, ParseError, SipView};
+use state::{SourceState, Trust, UserState};
+use std::hash::RandomState;
 use std::net::IpAddr;
+use std::time::Duration;
 
-/// Validated policy settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyConfig {
-    /// Sources that are never let through, whatever they send.
-    pub deny: Vec<IpNet>,
-    /// Datagrams longer than this are dropped before parsing.
-    pub max_message_size: usize,
+/// The outcome of [`Policy::check_datagram`]: what to do with the packet, and the rule hit
+/// behind it, if any.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked<'a> {
+    /// Forward, absorb or drop.
+    pub verdict: Verdict<'a>,
+    /// A rule that tripped on this packet (including in observe mode).
+    pub event: Option<Event>,
 }
 
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig { deny: Vec::new(), max_message_size: 16 * 1024 }
+impl<'a> From<Verdict<'a>> for Checked<'a> {
+    fn from(verdict: Verdict<'a>) -> Self {
+        Checked {
+            verdict,
+            event: None,
+        }
     }
 }
 
-/// The request pipeline with its configuration.
-#[derive(Debug)]
+/// Sizes of the policy's tables, for gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Bans in force (expired ones not yet swept included).
+    pub bans: usize,
+    /// Sources with evidence held.
+    pub sources: usize,
+    /// (source, username) pairs with evidence held.
+    pub users: usize,
+    /// Trusted sources.
+    pub trusted: usize,
+    /// Live entries evicted from any table to stay under its cap.
+    pub evictions: u64,
+}
+
+/// The pipeline, its configuration and its state. Shared by every relay task.
 pub struct Policy {
+    config: PolicyConfig,
     deny: CidrSet,
-    max_message_size: usize,
+    allowlist: CidrSet,
+    signatures: ScannerSignatures,
+    bans: BanTable,
+    sources: BoundedMap<IpAddr, SourceState>,
+    users: BoundedMap<(IpAddr, u64), UserState>,
+    trust: BoundedMap<IpAddr, Trust>,
+    /// Keys username hashes, so a remote party cannot aim for collisions.
+    hasher: RandomState,
+    /// The longest window of any rule: how long evidence is worth keeping.
+    horizon: Duration,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
     /// Builds the pipeline from validated settings.
-    pub fn new(config: &PolicyConfig) -> Self {
-        Policy { deny: config.deny.iter().copied().collect(), max_message_size: config.max_message_size }
-    }
-
-    /// Judges one datagram from `source`: the source checks before any parsing, then framing
-    /// and inspection.
-    pub fn check_datagram<'a>(&self, datagram: &'a [u8], source: IpAddr, _now: Timestamp) -> Verdict<'a> {
-        if self.deny.contains(source) {
-            return Verdict::Drop(DropReason::Denied);
-        }
-        if datagram.len() > self.max_message_size {
-            return Verdict::Drop(DropReason::TooLarge);
-        }
-        if is_keepalive(datagram) {
-            return Verdict::Keepalive;
-        }
-        match SipView::parse(datagram) {
-            Ok(view) => Verdict::Forward(view),
-            Err(sipguard_sip::ParseError::NotSip) => Verdict::Drop(DropReason::NotSip),
-            Err(_) => Verdict::Drop(DropReason::Malformed),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const REGISTER: &[u8] = b"REGISTER sip:192.0.2.1 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-1;rport\r\n\
-From: <sip:1001@192.0.2.1>;tag=a1\r\n\
-To: <sip:1001@192.0.2.1>\r\n\
-Call-ID: reg-1@198.51.100.7\r\n\
-CSeq: 1 REGISTER\r\n\
-Content-Length: 0\r\n\r\n";
-
-    fn policy(deny: &[&str]) -> Policy {
-        Policy::new(&PolicyConfig {
-            deny: deny.iter().map(|net| net.parse().unwrap()).collect(),
-            ..PolicyConfig::default()
+    pub fn new(config: PolicyConfig) -> Result<Self, BuildError> {
+        let cap = config.max_tracked_sources;
+        let horizon = [
+            &config.register_failures,
+            &config.invite_failures,
+            &config.enumeration,
+            &config.flood,
+        ]
+        .iter()
+        .map(|rule| rule.window)
+        .max()
+        .unwrap_or_default();
+        Ok(Policy {
+            deny: config.deny.iter().copied().collect(),
+            allowlist: config.allowlist.iter().copied().collect(),
+            signatures: ScannerSignatures::new(&config.scanner_user_agents)?,
+            bans: BanTable::new(cap, config.repeat),
+            sources: BoundedMap::new(cap),
+            users: BoundedMap::new(cap),
+            trust: BoundedMap::new(cap),
+            hasher: RandomState::new(),
+            horizon,
+            config,
         })
     }
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    /// The settings this policy was built from.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
     }
 
-    #[test]
-    fn clean_register_is_forwarded_with_its_view() {
-        let verdict = policy(&[]).check_datagram(REGISTER, ip("198.51.100.7"), Timestamp::ZERO);
-        let Verdict::Forward(view) = verdict else { panic!("expected Forward, got {verdict:?}") };
-        assert_eq!(view.from.user, Some(&b"1001"[..]));
+    /// Judges one datagram from `source`.
+    pub fn check_datagram<'a>(
+        &self,
+        datagram: &'a [u8],
+        source: IpAddr,
+        now: Timestamp,
+    ) -> Checked<'a> {
+        if self.bans.is_banned(source, now) {
+            return Verdict::Drop(DropReason::Banned).into();
+        }
+        if self.deny.contains(source) {
+            return Verdict::Drop(DropReason::Denied).into();
+        }
+        let allowlisted = self.allowlist.contains(source);
+        if self.config.allowlist_mode == AllowlistMode::Enforce && !allowlisted {
+            return Verdict::Drop(DropReason::NotAllowlisted).into();
+        }
+        if datagram.len() > self.config.max_message_size {
+            return Verdict::Drop(DropReason::TooLarge).into();
+        }
+        if is_keepalive(datagram) {
+            return Verdict::Keepalive.into();
+        }
+        let view = match SipView::parse(datagram) {
+            Ok(view) => view,
+            Err(ParseError::NotSip) => return Verdict::Drop(DropReason::NotSip).into(),
+            Err(_) => return Verdict::Drop(DropReason::Malformed).into(),
+        };
+        if view.method().is_none() {
+            return Verdict::Forward(view).into();
+        }
+        if self.signatures.find(&view).is_some() {
+            let evidence = Evidence {
+                rule: RuleId::Scanner,
+                count: 1,
+                first_seen: now,
+            };
+            return self.packet_rule(
+                view,
+                source,
+                allowlisted,
+                &self.config.scanner,
+                evidence,
+                DropReason::Scanner,
+                now,
+            );
+        }
+        if !allowlisted {
+            let flood = self.config.flood;
+            let (count, first_seen) = self.sources.upsert(
+                source,
+                now,
+                || SourceState::new(self.horizon),
+                |state| (state.flood.hit(now, flood.window), state.flood.start),
+            );
+            if count > flood.threshold {
+                let evidence = Evidence {
+                    rule: RuleId::Flood,
+                    count,
+                    first_seen,
+                };
+                return self.packet_rule(
+                    view,
+                    source,
+                    allowlisted,
+                    &flood,
+                    evidence,
+                    DropReason::Flood,
+                    now,
+                );
+            }
+        }
+        if self.is_user_blocked(&view, source, now) {
+            return Verdict::Drop(DropReason::UserBlocked).into();
+        }
+        Verdict::Forward(view).into()
     }
 
-    #[test]
-    fn denied_source_is_dropped_before_parsing() {
-        let p = policy(&["198.51.100.0/24", "2001:db8::/32"]);
-        assert_eq!(p.check_datagram(REGISTER, ip("198.51.100.7"), Timestamp::ZERO), Verdict::Drop(DropReason::Denied));
-        assert_eq!(p.check_datagram(b"junk", ip("2001:db8::1"), Timestamp::ZERO), Verdict::Drop(DropReason::Denied));
-        assert!(matches!(p.check_datagram(REGISTER, ip("203.0.113.1"), Timestamp::ZERO), Verdict::Forward(_)));
+    /// A rule judged on one packet whose evidence a spoofer could forge (signature, flood):
+    /// trusted and allowlisted sources lose the packet but are not banned.
+    #[allow(clippy::too_many_arguments)]
+    fn packet_rule<'a>(
+        &self,
+        view: SipView<'a>,
+        source: IpAddr,
+        allowlisted: bool,
+        rule: &Rule,
+        evidence: Evidence,
+        reason: DropReason,
+        now: Timestamp,
+    ) -> Checked<'a> {
+        let (verdict, action) = match rule.mode {
+            Mode::Observe => (Verdict::Forward(view), Action::Observed { would_ban: true }),
+            Mode::Drop => (Verdict::Drop(reason), Action::Dropped),
+            Mode::Ban if allowlisted || self.is_trusted(source, now) => {
+                (Verdict::Drop(reason), Action::Dropped)
+            }
+            Mode::Ban => (
+                Verdict::Drop(reason),
+                Action::Banned(self.bans.ban(source, evidence, rule.ban_for, now)),
+            ),
+        };
+        Checked {
+            verdict,
+            event: Some(Event {
+                source,
+                rule: evidence.rule,
+                action,
+            }),
+        }
     }
 
-    #[test]
-    fn garbage_and_broken_sip_are_dropped_with_distinct_reasons() {
-        let p = policy(&[]);
-        let src = ip("203.0.113.9");
-        assert_eq!(p.check_datagram(b"\x16\x03\x01 hello", src, Timestamp::ZERO), Verdict::Drop(DropReason::NotSip));
-        let no_call_id = String::from_utf8_lossy(REGISTER).replace("Call-ID: reg-1@198.51.100.7\r\n", "");
-        assert_eq!(p.check_datagram(no_call_id.as_bytes(), src, Timestamp::ZERO), Verdict::Drop(DropReason::Malformed));
+    fn is_trusted(&self, source: IpAddr, now: Timestamp) -> bool {
+        self.trust.get(&source, now, |_| ()).is_some()
     }
 
-    #[test]
-    fn oversized_datagram_is_dropped_and_crlf_is_a_keepalive() {
-        let p = Policy::new(&PolicyConfig { max_message_size: 64, ..PolicyConfig::default() });
-        let src = ip("203.0.113.9");
-        assert_eq!(p.check_datagram(REGISTER, src, Timestamp::ZERO), Verdict::Drop(DropReason::TooLarge));
-        assert_eq!(p.check_datagram(b"\r\n\r\n", src, Timestamp::ZERO), Verdict::Keepalive);
+    fn is_user_blocked(&self, view: &SipView<'_>, source: IpAddr, now: Timestamp) -> bool {
+        let Some(user) = self.username(view) else {
+            return false;
+        };
+        self.users
+            .get(&(source, user), now, |state| now < state.blocked_until)
+            .unwrap_or(false)
+    }
+
+    /// Bans `source` by hand for `duration` (an operator's ban), unless it is allowlisted.
+    pub fn ban_manually(&self, source: IpAddr, duration: Duration, now: Timestamp) -> Option<Ban> {
+        if self.allowlist.contains(source) {
+            return None;
+        }
+        let evidence = Evidence {
+            rule: RuleId::Manual,
+            count: 0,
+            first_seen: now,
+        };
+        Some(self.bans.ban(source, evidence, duration, now))
+    }
+
+    /// Lifts a ban and forgets the source's evidence, so it is let through at once.
+    pub fn lift(&self, source: IpAddr) -> Option<Ban> {
+        self.sources.remove(&source);
+        self.bans.lift(source)
+    }
+
+    /// Whether `source` is banned at `now`.
+    pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
+        self.bans.is_banned(source, now)
+    }
+
+    /// Every ban in force.
+    pub fn bans(&self, now: Timestamp) -> Vec<(IpAddr, Ban)> {
+        self.bans.list(now)
+    }
+
+    /// Drops expired entries from every table. Call it now and then (every few seconds).
+    pub fn sweep(&self, now: Timestamp) {
+        self.bans.sweep(now);
+        self.sources.sweep(now);
+        self.users.sweep(now);
+        self.trust.sweep(now);
+    }
+
+    /// Table sizes and evictions.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            bans: self.bans.len(),
+            sources: self.sources.len(),
+            users: self.users.len(),
+            trusted: self.trust.len(),
+            evictions: self.bans.evictions()
+                + self.sources.evictions()
+                + self.users.evictions()
+                + self.trust.evictions(),
+        }
     }
 }

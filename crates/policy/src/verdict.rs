@@ -1,10 +1,17 @@
-//! The outcome of a policy check, and the bounded set of reasons for a drop.
+//! The outcome of a policy check, the bounded set of reasons for a drop, and the events a check
+//! can raise (bans, observed rule hits) for the caller to count and log.
 
+use crate::bans::Ban;
 use sipguard_sip::SipView;
+use std::net::IpAddr;
 
 /// What to do with one datagram.
 #[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the view lives on the stack for one packet; boxing it would allocate per packet"
+)]
 pub enum Verdict<'a> {
     /// Pass it on to the PBX; the view says what the response path needs to remember.
     Forward(SipView<'a>),
@@ -17,27 +24,125 @@ pub enum Verdict<'a> {
 /// Why a datagram was dropped. A metric label: the set is fixed and never carries packet data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
+    /// The source is banned.
+    Banned,
     /// The source is on the static deny list.
     Denied,
+    /// The allowlist is enforced and the source is not on it.
+    NotAllowlisted,
     /// Longer than the configured maximum message size.
     TooLarge,
     /// Not SIP at all.
     NotSip,
     /// SIP-like but malformed: a broken header, a mandatory header missing, a bad length.
     Malformed,
+    /// A scanner's signature.
+    Scanner,
+    /// More requests from the source than the flood rule allows.
+    Flood,
+    /// This username is blocked from this source after repeated failures (the source itself,
+    /// trusted because others authenticate from it, is not banned).
+    UserBlocked,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [DropReason; 4] = [DropReason::Denied, DropReason::TooLarge, DropReason::NotSip, DropReason::Malformed];
+    pub const ALL: [DropReason; 9] = [
+        DropReason::Banned,
+        DropReason::Denied,
+        DropReason::NotAllowlisted,
+        DropReason::TooLarge,
+        DropReason::NotSip,
+        DropReason::Malformed,
+        DropReason::Scanner,
+        DropReason::Flood,
+        DropReason::UserBlocked,
+    ];
 
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
+            DropReason::Banned => "banned",
             DropReason::Denied => "denied",
+            DropReason::NotAllowlisted => "not_allowlisted",
             DropReason::TooLarge => "too_large",
             DropReason::NotSip => "not_sip",
             DropReason::Malformed => "malformed",
+            DropReason::Scanner => "scanner",
+            DropReason::Flood => "flood",
+            DropReason::UserBlocked => "user_blocked",
         }
     }
+}
+
+/// A detection rule. A metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleId {
+    /// Scanner signatures.
+    Scanner,
+    /// Failed REGISTERs that carried credentials, or any 403.
+    RegisterFailures,
+    /// INVITEs refused after credentials, or 403.
+    InviteFailures,
+    /// Many distinct usernames challenged or refused, none successful.
+    Enumeration,
+    /// Too many requests in a short window.
+    Flood,
+    /// Added by the operator.
+    Manual,
+}
+
+impl RuleId {
+    /// Every rule, for pre-registering metrics.
+    pub const ALL: [RuleId; 6] = [
+        RuleId::Scanner,
+        RuleId::RegisterFailures,
+        RuleId::InviteFailures,
+        RuleId::Enumeration,
+        RuleId::Flood,
+        RuleId::Manual,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleId::Scanner => "scanner",
+            RuleId::RegisterFailures => "register_failures",
+            RuleId::InviteFailures => "invite_failures",
+            RuleId::Enumeration => "enumeration",
+            RuleId::Flood => "flood",
+            RuleId::Manual => "manual",
+        }
+    }
+}
+
+/// What a rule did when it tripped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The rule is in observe mode: it would have dropped (or banned), and did nothing.
+    Observed {
+        /// Whether the rule would have banned, not only dropped.
+        would_ban: bool,
+    },
+    /// The packet was dropped; the source was not banned (drop mode, or a trusted or
+    /// allowlisted source whose evidence could be forged).
+    Dropped,
+    /// The source was banned.
+    Banned(Ban),
+    /// One username was blocked from this source; the source itself stays admitted.
+    UserBlocked {
+        /// Until when.
+        until: crate::Timestamp,
+    },
+}
+
+/// A rule tripping, for the caller to count and log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The offending source.
+    pub source: IpAddr,
+    /// The rule that tripped.
+    pub rule: RuleId,
+    /// What was done.
+    pub action: Action,
 }

@@ -2,7 +2,8 @@
 //! Labels are bounded: transport, direction and a drop reason from a fixed set.
 
 use metrics::{counter, gauge, Counter, Gauge};
-use sipguard_policy::DropReason;
+use sipguard_policy::{Action, DropReason, Event, RuleId, Stats};
+use tracing::{debug, info};
 
 /// Why the relay itself (not the policy) dropped a datagram.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +33,12 @@ pub(crate) struct UdpMetrics {
     pub sessions_active: Gauge,
     pub sessions_expired: Counter,
     policy_drops: Vec<(DropReason, Counter)>,
+    /// Per rule: bans issued, observe-mode hits, drops without a ban, usernames blocked.
+    rule_actions: Vec<(RuleId, [Counter; 4])>,
+    bans_active: Gauge,
+    sources_tracked: Gauge,
+    evictions: Counter,
+    evictions_seen: std::sync::atomic::AtomicU64,
     session_limit: Counter,
     upstream_unavailable: Counter,
 }
@@ -49,6 +56,18 @@ impl UdpMetrics {
             sessions_active: gauge!("sipguard_sessions_active", "transport" => "udp"),
             sessions_expired: counter!("sipguard_sessions_expired_total", "transport" => "udp"),
             policy_drops: DropReason::ALL.iter().map(|&reason| (reason, dropped(reason.as_str()))).collect(),
+            rule_actions: RuleId::ALL
+                .iter()
+                .map(|&rule| {
+                    let rule_label = rule.as_str();
+                    let hits = |action: &'static str| counter!("sipguard_rule_hits_total", "rule" => rule_label, "action" => action);
+                    (rule, [counter!("sipguard_bans_total", "rule" => rule_label), hits("observed"), hits("dropped"), hits("user_blocked")])
+                })
+                .collect(),
+            bans_active: gauge!("sipguard_bans_active"),
+            sources_tracked: gauge!("sipguard_sources_tracked"),
+            evictions: counter!("sipguard_state_evictions_total"),
+            evictions_seen: Default::default(),
             session_limit: dropped(RelayDrop::SessionLimit.as_str()),
             upstream_unavailable: dropped(RelayDrop::UpstreamUnavailable.as_str()),
         }
@@ -58,6 +77,50 @@ impl UdpMetrics {
         if let Some((_, counter)) = self.policy_drops.iter().find(|(r, _)| *r == reason) {
             counter.increment(1);
         }
+    }
+
+    /// Counts a rule hit and logs it: one info line per ban (source, rule, evidence, expiry).
+    pub fn rule_event(&self, event: &Event) {
+        let Some((_, counters)) = self
+            .rule_actions
+            .iter()
+            .find(|(rule, _)| *rule == event.rule)
+        else {
+            return;
+        };
+        let rule = event.rule.as_str();
+        match event.action {
+            Action::Banned(ban) => {
+                counters[0].increment(1);
+                info!(
+                    source = %event.source, rule, evidence = ban.evidence, offence = ban.offence,
+                    expires_in_s = ban.expires.since(ban.last_seen).as_secs(), "banned"
+                );
+            }
+            Action::Observed { would_ban } => {
+                counters[1].increment(1);
+                info!(source = %event.source, rule, would_ban, "rule hit in observe mode");
+            }
+            Action::Dropped => {
+                counters[2].increment(1);
+                debug!(source = %event.source, rule, "dropped without ban (trusted, allowlisted or drop mode)");
+            }
+            Action::UserBlocked { until } => {
+                counters[3].increment(1);
+                info!(source = %event.source, rule, until_ms = until.as_millis(), "username blocked from source");
+            }
+        }
+    }
+
+    /// Publishes the policy's table sizes.
+    pub fn policy_stats(&self, stats: Stats) {
+        self.bans_active.set(stats.bans as f64);
+        self.sources_tracked.set(stats.sources as f64);
+        let before = self
+            .evictions_seen
+            .swap(stats.evictions, std::sync::atomic::Ordering::Relaxed);
+        self.evictions
+            .increment(stats.evictions.saturating_sub(before));
     }
 
     pub fn relay_drop(&self, drop: RelayDrop) {

@@ -4,9 +4,10 @@
 //! mark a session active without a lock; the session's own task reads it when its timer fires.
 
 use dashmap::DashMap;
+use sipguard_policy::PendingRequests;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -17,7 +18,15 @@ pub(crate) struct Session {
     pub client: SocketAddr,
     /// Connected to the PBX; its local port is the client's identity at the PBX.
     pub upstream: UdpSocket,
+    /// Requests forwarded and not yet answered, so the PBX's responses can be judged.
+    pending: Mutex<PendingRequests>,
     last_active_ms: AtomicU64,
+}
+
+impl Session {
+    pub fn pending(&self) -> MutexGuard<'_, PendingRequests> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Why no session could be had for a new client.
@@ -39,11 +48,18 @@ pub(crate) struct SessionTable {
 
 impl SessionTable {
     pub fn new(max: usize) -> Self {
-        SessionTable { sessions: DashMap::new(), active: AtomicUsize::new(0), max, epoch: Instant::now() }
+        SessionTable {
+            sessions: DashMap::new(),
+            active: AtomicUsize::new(0),
+            max,
+            epoch: Instant::now(),
+        }
     }
 
     pub fn get(&self, client: &SocketAddr) -> Option<Arc<Session>> {
-        self.sessions.get(client).map(|entry| Arc::clone(entry.value()))
+        self.sessions
+            .get(client)
+            .map(|entry| Arc::clone(entry.value()))
     }
 
     pub fn len(&self) -> usize {
@@ -71,7 +87,12 @@ impl SessionTable {
                 return Err(Refusal::Socket(error));
             }
         };
-        let session = Arc::new(Session { client, upstream, last_active_ms: AtomicU64::new(self.now_ms()) });
+        let session = Arc::new(Session {
+            client,
+            upstream,
+            pending: Mutex::default(),
+            last_active_ms: AtomicU64::new(self.now_ms()),
+        });
         match self.sessions.entry(client) {
             dashmap::Entry::Occupied(entry) => {
                 self.active.fetch_sub(1, Ordering::AcqRel);
@@ -85,7 +106,9 @@ impl SessionTable {
     }
 
     pub fn touch(&self, session: &Session) {
-        session.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+        session
+            .last_active_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// When `session` becomes idle if nothing happens meanwhile.

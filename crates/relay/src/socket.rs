@@ -24,7 +24,10 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Opens a client's upstream socket: bound to an ephemeral port on `local`, connected to the
 /// PBX so that only the PBX's datagrams are accepted on it.
-pub(crate) fn connect_upstream(local: std::net::IpAddr, pbx: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+pub(crate) fn connect_upstream(
+    local: std::net::IpAddr,
+    pbx: SocketAddr,
+) -> io::Result<tokio::net::UdpSocket> {
     let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
     socket.connect(pbx)?;
     socket.set_nonblocking(true)?;

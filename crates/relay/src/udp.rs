@@ -10,6 +10,7 @@ use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::connect_upstream;
 use crate::RelayConfig;
 use sipguard_policy::{Policy, Timestamp, Verdict};
+use sipguard_sip::SipView;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -28,6 +29,9 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams relayed from one upstream socket per wake-up, so one busy session cannot starve
 /// the others on the same worker thread.
 const DRAIN_BATCH: usize = 64;
+
+/// How often expired bans and evidence are swept from the policy's tables.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 thread_local! {
     static UPSTREAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
@@ -61,6 +65,7 @@ pub async fn run(
         let listener = Arc::new(UdpSocket::from_std(listener)?);
         fronts.spawn(Arc::clone(&relay).front(listener));
     }
+    fronts.spawn(Arc::clone(&relay).sweep());
     shutdown.await;
     let _ = stop.send(true);
     fronts.shutdown().await;
@@ -80,8 +85,12 @@ impl Relay {
             };
             self.metrics.received.increment(1);
             let now = Timestamp::from_system(SystemTime::now());
-            match self.policy.check_datagram(&buf[..len], client.ip(), now) {
-                Verdict::Forward(view) => self.forward(view.message, client, &listener).await,
+            let checked = self.policy.check_datagram(&buf[..len], client.ip(), now);
+            if let Some(event) = &checked.event {
+                self.metrics.rule_event(event);
+            }
+            match checked.verdict {
+                Verdict::Forward(view) => self.forward(&view, client, &listener).await,
                 Verdict::Keepalive => {
                     self.metrics.keepalives.increment(1);
                     if let Some(session) = self.sessions.get(&client) {
@@ -96,7 +105,12 @@ impl Relay {
         }
     }
 
-    async fn forward(self: &Arc<Self>, message: &[u8], client: SocketAddr, listener: &Arc<UdpSocket>) {
+    async fn forward(
+        self: &Arc<Self>,
+        view: &SipView<'_>,
+        client: SocketAddr,
+        listener: &Arc<UdpSocket>,
+    ) {
         let session = match self.sessions.get(&client) {
             Some(session) => session,
             None => match self.open_session(client, listener) {
@@ -105,9 +119,12 @@ impl Relay {
             },
         };
         self.sessions.touch(&session);
+        if let Some(memo) = self.policy.memo(view) {
+            session.pending().remember(memo);
+        }
         // Awaited rather than tried: a new socket's write readiness is only known after the
         // reactor's next turn, and a send to loopback does not otherwise wait.
-        match session.upstream.send(message).await {
+        match session.upstream.send(view.message).await {
             Ok(_) => self.metrics.forwarded_to_pbx.increment(1),
             Err(error) => {
                 self.metrics.upstream_errors.increment(1);
@@ -116,13 +133,21 @@ impl Relay {
         }
     }
 
-    fn open_session(self: &Arc<Self>, client: SocketAddr, listener: &Arc<UdpSocket>) -> Option<Arc<Session>> {
-        let opened = self.sessions.open(client, || connect_upstream(self.config.upstream_bind, self.config.pbx));
+    fn open_session(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        listener: &Arc<UdpSocket>,
+    ) -> Option<Arc<Session>> {
+        let opened = self.sessions.open(client, || {
+            connect_upstream(self.config.upstream_bind, self.config.pbx)
+        });
         match opened {
             Ok((session, created)) => {
                 if created {
                     self.metrics.sessions_active.set(self.sessions.len() as f64);
-                    tokio::spawn(Arc::clone(self).serve_session(Arc::clone(&session), Arc::clone(listener)));
+                    tokio::spawn(
+                        Arc::clone(self).serve_session(Arc::clone(&session), Arc::clone(listener)),
+                    );
                     debug!(%client, upstream = ?session.upstream.local_addr().ok(), "session opened");
                 }
                 Some(session)
@@ -172,12 +197,41 @@ impl Relay {
         self.metrics.sessions_active.set(self.sessions.len() as f64);
     }
 
+    /// Feeds a PBX response to the policy's failure and trust rules. Whatever the verdict, the
+    /// response itself is relayed: the client is owed its answer, and a ban stops what follows.
+    fn judge_response(&self, session: &Session, datagram: &[u8]) {
+        let Ok(response) = SipView::parse(datagram) else {
+            return;
+        };
+        if response.status().is_none() {
+            return;
+        }
+        let now = Timestamp::from_system(SystemTime::now());
+        let event =
+            self.policy
+                .observe_response(session.client.ip(), &response, &session.pending(), now);
+        if let Some(event) = event {
+            self.metrics.rule_event(&event);
+        }
+    }
+
+    /// Drops expired policy state now and then, and publishes the table sizes.
+    async fn sweep(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            ticks.tick().await;
+            self.policy.sweep(Timestamp::from_system(SystemTime::now()));
+            self.metrics.policy_stats(self.policy.stats());
+        }
+    }
+
     fn relay_to_client(&self, session: &Session, listener: &UdpSocket) {
         UPSTREAM_BUF.with_borrow_mut(|buf| {
             for _ in 0..DRAIN_BATCH {
                 match session.upstream.try_recv(buf) {
                     Ok(len) => {
                         self.sessions.touch(session);
+                        self.judge_response(session, &buf[..len]);
                         match listener.try_send_to(&buf[..len], session.client) {
                             Ok(_) => self.metrics.forwarded_to_client.increment(1),
                             Err(error) => {

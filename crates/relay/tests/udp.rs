@@ -43,11 +43,20 @@ async fn start(tune: impl FnOnce(&mut RelayConfig)) -> Running {
     let listener = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let policy = Arc::new(Policy::new(&PolicyConfig::default()));
-    tokio::spawn(sipguard_relay::run(config, vec![listener], policy, async move {
-        let _ = stopped.await;
-    }));
-    Running { addr, pbx, _stop: stop }
+    let policy = Arc::new(Policy::new(PolicyConfig::default()).unwrap());
+    tokio::spawn(sipguard_relay::run(
+        config,
+        vec![listener],
+        policy,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        addr,
+        pbx,
+        _stop: stop,
+    }
 }
 
 async fn client(ip: &str) -> UdpSocket {
@@ -56,7 +65,10 @@ async fn client(ip: &str) -> UdpSocket {
 
 async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0; 65_535];
-    let (len, from) = timeout(WAIT, socket.recv_from(&mut buf)).await.expect("nothing arrived in time").unwrap();
+    let (len, from) = timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("nothing arrived in time")
+        .unwrap();
     buf.truncate(len);
     (buf, from)
 }
@@ -72,10 +84,17 @@ async fn request_reaches_pbx_unchanged_and_reply_returns_from_public_socket() {
     assert_eq!(at_pbx, request);
     assert_eq!(upstream.ip().to_string(), "127.0.0.1");
 
-    relay.pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream).await.unwrap();
+    relay
+        .pbx
+        .send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream)
+        .await
+        .unwrap();
     let (at_phone, from) = recv(&phone).await;
     assert_eq!(at_phone, b"SIP/2.0 200 OK\r\n\r\n");
-    assert_eq!(from, relay.addr, "the reply must come from the socket the phone used");
+    assert_eq!(
+        from, relay.addr,
+        "the reply must come from the socket the phone used"
+    );
 }
 
 #[tokio::test]
@@ -109,12 +128,21 @@ async fn clients_get_distinct_stable_upstream_ports() {
 async fn garbage_and_keepalives_are_not_forwarded() {
     let relay = start(|_| {}).await;
     let phone = client("127.0.0.2").await;
-    for junk in [&b"\r\n\r\n"[..], b"GET / HTTP/1.1\r\n\r\n", b"\x00\x01\x02", b"INVITE sip:x SIP/2.0\r\n\r\n"] {
+    for junk in [
+        &b"\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x00\x01\x02",
+        b"INVITE sip:x SIP/2.0\r\n\r\n",
+    ] {
         phone.send_to(junk, relay.addr).await.unwrap();
     }
     let probe = options("after-junk");
     phone.send_to(&probe, relay.addr).await.unwrap();
-    assert_eq!(recv(&relay.pbx).await.0, probe, "the first datagram at the PBX must be the probe");
+    assert_eq!(
+        recv(&relay.pbx).await.0,
+        probe,
+        "the first datagram at the PBX must be the probe"
+    );
 }
 
 #[tokio::test]
@@ -124,9 +152,19 @@ async fn new_client_beyond_the_limit_is_refused_while_existing_ones_work() {
     let second = client("127.0.0.3").await;
     first.send_to(&options("first"), relay.addr).await.unwrap();
     assert_eq!(recv(&relay.pbx).await.0, options("first"));
-    second.send_to(&options("second"), relay.addr).await.unwrap();
-    first.send_to(&options("first-again"), relay.addr).await.unwrap();
-    assert_eq!(recv(&relay.pbx).await.0, options("first-again"), "the refused client's request must not arrive");
+    second
+        .send_to(&options("second"), relay.addr)
+        .await
+        .unwrap();
+    first
+        .send_to(&options("first-again"), relay.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&relay.pbx).await.0,
+        options("first-again"),
+        "the refused client's request must not arrive"
+    );
 }
 
 #[tokio::test]
@@ -142,7 +180,10 @@ async fn idle_session_expires_and_its_upstream_socket_closes() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut buf = [0; 16];
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "session never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never expired"
+        );
         probe.send(b"ping").await.ok();
         match timeout(Duration::from_millis(50), probe.recv(&mut buf)).await {
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
@@ -151,13 +192,23 @@ async fn idle_session_expires_and_its_upstream_socket_closes() {
     }
     phone.send_to(&options("y"), relay.addr).await.unwrap();
     let (_, new_upstream) = recv(&relay.pbx).await;
-    relay.pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", new_upstream).await.unwrap();
-    assert_eq!(recv(&phone).await.0, b"SIP/2.0 200 OK\r\n\r\n", "a returning client gets a working session");
+    relay
+        .pbx
+        .send_to(b"SIP/2.0 200 OK\r\n\r\n", new_upstream)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&phone).await.0,
+        b"SIP/2.0 200 OK\r\n\r\n",
+        "a returning client gets a working session"
+    );
 }
 
 #[tokio::test]
 async fn ipv6_client_is_relayed() {
-    let Ok(phone) = UdpSocket::bind("[::1]:0").await else { return };
+    let Ok(phone) = UdpSocket::bind("[::1]:0").await else {
+        return;
+    };
     let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let config = RelayConfig {
         pbx: pbx.local_addr().unwrap(),
@@ -168,12 +219,19 @@ async fn ipv6_client_is_relayed() {
     let listener = bind_udp("[::1]:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, stopped) = oneshot::channel::<()>();
-    let policy = Arc::new(Policy::new(&PolicyConfig::default()));
-    tokio::spawn(sipguard_relay::run(config, vec![listener], policy, async move {
-        let _ = stopped.await;
-    }));
+    let policy = Arc::new(Policy::new(PolicyConfig::default()).unwrap());
+    tokio::spawn(sipguard_relay::run(
+        config,
+        vec![listener],
+        policy,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     phone.send_to(&options("v6"), addr).await.unwrap();
     let (_, upstream) = recv(&pbx).await;
-    pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream).await.unwrap();
+    pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream)
+        .await
+        .unwrap();
     assert_eq!(recv(&phone).await.1, addr);
 }

@@ -9,8 +9,8 @@ pub use config::Config;
 use anyhow::Context;
 use sipguard_policy::Policy;
 use std::future::Future;
-use std::sync::Arc;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The listening sockets, bound before `run` so callers learn the real addresses of port-0 binds.
 #[derive(Debug)]
@@ -21,7 +21,10 @@ pub struct Sockets {
 impl Sockets {
     /// The local addresses of the UDP listeners, in the order of `Config::listen_udp`.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
     }
 }
 
@@ -31,13 +34,21 @@ pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
     let udp = config
         .listen_udp
         .iter()
-        .map(|&addr| sipguard_relay::bind_udp(addr).with_context(|| format!("cannot bind UDP {addr}")))
+        .map(|&addr| {
+            sipguard_relay::bind_udp(addr).with_context(|| format!("cannot bind UDP {addr}"))
+        })
         .collect::<anyhow::Result<_>>()?;
     Ok(Sockets { udp })
 }
 
 /// Runs sipguard until `shutdown` completes.
-pub async fn run(config: Config, sockets: Sockets, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let policy = Arc::new(Policy::new(&config.policy));
-    sipguard_relay::run(config.relay, sockets.udp, policy, shutdown).await.context("relay failed")
+pub async fn run(
+    config: Config,
+    sockets: Sockets,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let policy = Arc::new(Policy::new(config.policy).context("invalid scanner patterns")?);
+    sipguard_relay::run(config.relay, sockets.udp, policy, shutdown)
+        .await
+        .context("relay failed")
 }

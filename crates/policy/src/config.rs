@@ -1,0 +1,122 @@
+//! Validated policy settings, with the defaults of DESIGN.md section 3.
+
+use crate::bans::RepeatConfig;
+use crate::scanner::DEFAULT_USER_AGENTS;
+use ipnet::IpNet;
+use std::time::Duration;
+
+/// What a rule does when it trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Count and log what it would have done; let the traffic through. For tuning.
+    Observe,
+    /// Drop the offending packets, ban nobody. Rules judged on the PBX's responses block the
+    /// failing username from that source instead of banning it (enumeration only observes).
+    Drop,
+    /// Drop, and ban the source.
+    Ban,
+}
+
+/// A rule that trips at `threshold` events within `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// What it does when it trips.
+    pub mode: Mode,
+    /// Events in the window that trip it.
+    pub threshold: u32,
+    /// The window, opened by the first event.
+    pub window: Duration,
+    /// How long a first ban lasts.
+    pub ban_for: Duration,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Whether sources outside the allowlist are admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowlistMode {
+    /// Everyone is admitted; listed sources are still never banned.
+    Off,
+    /// Only listed sources are admitted.
+    Enforce,
+}
+
+/// Validated policy settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Sources that are never let through, whatever they send.
+    pub deny: Vec<IpNet>,
+    /// Carriers' and offices' networks: never banned, and with `Enforce` the only ones admitted.
+    pub allowlist: Vec<IpNet>,
+    /// Whether the allowlist is enforced.
+    pub allowlist_mode: AllowlistMode,
+    /// Datagrams longer than this are dropped before parsing.
+    pub max_message_size: usize,
+    /// User-Agent substrings of scanners, matched case-insensitively.
+    pub scanner_user_agents: Vec<String>,
+    /// The scanner rule (threshold and window unused: one packet is enough).
+    pub scanner: Rule,
+    /// Failed REGISTERs per (source, username).
+    pub register_failures: Rule,
+    /// Failed INVITEs per source.
+    pub invite_failures: Rule,
+    /// Distinct failing usernames per source.
+    pub enumeration: Rule,
+    /// Requests per source.
+    pub flood: Rule,
+    /// How bans grow for repeat offenders.
+    pub repeat: RepeatConfig,
+    /// How long a source that authenticated successfully is trusted.
+    pub trust_for: Duration,
+    /// Cap on entries in each per-source table (bans, evidence, trust).
+    pub max_tracked_sources: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            deny: Vec::new(),
+            allowlist: Vec::new(),
+            allowlist_mode: AllowlistMode::Off,
+            max_message_size: 16 * 1024,
+            scanner_user_agents: DEFAULT_USER_AGENTS
+                .iter()
+                .map(|ua| ua.to_string())
+                .collect(),
+            scanner: Rule {
+                mode: Mode::Ban,
+                threshold: 1,
+                window: MINUTE,
+                ban_for: HOUR,
+            },
+            register_failures: Rule {
+                mode: Mode::Ban,
+                threshold: 5,
+                window: 10 * MINUTE,
+                ban_for: 10 * MINUTE,
+            },
+            invite_failures: Rule {
+                mode: Mode::Ban,
+                threshold: 20,
+                window: 10 * MINUTE,
+                ban_for: HOUR,
+            },
+            enumeration: Rule {
+                mode: Mode::Ban,
+                threshold: 10,
+                window: 10 * MINUTE,
+                ban_for: HOUR,
+            },
+            flood: Rule {
+                mode: Mode::Ban,
+                threshold: 16,
+                window: Duration::from_secs(2),
+                ban_for: 5 * MINUTE,
+            },
+            repeat: RepeatConfig::default(),
+            trust_for: 24 * HOUR,
+            max_tracked_sources: 100_000,
+        }
+    }
+}

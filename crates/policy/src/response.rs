@@ -1,0 +1,280 @@
+//! The response path: what is remembered of a forwarded request, and how the PBX's answer to it
+//! feeds the failure, enumeration and trust rules.
+//!
+//! A response carries neither the request's credentials nor, reliably, the username that was
+//! tried, so the relay keeps a [`RequestMemo`] per forwarded request in the client's
+//! [`PendingRequests`] and hands it back with the response. Matching is by Call-ID, CSeq number
+//! and CSeq method, which identify the transaction from the client's side.
+
+use crate::bans::Evidence;
+use crate::state::{SourceState, Trust, UserState};
+use crate::{Action, Event, Mode, Policy, Rule, RuleId, Timestamp};
+use sipguard_sip::{Method, SipView};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+
+/// The methods whose failures the rules count separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Register,
+    Invite,
+    Other,
+}
+
+/// What the response path needs to know of a forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestMemo {
+    transaction: u64,
+    kind: Kind,
+    credentialed: bool,
+    user: Option<u64>,
+}
+
+/// The last few requests a client sent, awaiting their responses. Fixed size: a client that
+/// sends more than this many requests before any answer loses the oldest memos, which only
+/// means their failures go uncounted.
+#[derive(Debug, Clone, Default)]
+pub struct PendingRequests {
+    ring: [Option<RequestMemo>; 16],
+    next: usize,
+}
+
+impl PendingRequests {
+    /// Remembers a forwarded request.
+    pub fn remember(&mut self, memo: RequestMemo) {
+        if let Some(slot) = self
+            .ring
+            .iter_mut()
+            .find(|slot| slot.is_some_and(|m| m.transaction == memo.transaction))
+        {
+            *slot = Some(memo);
+            return;
+        }
+        self.ring[self.next] = Some(memo);
+        self.next = (self.next + 1) % self.ring.len();
+    }
+
+    fn find(&self, transaction: u64) -> Option<RequestMemo> {
+        self.ring
+            .iter()
+            .flatten()
+            .find(|memo| memo.transaction == transaction)
+            .copied()
+    }
+}
+
+impl Policy {
+    /// The username a request is about: its credentials' username, else the registered
+    /// address-of-record for REGISTER, else the caller.
+    pub(crate) fn username(&self, view: &SipView<'_>) -> Option<u64> {
+        let user = view
+            .credentials()
+            .and_then(|c| c.username)
+            .or(match view.method() {
+                Some(Method::Register) => view.to.user,
+                _ => view.from.user,
+            })?;
+        Some(self.hasher.hash_one(user))
+    }
+
+    fn transaction(&self, view: &SipView<'_>) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        view.call_id.hash(&mut hasher);
+        view.cseq.seq.hash(&mut hasher);
+        view.cseq.method.as_bytes().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// What to remember of a request being forwarded; `None` for a response.
+    pub fn memo(&self, request: &SipView<'_>) -> Option<RequestMemo> {
+        let kind = match request.method()? {
+            Method::Register => Kind::Register,
+            Method::Invite => Kind::Invite,
+            _ => Kind::Other,
+        };
+        Some(RequestMemo {
+            transaction: self.transaction(request),
+            kind,
+            credentialed: request.credentials().is_some(),
+            user: self.username(request),
+        })
+    }
+
+    /// Feeds a final response from the PBX to `client` into the rules. Returns the rule that
+    /// tripped, if one did.
+    pub fn observe_response(
+        &self,
+        client: IpAddr,
+        response: &SipView<'_>,
+        pending: &PendingRequests,
+        now: Timestamp,
+    ) -> Option<Event> {
+        let code = response.status()?;
+        if code < 200 || self.allowlist.contains(client) {
+            return None;
+        }
+        let memo = pending.find(self.transaction(response))?;
+        match code {
+            200..=299 => {
+                self.succeeded(client, memo, now);
+                None
+            }
+            401 | 407 if memo.credentialed => self
+                .failed(client, memo, now)
+                .or_else(|| self.probed(client, memo, now)),
+            401 | 407 | 404 => self.probed(client, memo, now),
+            403 => self
+                .failed(client, memo, now)
+                .or_else(|| self.probed(client, memo, now)),
+            _ => None,
+        }
+    }
+
+    fn succeeded(&self, client: IpAddr, memo: RequestMemo, now: Timestamp) {
+        if memo.kind == Kind::Register && memo.credentialed {
+            let until = now + self.config.trust_for;
+            self.trust
+                .upsert(client, now, || Trust { until }, |trust| trust.until = until);
+        }
+        if let Some(user) = memo.user {
+            self.sources
+                .get(&client, now, |state| state.probes.succeeded(user));
+            self.users.get(&(client, user), now, |state| {
+                state.register_failures = Default::default()
+            });
+        }
+    }
+
+    /// A REGISTER or INVITE that failed with credentials, or got a 403.
+    fn failed(&self, client: IpAddr, memo: RequestMemo, now: Timestamp) -> Option<Event> {
+        match memo.kind {
+            Kind::Register => {
+                let rule = self.config.register_failures;
+                let user = memo.user?;
+                let horizon = self.horizon;
+                let (count, first_seen) = self.users.upsert(
+                    (client, user),
+                    now,
+                    || UserState {
+                        horizon,
+                        ..UserState::default()
+                    },
+                    |state| {
+                        (
+                            state.register_failures.hit(now, rule.window),
+                            state.register_failures.start,
+                        )
+                    },
+                );
+                if count < rule.threshold {
+                    return None;
+                }
+                let evidence = Evidence {
+                    rule: RuleId::RegisterFailures,
+                    count,
+                    first_seen,
+                };
+                // One bad password behind an address others authenticate from (an office NAT)
+                // blocks that username there, not the whole address.
+                if rule.mode == Mode::Drop
+                    || (rule.mode == Mode::Ban && self.is_trusted(client, now))
+                {
+                    let until = now + rule.ban_for;
+                    self.users
+                        .get(&(client, user), now, |state| state.blocked_until = until);
+                    return Some(Event {
+                        source: client,
+                        rule: evidence.rule,
+                        action: Action::UserBlocked { until },
+                    });
+                }
+                Some(self.enforce(client, &rule, evidence, now))
+            }
+            Kind::Invite => {
+                let rule = self.config.invite_failures;
+                let (count, first_seen) = self.sources.upsert(
+                    client,
+                    now,
+                    || SourceState::new(self.horizon),
+                    |state| {
+                        (
+                            state.invite_failures.hit(now, rule.window),
+                            state.invite_failures.start,
+                        )
+                    },
+                );
+                (count >= rule.threshold).then(|| {
+                    self.enforce(
+                        client,
+                        &rule,
+                        Evidence {
+                            rule: RuleId::InviteFailures,
+                            count,
+                            first_seen,
+                        },
+                        now,
+                    )
+                })
+            }
+            Kind::Other => None,
+        }
+    }
+
+    /// A username challenged or refused. A trusted source's bare challenges are the normal
+    /// first step of authenticating and do not count.
+    fn probed(&self, client: IpAddr, memo: RequestMemo, now: Timestamp) -> Option<Event> {
+        let user = memo.user?;
+        if !memo.credentialed && self.is_trusted(client, now) {
+            return None;
+        }
+        let rule = self.config.enumeration;
+        let cap = usize::try_from(rule.threshold).unwrap_or(usize::MAX);
+        let (distinct, first_seen) = self.sources.upsert(
+            client,
+            now,
+            || SourceState::new(self.horizon),
+            |state| {
+                (
+                    state.probes.add(user, now, rule.window, cap),
+                    state.probes.start,
+                )
+            },
+        );
+        if distinct < cap {
+            return None;
+        }
+        let count = u32::try_from(distinct).unwrap_or(u32::MAX);
+        let rule = Rule {
+            mode: if rule.mode == Mode::Drop {
+                Mode::Observe
+            } else {
+                rule.mode
+            },
+            ..rule
+        };
+        Some(self.enforce(
+            client,
+            &rule,
+            Evidence {
+                rule: RuleId::Enumeration,
+                count,
+                first_seen,
+            },
+            now,
+        ))
+    }
+
+    /// Applies a tripped response-judged rule: observe, or ban.
+    fn enforce(&self, client: IpAddr, rule: &Rule, evidence: Evidence, now: Timestamp) -> Event {
+        let action = match rule.mode {
+            Mode::Observe => Action::Observed { would_ban: true },
+            Mode::Drop => Action::Dropped,
+            Mode::Ban => Action::Banned(self.bans.ban(client, evidence, rule.ban_for, now)),
+        };
+        Event {
+            source: client,
+            rule: evidence.rule,
+            action,
+        }
+    }
+}

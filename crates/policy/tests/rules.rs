@@ -1,0 +1,598 @@
+//! The detection rules of DESIGN.md section 3, driven through the public API with time passed in:
+//! requests go through `check_datagram`, the PBX's answers through `observe_response`.
+
+use sipguard_policy::{
+    Action, AllowlistMode, DropReason, Event, Mode, PendingRequests, Policy, PolicyConfig, RuleId,
+    Timestamp, Verdict,
+};
+use sipguard_sip::SipView;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const ATTACKER: &str = "192.0.2.66";
+const OFFICE: &str = "203.0.113.7";
+const CARRIER: &str = "198.51.100.9";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000) + Duration::from_secs(secs)
+}
+
+/// One client as the relay sees it: its requests, their memos, the PBX's responses.
+struct Client<'p> {
+    policy: &'p Policy,
+    source: IpAddr,
+    pending: PendingRequests,
+    cseq: u32,
+}
+
+struct Request {
+    method: &'static str,
+    user: String,
+    credentials: bool,
+    user_agent: &'static str,
+}
+
+fn register(user: &str, credentials: bool) -> Request {
+    Request {
+        method: "REGISTER",
+        user: user.into(),
+        credentials,
+        user_agent: "Yealink SIP-T46S",
+    }
+}
+
+fn invite(user: &str, credentials: bool) -> Request {
+    Request {
+        method: "INVITE",
+        user: user.into(),
+        credentials,
+        user_agent: "Yealink SIP-T46S",
+    }
+}
+
+fn options(user_agent: &'static str) -> Request {
+    Request {
+        method: "OPTIONS",
+        user: "100".into(),
+        credentials: false,
+        user_agent,
+    }
+}
+
+impl Request {
+    fn text(&self, cseq: u32, call_id: &str) -> String {
+        let auth = if self.credentials {
+            format!("Authorization: Digest username=\"{}\", realm=\"pbx\", nonce=\"n\", uri=\"sip:pbx\", response=\"r\"\r\n", self.user)
+        } else {
+            String::new()
+        };
+        let to = if self.method == "REGISTER" {
+            self.user.clone()
+        } else {
+            "0044900123".to_string()
+        };
+        format!(
+            "{m} sip:pbx.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{cseq}\r\n\
+From: <sip:{u}@pbx.example.com>;tag=f{cseq}\r\nTo: <sip:{to}@pbx.example.com>\r\nCall-ID: {call_id}\r\n\
+CSeq: {cseq} {m}\r\nUser-Agent: {ua}\r\n{auth}Content-Length: 0\r\n\r\n",
+            m = self.method,
+            u = self.user,
+            ua = self.user_agent,
+        )
+    }
+}
+
+impl<'p> Client<'p> {
+    fn new(policy: &'p Policy, source: &str) -> Self {
+        Client {
+            policy,
+            source: ip(source),
+            pending: PendingRequests::default(),
+            cseq: 0,
+        }
+    }
+
+    /// Sends a request; when it is forwarded, the PBX answers `code`. Returns the drop reason
+    /// (None when forwarded) and every event raised on the way.
+    fn exchange(
+        &mut self,
+        request: &Request,
+        code: u16,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
+        self.cseq += 1;
+        let call_id = format!("{}-{}", request.user, self.cseq);
+        let text = request.text(self.cseq, &call_id);
+        let checked = self
+            .policy
+            .check_datagram(text.as_bytes(), self.source, now);
+        let mut events: Vec<Event> = checked.event.into_iter().collect();
+        let view = match checked.verdict {
+            Verdict::Forward(view) => view,
+            Verdict::Drop(reason) => return (Some(reason), events),
+            Verdict::Keepalive => panic!("a request is not a keep-alive"),
+        };
+        self.pending.remember(self.policy.memo(&view).unwrap());
+        let response = format!(
+            "SIP/2.0 {code} Whatever\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\nCall-ID: {call_id}\r\n\
+CSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n",
+            via = String::from_utf8_lossy(view.via),
+            cseq = self.cseq,
+            m = request.method,
+        );
+        let response = SipView::parse(response.as_bytes()).unwrap();
+        events.extend(
+            self.policy
+                .observe_response(self.source, &response, &self.pending, now),
+        );
+        (None, events)
+    }
+
+    /// A phone's normal registration: a bare REGISTER challenged, then one with credentials.
+    fn register_ok(&mut self, user: &str, now: Timestamp) {
+        assert_eq!(self.exchange(&register(user, false), 401, now).0, None);
+        assert_eq!(self.exchange(&register(user, true), 200, now).0, None);
+    }
+}
+
+fn policy(tune: impl FnOnce(&mut PolicyConfig)) -> Policy {
+    let mut config = PolicyConfig::default();
+    tune(&mut config);
+    Policy::new(config).unwrap()
+}
+
+fn banned_by(events: &[Event]) -> Option<RuleId> {
+    events
+        .iter()
+        .find_map(|e| matches!(e.action, Action::Banned(_)).then_some(e.rule))
+}
+
+#[test]
+fn bare_first_challenge_never_counts_as_a_failure() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, OFFICE);
+    for i in 0..50 {
+        let (_, events) = phone.exchange(&register("1001", false), 401, at(i * 3));
+        assert!(events.is_empty(), "{events:?}");
+    }
+    assert!(!p.is_banned(ip(OFFICE), at(200)));
+}
+
+#[test]
+fn register_failures_ban_after_five_in_window() {
+    let p = policy(|_| {});
+    let mut cracker = Client::new(&p, ATTACKER);
+    for i in 0..4 {
+        let (_, events) = cracker.exchange(&register("1001", true), 401, at(i));
+        assert_eq!(banned_by(&events), None, "failure {}", i + 1);
+    }
+    let (_, events) = cracker.exchange(&register("1001", true), 401, at(4));
+    assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    assert_eq!(
+        cracker.exchange(&register("1001", true), 401, at(5)).0,
+        Some(DropReason::Banned)
+    );
+    let ban = p.bans(at(5))[0].1;
+    assert_eq!(
+        (ban.evidence, ban.first_seen, ban.expires),
+        (5, at(0), at(4) + Duration::from_secs(600))
+    );
+}
+
+#[test]
+fn a_403_counts_as_a_failure_even_without_credentials() {
+    let p = policy(|_| {});
+    let mut cracker = Client::new(&p, ATTACKER);
+    let events: Vec<_> = (0..5)
+        .flat_map(|i| cracker.exchange(&register("1001", false), 403, at(i)).1)
+        .collect();
+    assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+}
+
+#[test]
+fn register_failures_spread_beyond_the_window_do_not_ban() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, ATTACKER);
+    for i in 0..20 {
+        // One failure every 3 minutes: never 5 within 10 minutes of a window's start.
+        let (_, events) = phone.exchange(&register("1001", true), 401, at(i * 180));
+        assert_eq!(banned_by(&events), None, "failure {}", i + 1);
+    }
+}
+
+#[test]
+fn window_edge_a_failure_exactly_one_window_later_starts_afresh() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, ATTACKER);
+    for i in 0..4 {
+        phone.exchange(&register("1001", true), 401, at(i));
+    }
+    let (_, events) = phone.exchange(&register("1001", true), 401, at(600));
+    assert_eq!(banned_by(&events), None, "the window had closed at 600 s");
+    let (_, events) = phone.exchange(&register("1001", true), 401, at(599 + 1));
+    assert_eq!(banned_by(&events), None);
+}
+
+#[test]
+fn success_resets_the_users_failures() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, OFFICE);
+    for i in 0..4 {
+        phone.exchange(&register("1001", true), 401, at(i));
+    }
+    phone.exchange(&register("1001", true), 200, at(5));
+    for i in 0..4 {
+        let (_, events) = phone.exchange(&register("1001", true), 401, at(10 + i));
+        assert_eq!(banned_by(&events), None);
+    }
+}
+
+#[test]
+fn office_nat_stale_password_blocks_the_user_not_the_address() {
+    let p = policy(|_| {});
+    let mut office = Client::new(&p, OFFICE);
+    office.register_ok("1002", at(0));
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.extend(
+            office
+                .exchange(&register("1001", true), 401, at(10 * (1 + i)))
+                .1,
+        );
+        office.register_ok("1002", at(10 * (1 + i) + 1));
+    }
+    assert_eq!(banned_by(&events), None);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e.action, Action::UserBlocked { .. })));
+    assert!(!p.is_banned(ip(OFFICE), at(400)));
+    assert_eq!(
+        office.exchange(&register("1001", true), 401, at(401)).0,
+        Some(DropReason::UserBlocked)
+    );
+}
+
+#[test]
+fn untrusted_source_failing_one_user_is_banned_per_ip() {
+    let p = policy(|_| {});
+    let mut cracker = Client::new(&p, ATTACKER);
+    let events: Vec<_> = (0..5)
+        .flat_map(|i| cracker.exchange(&register("1001", true), 401, at(i)).1)
+        .collect();
+    assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    let mut other = Client::new(&p, OFFICE);
+    assert_eq!(
+        other.exchange(&register("1001", true), 200, at(6)).0,
+        None,
+        "the ban is per source"
+    );
+}
+
+#[test]
+fn enumeration_bans_at_ten_distinct_failing_users() {
+    let p = policy(|_| {});
+    let mut scanner = Client::new(&p, ATTACKER);
+    for ext in 100..109 {
+        let (_, events) = scanner.exchange(&register(&ext.to_string(), false), 401, at(ext / 20));
+        assert_eq!(banned_by(&events), None, "extension {ext}");
+    }
+    let (_, events) = scanner.exchange(&register("109", false), 401, at(6));
+    assert_eq!(banned_by(&events), Some(RuleId::Enumeration));
+    let ban = p
+        .bans(at(7))
+        .into_iter()
+        .find(|(s, _)| *s == ip(ATTACKER))
+        .unwrap()
+        .1;
+    assert_eq!(ban.evidence, 10);
+    assert_eq!(ban.expires, at(6) + Duration::from_secs(3600));
+}
+
+#[test]
+fn repeated_probes_of_one_user_are_not_enumeration() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, ATTACKER);
+    let events: Vec<_> = (0..30)
+        .flat_map(|i| phone.exchange(&register("100", false), 404, at(i * 3)).1)
+        .collect();
+    assert_eq!(banned_by(&events), None);
+}
+
+#[test]
+fn an_office_of_twenty_phones_registering_is_not_enumeration() {
+    let p = policy(|_| {});
+    let mut office = Client::new(&p, OFFICE);
+    for ext in 0..20 {
+        office.register_ok(&format!("20{ext}"), at(ext));
+    }
+    // After a power cut all twenty re-register at once: bare challenges from a trusted source.
+    for ext in 0..20 {
+        let (_, events) =
+            office.exchange(&register(&format!("20{ext}"), false), 401, at(100 + ext));
+        assert_eq!(banned_by(&events), None);
+    }
+}
+
+#[test]
+fn invite_failures_ban_after_twenty() {
+    let p = policy(|_| {});
+    let mut fraud = Client::new(&p, ATTACKER);
+    let mut events = Vec::new();
+    for i in 0..19 {
+        events.extend(fraud.exchange(&invite("1001", true), 407, at(i)).1);
+    }
+    assert_eq!(banned_by(&events), None);
+    let (_, events) = fraud.exchange(&invite("1001", true), 403, at(20));
+    assert_eq!(banned_by(&events), Some(RuleId::InviteFailures));
+}
+
+#[test]
+fn scanner_user_agent_is_dropped_and_banned() {
+    let p = policy(|_| {});
+    let mut svmap = Client::new(&p, ATTACKER);
+    let (dropped, events) = svmap.exchange(&options("Friendly-Scanner"), 200, at(0));
+    assert_eq!(dropped, Some(DropReason::Scanner));
+    assert_eq!(banned_by(&events), Some(RuleId::Scanner));
+    assert!(p.is_banned(ip(ATTACKER), at(1)));
+}
+
+#[test]
+fn sipvicious_from_marker_is_found_with_an_innocent_user_agent() {
+    let p = policy(|_| {});
+    let text = "OPTIONS sip:100@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bK-1;rport\r\n\
+From: \"sipvicious\"<sip:100@1.1.1.1>;tag=6134\r\nTo: \"sipvicious\"<sip:100@1.1.1.1>\r\nCall-ID: 1\r\n\
+CSeq: 1 OPTIONS\r\nUser-Agent: Asterisk PBX\r\nContent-Length: 0\r\n\r\n";
+    let checked = p.check_datagram(text.as_bytes(), ip(ATTACKER), at(0));
+    assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
+}
+
+#[test]
+fn user_added_scanner_pattern_is_matched_case_insensitively() {
+    let p = policy(|c| c.scanner_user_agents.push("EvilDialer".into()));
+    let mut bot = Client::new(&p, ATTACKER);
+    assert_eq!(
+        bot.exchange(&options("evildialer/2.1"), 200, at(0)).0,
+        Some(DropReason::Scanner)
+    );
+    let mut phone = Client::new(&p, OFFICE);
+    assert_eq!(
+        phone.exchange(&options("Yealink SIP-T46S"), 200, at(0)).0,
+        None
+    );
+}
+
+#[test]
+fn spoofed_scanner_packet_from_a_trusted_source_is_dropped_without_ban() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, OFFICE);
+    phone.register_ok("1001", at(0));
+    let (dropped, events) = phone.exchange(&options("friendly-scanner"), 200, at(1));
+    assert_eq!(dropped, Some(DropReason::Scanner));
+    assert_eq!(banned_by(&events), None);
+    assert!(!p.is_banned(ip(OFFICE), at(2)));
+    phone.register_ok("1001", at(3));
+}
+
+#[test]
+fn trust_lapses_after_its_period() {
+    let p = policy(|c| c.trust_for = Duration::from_secs(60));
+    let mut phone = Client::new(&p, OFFICE);
+    phone.register_ok("1001", at(0));
+    let (_, events) = phone.exchange(&options("sipcli/v1"), 200, at(61));
+    assert_eq!(banned_by(&events), Some(RuleId::Scanner));
+}
+
+#[test]
+fn flood_bans_after_sixteen_requests_in_two_seconds() {
+    let p = policy(|_| {});
+    let mut flooder = Client::new(&p, ATTACKER);
+    for _ in 0..16 {
+        assert_eq!(
+            flooder.exchange(&register("1001", false), 401, at(0)).0,
+            None
+        );
+    }
+    let (dropped, events) = flooder.exchange(&register("1001", false), 401, at(1));
+    assert_eq!(dropped, Some(DropReason::Flood));
+    assert_eq!(banned_by(&events), Some(RuleId::Flood));
+}
+
+#[test]
+fn flood_from_a_trusted_source_is_dropped_without_ban() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, OFFICE);
+    phone.register_ok("1001", at(0));
+    let mut reasons = Vec::new();
+    for _ in 0..40 {
+        reasons.push(phone.exchange(&options("Yealink"), 200, at(1)).0);
+    }
+    assert!(reasons.contains(&Some(DropReason::Flood)));
+    assert!(!p.is_banned(ip(OFFICE), at(2)));
+    assert_eq!(phone.exchange(&options("Yealink"), 200, at(10)).0, None);
+}
+
+#[test]
+fn steady_traffic_below_the_flood_rate_passes() {
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, OFFICE);
+    for i in 0..200u64 {
+        // Six requests a second, for 33 s.
+        let now = Timestamp::from_millis(at(0).as_millis() + i * 166);
+        assert_eq!(
+            phone.exchange(&options("Yealink"), 200, now).0,
+            None,
+            "request {i}"
+        );
+    }
+}
+
+#[test]
+fn allowlisted_carrier_is_never_banned() {
+    let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let mut carrier = Client::new(&p, CARRIER);
+    for i in 0..100 {
+        let (dropped, events) = carrier.exchange(&register("trunk", true), 401, at(i / 10));
+        assert_eq!(dropped, None, "request {i}");
+        assert!(events.is_empty(), "{events:?}");
+    }
+    let (dropped, events) = carrier.exchange(&options("sipvicious"), 200, at(20));
+    assert_eq!(dropped, Some(DropReason::Scanner));
+    assert_eq!(banned_by(&events), None);
+    assert!(p
+        .ban_manually(ip(CARRIER), Duration::from_secs(60), at(21))
+        .is_none());
+    assert!(!p.is_banned(ip(CARRIER), at(22)));
+}
+
+#[test]
+fn enforced_allowlist_drops_everyone_else_before_parsing() {
+    let p = policy(|c| {
+        c.allowlist = vec![
+            "198.51.100.0/28".parse().unwrap(),
+            "2001:db8:10::/48".parse().unwrap(),
+        ];
+        c.allowlist_mode = AllowlistMode::Enforce;
+    });
+    assert_eq!(
+        p.check_datagram(b"junk", ip(ATTACKER), at(0)).verdict,
+        Verdict::Drop(DropReason::NotAllowlisted)
+    );
+    assert_eq!(
+        p.check_datagram(b"junk", ip(CARRIER), at(0)).verdict,
+        Verdict::Drop(DropReason::NotSip)
+    );
+    assert_eq!(
+        p.check_datagram(b"junk", ip("2001:db8:10::5"), at(0))
+            .verdict,
+        Verdict::Drop(DropReason::NotSip)
+    );
+}
+
+#[test]
+fn ban_expires_and_the_source_is_let_through() {
+    let p = policy(|_| {});
+    assert!(p
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), at(0))
+        .is_some());
+    let mut client = Client::new(&p, ATTACKER);
+    assert_eq!(
+        client.exchange(&register("1001", false), 401, at(599)).0,
+        Some(DropReason::Banned)
+    );
+    assert_eq!(
+        client.exchange(&register("1001", false), 401, at(600)).0,
+        None
+    );
+}
+
+#[test]
+fn repeat_offender_bans_double_up_to_a_week() {
+    let p = policy(|_| {});
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let mut expected = Duration::from_secs(3600);
+    let mut now = at(0);
+    for offence in 1..=10u32 {
+        let ban = p
+            .ban_manually(ip(ATTACKER), Duration::from_secs(3600), now)
+            .unwrap();
+        assert_eq!(ban.offence, offence);
+        assert_eq!(ban.expires, now + expected.min(week), "offence {offence}");
+        // Offends again an hour after the ban ends.
+        now = ban.expires + Duration::from_secs(3600);
+        expected *= 2;
+    }
+}
+
+#[test]
+fn offences_more_than_a_day_after_the_last_ban_ended_are_forgotten() {
+    let p = policy(|_| {});
+    p.ban_manually(ip(ATTACKER), Duration::from_secs(600), at(0))
+        .unwrap();
+    let later = p
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), at(600 + 24 * 3600))
+        .unwrap();
+    assert_eq!(later.offence, 1);
+    assert_eq!(
+        later.expires,
+        at(600 + 24 * 3600) + Duration::from_secs(600)
+    );
+}
+
+#[test]
+fn observe_mode_forwards_and_reports_what_it_would_have_done() {
+    let p = policy(|c| {
+        c.scanner.mode = Mode::Observe;
+        c.register_failures.mode = Mode::Observe;
+    });
+    let mut bot = Client::new(&p, ATTACKER);
+    let probe = Request {
+        method: "REGISTER",
+        user: "1001".into(),
+        credentials: true,
+        user_agent: "friendly-scanner",
+    };
+    let mut events = Vec::new();
+    for i in 0..6 {
+        let (dropped, e) = bot.exchange(&probe, 401, at(i));
+        assert_eq!(dropped, None);
+        events.extend(e);
+    }
+    assert!(events
+        .iter()
+        .any(|e| e.rule == RuleId::Scanner && e.action == Action::Observed { would_ban: true }));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.rule == RuleId::RegisterFailures
+                && matches!(e.action, Action::Observed { .. }))
+    );
+    assert!(!p.is_banned(ip(ATTACKER), at(10)));
+}
+
+#[test]
+fn drop_mode_drops_the_packet_and_bans_nobody() {
+    let p = policy(|c| c.scanner.mode = Mode::Drop);
+    let mut bot = Client::new(&p, ATTACKER);
+    let (dropped, events) = bot.exchange(&options("sipsak 0.9"), 200, at(0));
+    assert_eq!(dropped, Some(DropReason::Scanner));
+    assert_eq!(events[0].action, Action::Dropped);
+    assert!(!p.is_banned(ip(ATTACKER), at(1)));
+}
+
+#[test]
+fn lifting_a_ban_lets_the_source_through_and_clears_its_evidence() {
+    let p = policy(|_| {});
+    let mut scanner = Client::new(&p, ATTACKER);
+    for ext in 100..110 {
+        scanner.exchange(&register(&ext.to_string(), false), 401, at(ext / 20));
+    }
+    assert!(p.is_banned(ip(ATTACKER), at(10)));
+    assert!(p.lift(ip(ATTACKER)).is_some());
+    let (dropped, events) = scanner.exchange(&register("200", false), 401, at(11));
+    assert_eq!(dropped, None);
+    assert_eq!(
+        banned_by(&events),
+        None,
+        "the enumeration evidence was cleared"
+    );
+}
+
+#[test]
+fn a_million_spoofed_sources_stay_within_the_table_caps() {
+    let p = policy(|c| c.max_tracked_sources = 10_000);
+    let register = register("1001", false).text(1, "spoof");
+    let scanner = options("friendly-scanner").text(1, "s");
+    for i in 0..1_000_000u32 {
+        let source = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
+        let datagram = if i % 2 == 0 { &register } else { &scanner };
+        let _ = p.check_datagram(datagram.as_bytes(), source, at(0));
+    }
+    let stats = p.stats();
+    assert!(stats.sources <= 10_048, "{stats:?}");
+    assert!(stats.bans <= 10_048, "{stats:?}");
+    assert!(stats.evictions > 0);
+}

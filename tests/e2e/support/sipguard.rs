@@ -1,0 +1,109 @@
+//! sipguard in-process: bound on 127.0.0.1:0 through the library API, run on its own runtime
+//! thread, shut down (and checked for a clean exit) when the handle drops.
+
+use anyhow::{anyhow, Context};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long `run` gets to return after the shutdown signal.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running sipguard.
+#[derive(Debug)]
+pub struct Sipguard {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: mpsc::Receiver<anyhow::Result<()>>,
+}
+
+impl Sipguard {
+    /// Starts sipguard in front of the PBX at `pbx`, listening on 127.0.0.1 and a free port.
+    pub fn start(pbx: SocketAddr) -> anyhow::Result<Self> {
+        // The embedded default config, on port 0 and in front of this PBX.
+        let defaults = sipguard::Config::default();
+        let config = sipguard::Config {
+            listen_udp: vec!["127.0.0.1:0".parse()?],
+            relay: sipguard_relay::RelayConfig {
+                pbx,
+                upstream_bind: "127.0.0.1".parse()?,
+                ..defaults.relay
+            },
+            ..defaults
+        };
+        let sockets = sipguard::bind(&config).context("sipguard::bind")?;
+        let addr = *sockets
+            .udp_addrs()
+            .first()
+            .context("sipguard bound no UDP listener")?;
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("sipguard-{addr}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .context("cannot build a runtime")
+                    .and_then(|runtime| {
+                        runtime.block_on(sipguard::run(config, sockets, async move {
+                            let _ = shutdown_rx.await;
+                        }))
+                    });
+                let _ = done_tx.send(result);
+            })?;
+        Ok(Sipguard {
+            addr,
+            shutdown: Some(shutdown),
+            done,
+        })
+    }
+
+    /// The public UDP address clients send to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts sipguard down; an error if `run` had already returned, failed, or does not stop.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown_and_wait()
+    }
+
+    fn shutdown_and_wait(&mut self) -> anyhow::Result<()> {
+        let Some(shutdown) = self.shutdown.take() else {
+            return Ok(());
+        };
+        // `run` must keep going until it is told to stop.
+        match self.done.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => {}
+            Ok(result) => {
+                return Err(anyhow!(
+                    "sipguard stopped before it was shut down: {result:?}"
+                ))
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(anyhow!("sipguard's thread panicked"))
+            }
+        }
+        let _ = shutdown.send(());
+        match self.done.recv_timeout(SHUTDOWN_TIMEOUT) {
+            Ok(result) => result.context("sipguard::run failed"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(anyhow!("sipguard did not stop within {SHUTDOWN_TIMEOUT:?}"))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(anyhow!("sipguard's thread panicked")),
+        }
+    }
+}
+
+impl Drop for Sipguard {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown_and_wait() {
+            if !std::thread::panicking() {
+                panic!("{e:#}");
+            }
+            eprintln!("{e:#}");
+        }
+    }
+}

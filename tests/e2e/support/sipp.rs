@@ -1,0 +1,211 @@
+//! SIPp runs: a builder for the arguments, a bounded wait, and the logs kept for diagnosis.
+//!
+//! Every run traces its messages and unexpected messages into the given directory, and is killed
+//! if it outlives its own `-timeout` by a margin. `SippRun::ensure_success` turns a failure into an
+//! error that carries SIPp's screen, error log and message trace.
+
+use super::process::Guarded;
+use super::{fixture, free_udp_port};
+use anyhow::bail;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Added to SIPp's own `-timeout` before the harness kills it.
+const KILL_MARGIN: Duration = Duration::from_secs(10);
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// One SIPp invocation being put together.
+#[derive(Debug)]
+pub struct Sipp {
+    scenario: String,
+    name: String,
+    dir: PathBuf,
+    args: Vec<String>,
+    /// The SIP address to bind; no port means a free one picked at spawn.
+    local: (IpAddr, Option<u16>),
+    timeout: Duration,
+}
+
+impl Sipp {
+    /// A run of tests/fixtures/sipp/`scenario` (e.g. "register.xml") whose logs go to `dir`.
+    pub fn new(scenario: &str, dir: &Path) -> Self {
+        let stem = scenario.trim_end_matches(".xml");
+        Sipp {
+            scenario: scenario.to_owned(),
+            name: format!("{stem}-{}", RUNS.fetch_add(1, Ordering::Relaxed)),
+            dir: dir.to_owned(),
+            args: Vec::new(),
+            local: (IpAddr::from([127, 0, 0, 1]), None),
+            timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// Sends to `remote` (UAC scenarios).
+    pub fn remote(mut self, remote: SocketAddr) -> Self {
+        self.args.insert(0, remote.to_string());
+        self
+    }
+
+    /// Binds `local` for SIP (`-i`, `-p`).
+    pub fn local(mut self, local: SocketAddr) -> Self {
+        self.local = (local.ip(), Some(local.port()));
+        self
+    }
+
+    /// Binds a free port on `ip` (SIPp's own default would be 5060 whenever that is free).
+    pub fn local_ip(mut self, ip: IpAddr) -> Self {
+        self.local = (ip, None);
+        self
+    }
+
+    /// The user part of the Request-URI and To (`-s`).
+    pub fn service(mut self, user: &str) -> Self {
+        self.args.extend(["-s".into(), user.into()]);
+        self
+    }
+
+    /// Digest credentials for challenges (`-au`, `-ap`).
+    pub fn auth(mut self, user: &str, password: &str) -> Self {
+        self.args
+            .extend(["-au".into(), user.into(), "-ap".into(), password.into()]);
+        self
+    }
+
+    /// SIPp's global timeout; reaching it fails the run.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Starts SIPp for exactly one call.
+    pub fn spawn(self) -> anyhow::Result<SippProcess> {
+        let (local_ip, port) = self.local;
+        let port = match port {
+            Some(port) => port,
+            None => free_udp_port(local_ip)?,
+        };
+        let log = |suffix: &str| self.dir.join(format!("{}.{suffix}", self.name));
+        let mut command = Command::new("sipp");
+        command
+            .args(&self.args)
+            .args(["-i", &local_ip.to_string(), "-p", &port.to_string()])
+            .arg("-sf")
+            .arg(fixture(&format!("sipp/{}", self.scenario)))
+            .args([
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout_error",
+                "-trace_err",
+                "-trace_msg",
+            ])
+            .arg("-timeout")
+            .arg(format!("{}s", self.timeout.as_secs().max(1)))
+            // Control and RTP-echo sockets on free ports rather than SIPp's fixed 8888 and 6000.
+            .args([
+                "-ci",
+                &local_ip.to_string(),
+                "-cp",
+                &free_udp_port(local_ip)?.to_string(),
+            ])
+            .args(["-mp", &free_udp_port(local_ip)?.to_string()])
+            .arg("-error_file")
+            .arg(log("errors.log"))
+            .arg("-message_file")
+            .arg(log("messages.log"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log("screen.log"))?)
+            .stderr(std::fs::File::create(log("stderr.log"))?);
+        let description = format!("sipp {} from {local_ip}:{port}", self.args.join(" "));
+        let process = Guarded::spawn(&self.name, command)?;
+        Ok(SippProcess {
+            sipp: self,
+            description,
+            process,
+        })
+    }
+
+    /// Runs SIPp for one call and waits for it to exit.
+    pub fn run(self) -> anyhow::Result<SippRun> {
+        self.spawn()?.wait()
+    }
+}
+
+/// A SIPp process still running.
+#[derive(Debug)]
+pub struct SippProcess {
+    sipp: Sipp,
+    description: String,
+    process: Guarded,
+}
+
+impl SippProcess {
+    /// Whether SIPp is still running (it exits early when it cannot bind).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(None))
+    }
+
+    /// Waits for SIPp to exit (it gives up at its own `-timeout`); kills it after a margin.
+    pub fn wait(mut self) -> anyhow::Result<SippRun> {
+        let status = match self.process.wait_timeout(self.sipp.timeout + KILL_MARGIN)? {
+            Some(status) => Some(status),
+            None => {
+                self.process.stop();
+                None
+            }
+        };
+        Ok(SippRun {
+            name: self.sipp.name.clone(),
+            description: self.description,
+            dir: self.sipp.dir.clone(),
+            status,
+        })
+    }
+}
+
+/// A finished SIPp run.
+#[derive(Debug)]
+pub struct SippRun {
+    name: String,
+    description: String,
+    dir: PathBuf,
+    /// `None` when the harness had to kill it.
+    status: Option<ExitStatus>,
+}
+
+impl SippRun {
+    /// Whether SIPp exited 0: its one call went through the scenario as written.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// An error with SIPp's logs unless the run succeeded.
+    pub fn ensure_success(&self) -> anyhow::Result<()> {
+        if self.success() {
+            return Ok(());
+        }
+        let status = self
+            .status
+            .map_or("killed after its timeout".to_owned(), |s| s.to_string());
+        bail!("{} failed: {status}\n{}", self.description, self.logs())
+    }
+
+    /// Everything SIPp wrote: screen, stderr, unexpected messages, message trace.
+    pub fn logs(&self) -> String {
+        ["stderr.log", "errors.log", "messages.log", "screen.log"]
+            .iter()
+            .map(|suffix| {
+                let path = self.dir.join(format!("{}.{suffix}", self.name));
+                let text = std::fs::read(&path)
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_else(|_| "(none)".into());
+                format!("----- {} -----\n{}\n", path.display(), text.trim_end())
+            })
+            .collect()
+    }
+}
