@@ -15,8 +15,8 @@ trap 'rm -f "$log"' EXIT
 start=$SECONDS
 status=0
 {
-    cargo test --workspace --all-targets -- "$@" &&
-        cargo test --workspace --doc -- "$@"
+    cargo test --workspace --all-targets --no-fail-fast -- "$@" &&
+        cargo test --workspace --doc --no-fail-fast -- "$@"
 } 2>&1 </dev/null | tee "$log" || status=$?
 elapsed=$((SECONDS - start))
 
