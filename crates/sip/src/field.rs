@@ -85,6 +85,8 @@ pub(crate) fn param<'a>(mut params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// From, To or Contact: the URI's user part and the `tag` parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NameAddr<'a> {
+    /// The whole header value, display name and parameters included.
+    pub value: &'a [u8],
     /// The URI as written, without angle brackets.
     pub uri: &'a [u8],
     /// The user part of a `sip:`/`sips:` URI (without password), or a `tel:` number. Raw bytes:
@@ -123,7 +125,12 @@ impl<'a> NameAddr<'a> {
         if tag.is_some_and(|tag| !is_token(tag)) {
             return Err(bad);
         }
-        Ok(NameAddr { uri, user: uri_user(&uri[..colon], &uri[colon + 1..]), tag })
+        Ok(NameAddr {
+            value,
+            uri,
+            user: uri_user(&uri[..colon], &uri[colon + 1..]),
+            tag,
+        })
     }
 }
 
@@ -151,7 +158,10 @@ fn uri_user<'a>(scheme: &[u8], rest: &'a [u8]) -> Option<&'a [u8]> {
     }
     let at = rest.iter().position(|&b| b == b'@')?;
     let userinfo = &rest[..at];
-    let user = &userinfo[..userinfo.iter().position(|&b| b == b':').unwrap_or(userinfo.len())];
+    let user = &userinfo[..userinfo
+        .iter()
+        .position(|&b| b == b':')
+        .unwrap_or(userinfo.len())];
     Some(user).filter(|user| !user.is_empty())
 }
 
@@ -181,7 +191,10 @@ impl<'a> Credentials<'a> {
             }
             params = params.get(stop + 1..).unwrap_or_default();
         }
-        Credentials { scheme: &value[..end], username }
+        Credentials {
+            scheme: &value[..end],
+            username,
+        }
     }
 }
 
@@ -208,8 +221,8 @@ mod tests {
 
     #[test]
     fn addr_spec_params_belong_to_the_header() {
-        let na = NameAddr::parse(b"sip:+1650@ss1.example.net;user=phone;tag=x1", Header::To)
-            .unwrap();
+        let na =
+            NameAddr::parse(b"sip:+1650@ss1.example.net;user=phone;tag=x1", Header::To).unwrap();
         assert_eq!(na.uri, b"sip:+1650@ss1.example.net");
         assert_eq!(na.user, Some(&b"+1650"[..]));
         assert_eq!(na.tag, Some(&b"x1"[..]));
@@ -244,7 +257,10 @@ mod tests {
 
     #[test]
     fn param_lookup_is_case_insensitive_and_tolerates_lws() {
-        assert_eq!(param(b";Branch = z9hG4bK1 ;rport", b"branch"), Some(&b"z9hG4bK1"[..]));
+        assert_eq!(
+            param(b";Branch = z9hG4bK1 ;rport", b"branch"),
+            Some(&b"z9hG4bK1"[..])
+        );
         assert_eq!(param(b";branch=x;rport", b"rport"), Some(&b""[..]));
         assert_eq!(param(b";branch=x", b"received"), None);
     }

@@ -74,7 +74,10 @@ impl<'a> SipView<'a> {
     /// Parses one message from a datagram. Size limits are the caller's: this reads the whole
     /// slice it is given.
     pub fn parse(datagram: &'a [u8]) -> Result<Self, ParseError> {
-        let skip = datagram.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        let skip = datagram
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
         let buf = &datagram[skip..];
         let mut lines = Lines { buf, pos: 0 };
         let first = lines.next_line().ok_or(ParseError::NotSip)?;
@@ -93,7 +96,10 @@ impl<'a> SipView<'a> {
                 return Err(ParseError::BadHeaderLine);
             }
             let value_end = lines.skip_continuations(line);
-            let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::BadHeaderLine)?;
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or(ParseError::BadHeaderLine)?;
             let name = trim_lws(&line[..colon]);
             if !is_token(name) {
                 return Err(ParseError::BadHeaderLine);
@@ -115,10 +121,23 @@ impl<'a> SipView<'a> {
 
         let via = found.via.ok_or(ParseError::MissingHeader(Header::Via))?;
         let via = first_value(via);
-        let via_branch = via.iter().position(|&b| b == b';').and_then(|semi| param(&via[semi..], b"branch"));
-        let from = NameAddr::parse(found.from.ok_or(ParseError::MissingHeader(Header::From))?, Header::From)?;
-        let to = NameAddr::parse(found.to.ok_or(ParseError::MissingHeader(Header::To))?, Header::To)?;
-        let call_id = trim_lws(found.call_id.ok_or(ParseError::MissingHeader(Header::CallId))?);
+        let via_branch = via
+            .iter()
+            .position(|&b| b == b';')
+            .and_then(|semi| param(&via[semi..], b"branch"));
+        let from = NameAddr::parse(
+            found.from.ok_or(ParseError::MissingHeader(Header::From))?,
+            Header::From,
+        )?;
+        let to = NameAddr::parse(
+            found.to.ok_or(ParseError::MissingHeader(Header::To))?,
+            Header::To,
+        )?;
+        let call_id = trim_lws(
+            found
+                .call_id
+                .ok_or(ParseError::MissingHeader(Header::CallId))?,
+        );
         if call_id.is_empty() {
             return Err(ParseError::BadValue(Header::CallId));
         }
@@ -187,7 +206,11 @@ struct Found<'a> {
 impl<'a> Found<'a> {
     fn record(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), ParseError> {
         /// Headers that may appear once: a second one makes the message ambiguous.
-        fn once<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8], header: Header) -> Result<(), ParseError> {
+        fn once<'a>(
+            slot: &mut Option<&'a [u8]>,
+            value: &'a [u8],
+            header: Header,
+        ) -> Result<(), ParseError> {
             match slot.replace(value) {
                 Some(_) => Err(ParseError::DuplicateHeader(header)),
                 None => Ok(()),
@@ -198,18 +221,26 @@ impl<'a> Found<'a> {
             slot.get_or_insert(value);
             Ok(())
         }
-        let is = |long: &[u8], compact: &[u8]| name.eq_ignore_ascii_case(long) || name.eq_ignore_ascii_case(compact);
+        let is = |long: &[u8], compact: &[u8]| {
+            name.eq_ignore_ascii_case(long) || name.eq_ignore_ascii_case(compact)
+        };
         match name.len() {
             1 | 3 if is(b"via", b"v") => first(&mut self.via, value),
             1 | 4 if is(b"from", b"f") => once(&mut self.from, value, Header::From),
             1 | 2 if is(b"to", b"t") => once(&mut self.to, value, Header::To),
             1 | 7 if is(b"call-id", b"i") => once(&mut self.call_id, value, Header::CallId),
             1 | 7 if is(b"contact", b"m") => first(&mut self.contact, value),
-            1 | 14 if is(b"content-length", b"l") => once(&mut self.content_length, value, Header::ContentLength),
+            1 | 14 if is(b"content-length", b"l") => {
+                once(&mut self.content_length, value, Header::ContentLength)
+            }
             4 if name.eq_ignore_ascii_case(b"cseq") => once(&mut self.cseq, value, Header::CSeq),
             10 if name.eq_ignore_ascii_case(b"user-agent") => first(&mut self.user_agent, value),
-            13 if name.eq_ignore_ascii_case(b"authorization") => first(&mut self.authorization, value),
-            19 if name.eq_ignore_ascii_case(b"proxy-authorization") => first(&mut self.proxy_authorization, value),
+            13 if name.eq_ignore_ascii_case(b"authorization") => {
+                first(&mut self.authorization, value)
+            }
+            19 if name.eq_ignore_ascii_case(b"proxy-authorization") => {
+                first(&mut self.proxy_authorization, value)
+            }
             _ => Ok(()),
         }
     }
@@ -235,7 +266,9 @@ impl<'a> Lines<'a> {
         let mut end = line.as_ptr() as usize - self.buf.as_ptr() as usize + line.len();
         while matches!(self.buf.get(self.pos), Some(b' ' | b'\t')) {
             match self.next_line() {
-                Some(next) => end = next.as_ptr() as usize - self.buf.as_ptr() as usize + next.len(),
+                Some(next) => {
+                    end = next.as_ptr() as usize - self.buf.as_ptr() as usize + next.len()
+                }
                 None => break,
             }
         }
@@ -250,29 +283,45 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, ParseError> {
         if !digits.iter().all(u8::is_ascii_digit) || !matches!(code.get(3), None | Some(b' ')) {
             return Err(ParseError::NotSip);
         }
-        let code = digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        let code = digits
+            .iter()
+            .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
         if !(100..=699).contains(&code) {
             return Err(ParseError::NotSip);
         }
         return Ok(StartLine::Response { code });
     }
-    let first_sp = line.iter().position(|&b| b == b' ').ok_or(ParseError::NotSip)?;
-    let last_sp = line.iter().rposition(|&b| b == b' ').ok_or(ParseError::NotSip)?;
+    let first_sp = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(ParseError::NotSip)?;
+    let last_sp = line
+        .iter()
+        .rposition(|&b| b == b' ')
+        .ok_or(ParseError::NotSip)?;
     let method = &line[..first_sp];
     let version = &line[last_sp + 1..];
     let uri = line.get(first_sp + 1..last_sp).ok_or(ParseError::NotSip)?;
-    let uri_ok = uri.contains(&b':') && uri.iter().all(|&b| b > b' ' && b != 0x7f) && uri[0] != b'<';
+    let uri_ok =
+        uri.contains(&b':') && uri.iter().all(|&b| b > b' ' && b != 0x7f) && uri[0] != b'<';
     if !is_token(method) || !version.eq_ignore_ascii_case(b"SIP/2.0") || !uri_ok {
         return Err(ParseError::NotSip);
     }
-    Ok(StartLine::Request { method: Method::from_token(method), uri })
+    Ok(StartLine::Request {
+        method: Method::from_token(method),
+        uri,
+    })
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 fn parse_content_length(raw: &[u8]) -> Result<usize, ParseError> {
@@ -283,7 +332,10 @@ fn parse_content_length(raw: &[u8]) -> Result<usize, ParseError> {
 
 fn parse_cseq(raw: &[u8]) -> Result<CSeq<'_>, ParseError> {
     let raw = trim_lws(raw);
-    let digits_end = raw.iter().position(|b| !b.is_ascii_digit()).ok_or(ParseError::BadCSeq)?;
+    let digits_end = raw
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .ok_or(ParseError::BadCSeq)?;
     let seq = parse_decimal(&raw[..digits_end])
         .and_then(|n| u32::try_from(n).ok())
         .ok_or(ParseError::BadCSeq)?;
@@ -292,5 +344,8 @@ fn parse_cseq(raw: &[u8]) -> Result<CSeq<'_>, ParseError> {
     if !separated || !is_token(method) {
         return Err(ParseError::BadCSeq);
     }
-    Ok(CSeq { seq, method: Method::from_token(method) })
+    Ok(CSeq {
+        seq,
+        method: Method::from_token(method),
+    })
 }
