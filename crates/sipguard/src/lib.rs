@@ -41,13 +41,30 @@ pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
     Ok(Sockets { udp })
 }
 
+/// Builds the policy (its tables start empty) from the validated config.
+pub fn policy(config: &Config) -> anyhow::Result<Arc<Policy>> {
+    Ok(Arc::new(
+        Policy::new(config.policy.clone()).context("invalid scanner patterns")?,
+    ))
+}
+
 /// Runs sipguard until `shutdown` completes.
 pub async fn run(
     config: Config,
     sockets: Sockets,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let policy = Arc::new(Policy::new(config.policy).context("invalid scanner patterns")?);
+    let policy = policy(&config)?;
+    run_with_policy(config, sockets, policy, shutdown).await
+}
+
+/// Runs sipguard with a policy the caller keeps a handle on (to list or lift bans).
+pub async fn run_with_policy(
+    config: Config,
+    sockets: Sockets,
+    policy: Arc<Policy>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     sipguard_relay::run(config.relay, sockets.udp, policy, shutdown)
         .await
         .context("relay failed")
