@@ -175,7 +175,7 @@ impl Relay {
         loop {
             tokio::select! {
                 ready = session.upstream.readable() => match ready {
-                    Ok(()) => self.relay_to_client(&session, &listener),
+                    Ok(()) => self.relay_to_client(&session, &listener).await,
                     Err(error) => {
                         debug!(client = %session.client, %error, "upstream socket failed");
                         break;
@@ -225,30 +225,45 @@ impl Relay {
         }
     }
 
-    fn relay_to_client(&self, session: &Session, listener: &UdpSocket) {
-        UPSTREAM_BUF.with_borrow_mut(|buf| {
+    /// Relays what is waiting on the session's socket. Sends to the client are tried without
+    /// waiting; when the public socket's buffer is full, the datagram is copied out of the shared
+    /// buffer and sent once the socket is writable again, so no reply or PBX request is lost.
+    async fn relay_to_client(&self, session: &Session, listener: &UdpSocket) {
+        let blocked = UPSTREAM_BUF.with_borrow_mut(|buf| {
             for _ in 0..DRAIN_BATCH {
-                match session.upstream.try_recv(buf) {
-                    Ok(len) => {
-                        self.sessions.touch(session);
-                        self.judge_response(session, &buf[..len]);
-                        match listener.try_send_to(&buf[..len], session.client) {
-                            Ok(_) => self.metrics.forwarded_to_client.increment(1),
-                            Err(error) => {
-                                self.metrics.client_send_errors.increment(1);
-                                debug!(client = %session.client, %error, "send to client failed");
-                            }
-                        }
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                let len = match session.upstream.try_recv(buf) {
+                    Ok(len) => len,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return None,
                     // An ICMP error from an earlier send (the PBX not listening): counted, and
                     // the session stays, since the PBX may come back.
                     Err(error) => {
                         self.metrics.upstream_errors.increment(1);
                         debug!(client = %session.client, %error, "upstream receive failed");
+                        continue;
                     }
+                };
+                self.sessions.touch(session);
+                self.judge_response(session, &buf[..len]);
+                match listener.try_send_to(&buf[..len], session.client) {
+                    Ok(_) => self.metrics.forwarded_to_client.increment(1),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        return Some(buf[..len].to_vec());
+                    }
+                    Err(error) => self.client_send_failed(session, &error),
                 }
             }
+            None
         });
+        if let Some(datagram) = blocked {
+            match listener.send_to(&datagram, session.client).await {
+                Ok(_) => self.metrics.forwarded_to_client.increment(1),
+                Err(error) => self.client_send_failed(session, &error),
+            }
+        }
+    }
+
+    fn client_send_failed(&self, session: &Session, error: &io::Error) {
+        self.metrics.client_send_errors.increment(1);
+        debug!(client = %session.client, %error, "send to client failed");
     }
 }

@@ -235,3 +235,65 @@ async fn ipv6_client_is_relayed() {
         .unwrap();
     assert_eq!(recv(&phone).await.1, addr);
 }
+
+fn register_with_credentials(cseq: u32) -> Vec<u8> {
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bK-r{cseq};rport\r\n\
+From: <sip:1001@127.0.0.1>;tag=r{cseq}\r\n\
+To: <sip:1001@127.0.0.1>\r\n\
+Call-ID: crack\r\n\
+CSeq: {cseq} REGISTER\r\n\
+Authorization: Digest username=\"1001\", realm=\"pbx\", nonce=\"n\", uri=\"sip:127.0.0.1\", response=\"bad\"\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn challenge(cseq: u32) -> Vec<u8> {
+    format!(
+        "SIP/2.0 401 Unauthorized\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bK-r{cseq};rport\r\n\
+From: <sip:1001@127.0.0.1>;tag=r{cseq}\r\n\
+To: <sip:1001@127.0.0.1>;tag=pbx\r\n\
+Call-ID: crack\r\n\
+CSeq: {cseq} REGISTER\r\n\
+WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n2\"\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn pbx_challenges_to_credentialed_registers_ban_the_source_after_five() {
+    let relay = start(|_| {}).await;
+    let cracker = client("127.0.0.2").await;
+    for cseq in 1..=5 {
+        cracker
+            .send_to(&register_with_credentials(cseq), relay.addr)
+            .await
+            .unwrap();
+        let (at_pbx, upstream) = recv(&relay.pbx).await;
+        assert_eq!(at_pbx, register_with_credentials(cseq));
+        relay.pbx.send_to(&challenge(cseq), upstream).await.unwrap();
+        assert_eq!(
+            recv(&cracker).await.0,
+            challenge(cseq),
+            "the challenge itself is relayed"
+        );
+    }
+    cracker
+        .send_to(&register_with_credentials(6), relay.addr)
+        .await
+        .unwrap();
+    let other = client("127.0.0.3").await;
+    other
+        .send_to(&options("bystander"), relay.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&relay.pbx).await.0,
+        options("bystander"),
+        "the sixth REGISTER from the banned source must not reach the PBX"
+    );
+}
