@@ -6,10 +6,15 @@
 //! each naming file, key path, value and what was expected. `sipguard check-config` and `run`
 //! share this code, and a reload will too, so a file that checks clean also starts.
 //!
+//! The allowlist is a file of its own (`allowlist.file`, relative to the main file), read and
+//! validated as part of the main file's validation: one run reports the problems of both, each
+//! under its own file name.
+//!
 //! YAML is read with serde-saphyr: serde_yaml is archived and serde_yml unmaintained and unsound,
 //! while serde-saphyr is maintained and does not panic on hostile input (it has budgets against
 //! alias bombs), which matters for a file that a reload reads while traffic flows.
 
+mod allowlist;
 mod error;
 mod raw;
 mod validate;
@@ -18,6 +23,7 @@ pub use error::{ConfigErrors, Problem, ProblemKind};
 
 use sipguard_policy::PolicyConfig;
 use sipguard_relay::RelayConfig;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -69,7 +75,13 @@ pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Config, C
         return from_yaml_with(DEFAULT_YAML, DEFAULT_ORIGIN, overrides);
     };
     let origin = path.display().to_string();
-    let problem = |kind, message: String| {
+    let text = read_text(path).map_err(|err| {
+        let (kind, message) = match err {
+            ReadError::Io(err) => (ProblemKind::Unreadable, format!("cannot read: {err}")),
+            err @ ReadError::NotUtf8 { .. } => {
+                (ProblemKind::Syntax, format!("not valid YAML: {err}"))
+            }
+        };
         ConfigErrors::new(vec![Problem {
             kind,
             origin: origin.clone(),
@@ -78,18 +90,13 @@ pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Config, C
             value: None,
             message,
         }])
-    };
-    let bytes = std::fs::read(path)
-        .map_err(|err| problem(ProblemKind::Unreadable, format!("cannot read: {err}")))?;
-    let text = String::from_utf8(bytes).map_err(|err| {
-        let at = err.utf8_error().valid_up_to();
-        let message = format!("not valid YAML: not UTF-8 text (bad byte at offset {at})");
-        problem(ProblemKind::Syntax, message)
     })?;
-    from_yaml_with(&text, &origin, overrides)
+    let dir = path.parent().unwrap_or(Path::new(""));
+    check(&text, &origin, dir, overrides)
 }
 
-/// Validates YAML `text`; `origin` names it in messages (usually the file name).
+/// Validates YAML `text`; `origin` names it in messages (usually the file name). A relative
+/// allowlist file name is taken from the current directory.
 pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     from_yaml_with(text, origin, &Overrides::default())
 }
@@ -100,20 +107,58 @@ pub fn from_yaml_with(
     origin: &str,
     overrides: &Overrides,
 ) -> Result<Config, ConfigErrors> {
+    check(text, origin, Path::new(""), overrides)
+}
+
+/// Both stages; `dir` is where relative file names in `text` are taken from.
+fn check(
+    text: &str,
+    origin: &str,
+    dir: &Path,
+    overrides: &Overrides,
+) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let config = raw::parse(text, origin, &mut problems)
-        .and_then(|raw| validate::validate(raw, origin, overrides, &mut problems));
+        .and_then(|raw| validate::validate(raw, origin, dir, overrides, &mut problems));
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigErrors::new(problems)),
     }
 }
 
+/// Why a configuration file's text could not be had.
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    NotUtf8 { at: usize },
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(err) => write!(f, "{err}"),
+            ReadError::NotUtf8 { at } => write!(f, "not UTF-8 text (bad byte at offset {at})"),
+        }
+    }
+}
+
+/// The text of the file at `path` (the main config or the allowlist).
+fn read_text(path: &Path) -> Result<String, ReadError> {
+    let bytes = std::fs::read(path).map_err(ReadError::Io)?;
+    String::from_utf8(bytes).map_err(|err| ReadError::NotUtf8 {
+        at: err.utf8_error().valid_up_to(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sipguard_policy::{AllowlistMode, Mode, Rule};
     use std::net::IpAddr;
     use std::time::Duration;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn problems(text: &str) -> Vec<Problem> {
         from_yaml(text, "config.yaml")
@@ -155,6 +200,30 @@ mod tests {
     }
 
     #[test]
+    fn built_in_default_spells_out_the_policy_crates_rule_defaults() {
+        // default.yaml writes every rule out for operators; it must say what the code does.
+        let config = from_yaml(DEFAULT_YAML, DEFAULT_ORIGIN).unwrap();
+        assert_eq!(config.policy, PolicyConfig::default());
+        assert_eq!(config.policy.allowlist_mode, AllowlistMode::Off);
+        assert!(config.policy.allowlist.is_empty());
+        for key in [
+            "scanner:",
+            "register_failures:",
+            "invite_failures:",
+            "enumeration:",
+            "flood:",
+            "repeat_offenders:",
+            "trust_for:",
+            "max_tracked_sources:",
+        ] {
+            assert!(
+                DEFAULT_YAML.contains(key),
+                "default.yaml does not set {key}"
+            );
+        }
+    }
+
+    #[test]
     fn keys_left_out_take_the_same_defaults_as_the_built_in_file() {
         assert_eq!(from_yaml("", "empty.yaml").unwrap(), Config::default());
         assert_eq!(
@@ -168,10 +237,32 @@ mod tests {
     }
 
     #[test]
-    fn example_config_validates() {
+    fn example_config_validates_with_its_allowlist_pattern_and_observed_rule() {
         let config = load(&repo_file("config/example.yaml")).expect("example is valid");
         assert!(config.listen_udp.iter().any(SocketAddr::is_ipv6));
         assert!(!config.policy.deny.is_empty());
+        let policy = &config.policy;
+        assert!(policy
+            .allowlist
+            .iter()
+            .any(|net| net.to_string() == "203.0.113.0/24"));
+        assert!(policy
+            .allowlist
+            .iter()
+            .any(|net| matches!(net, ipnet::IpNet::V6(_))));
+        assert_eq!(policy.scanner_user_agents.last().unwrap(), "MyOwnBadTool");
+        assert_eq!(policy.invite_failures.mode, Mode::Observe);
+        sipguard_policy::Policy::new(config.policy).expect("example builds a policy");
+    }
+
+    #[test]
+    fn shipped_example_allowlist_validates() {
+        let path = repo_file("config/allowlist.example.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut problems = Vec::new();
+        let networks = allowlist::from_yaml(&text, "allowlist.example.yaml", &mut problems);
+        assert_eq!(problems, []);
+        assert!(networks.unwrap().len() >= 4);
     }
 
     #[test]
@@ -265,7 +356,8 @@ mod tests {
         );
         assert_eq!(
             found[0].message,
-            "unknown key, expected one of: listen, pbx, sessions, limits, deny"
+            "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
+             trust_for"
         );
     }
 
@@ -275,7 +367,8 @@ mod tests {
         assert_eq!(
             found,
             [
-                ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny",
+                ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
+                 allowlist, rules, trust_for",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -347,7 +440,8 @@ mod tests {
         assert_eq!(found[0].kind, ProblemKind::WrongShape);
         assert_eq!(
             found[0].message,
-            "expected a mapping with the keys listen, pbx, sessions, limits, deny"
+            "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
+             rules, trust_for"
         );
     }
 
@@ -476,24 +570,424 @@ mod tests {
 
     #[test]
     fn every_schema_key_is_accepted() {
-        // Builds a file naming every key in SCHEMA (null values keep the defaults) and checks
-        // none is unknown: the schema table and the raw structs cannot drift apart unnoticed.
-        let mut text = String::new();
-        for section in raw::known_keys("") {
-            let children = raw::known_keys(section);
-            if children.is_empty() {
-                text.push_str(&format!("{section}: ~\n"));
-            } else {
-                text.push_str(&format!("{section}:\n"));
-                for child in children {
-                    text.push_str(&format!("  {child}: ~\n"));
+        // Builds a file naming every key in SCHEMA at every depth (null values keep the
+        // defaults) and checks none is unknown: the schema table and the raw structs cannot
+        // drift apart unnoticed.
+        fn write(parent: &str, depth: usize, text: &mut String) {
+            for key in raw::SCHEMA.known_keys(parent) {
+                let path = if parent.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{parent}.{key}")
+                };
+                let indent = "  ".repeat(depth);
+                if raw::SCHEMA.known_keys(&path).is_empty() {
+                    text.push_str(&format!("{indent}{key}: ~\n"));
+                } else {
+                    text.push_str(&format!("{indent}{key}:\n"));
+                    write(&path, depth + 1, text);
                 }
             }
         }
+        let mut text = String::new();
+        write("", 0, &mut text);
+        assert!(text.contains("    max_ban: ~\n"), "{text}");
         assert_eq!(
             from_yaml(&text, "all-keys.yaml"),
             Ok(Config::default()),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn rule_settings_are_read_into_the_policy_config() {
+        let config = from_yaml(
+            "rules:\n\
+             \x20 scanner: {mode: drop, ban_for: 2h}\n\
+             \x20 register_failures: {mode: observe, threshold: 3, window: 5m, ban_for: 20m}\n\
+             \x20 invite_failures: {mode: ban, threshold: 7, window: 1h, ban_for: 6h}\n\
+             \x20 enumeration: {mode: drop, threshold: 30, window: 30m, ban_for: 2h}\n\
+             \x20 flood: {mode: observe, threshold: 100, window: 1s, ban_for: 1m}\n\
+             \x20 repeat_offenders: {within: 48h, max_ban: 30d}\n\
+             trust_for: 8h\n\
+             limits:\n  max_tracked_sources: 5000\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let policy = config.policy;
+        assert_eq!(
+            policy.scanner,
+            Rule {
+                mode: Mode::Drop,
+                ban_for: 2 * HOUR,
+                ..PolicyConfig::default().scanner
+            }
+        );
+        assert_eq!(
+            policy.register_failures,
+            Rule {
+                mode: Mode::Observe,
+                threshold: 3,
+                window: 5 * MINUTE,
+                ban_for: 20 * MINUTE
+            }
+        );
+        assert_eq!(
+            policy.invite_failures,
+            Rule {
+                mode: Mode::Ban,
+                threshold: 7,
+                window: HOUR,
+                ban_for: 6 * HOUR
+            }
+        );
+        assert_eq!(
+            policy.enumeration,
+            Rule {
+                mode: Mode::Drop,
+                threshold: 30,
+                window: 30 * MINUTE,
+                ban_for: 2 * HOUR
+            }
+        );
+        assert_eq!(
+            policy.flood,
+            Rule {
+                mode: Mode::Observe,
+                threshold: 100,
+                window: Duration::from_secs(1),
+                ban_for: MINUTE
+            }
+        );
+        assert_eq!(policy.repeat.within, 48 * HOUR);
+        assert_eq!(policy.repeat.max_ban, 30 * 24 * HOUR);
+        assert_eq!(policy.trust_for, 8 * HOUR);
+        assert_eq!(policy.max_tracked_sources, 5000);
+    }
+
+    #[test]
+    fn keys_left_out_of_a_rule_keep_that_rules_defaults() {
+        let config = from_yaml("rules:\n  flood:\n    threshold: 50\n", "c.yaml").unwrap();
+        let defaults = PolicyConfig::default();
+        assert_eq!(
+            config.policy.flood,
+            Rule {
+                threshold: 50,
+                ..defaults.flood
+            }
+        );
+        assert_eq!(config.policy.register_failures, defaults.register_failures);
+        assert_eq!(
+            config.policy.scanner_user_agents,
+            defaults.scanner_user_agents
+        );
+    }
+
+    #[test]
+    fn scanner_user_agents_are_added_to_the_built_in_list() {
+        let config = from_yaml(
+            "rules:\n  scanner:\n    user_agents: [\"MyOwnBadTool\", \"evil dialer 2.0\"]\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let mut expected: Vec<String> = sipguard_policy::DEFAULT_USER_AGENTS
+            .iter()
+            .map(|ua| ua.to_string())
+            .collect();
+        expected.extend(["MyOwnBadTool".to_owned(), "evil dialer 2.0".to_owned()]);
+        assert_eq!(config.policy.scanner_user_agents, expected);
+    }
+
+    #[test]
+    fn user_agent_patterns_must_have_text_stay_short_and_be_few() {
+        let long = "x".repeat(257);
+        let found = problems(&format!(
+            "rules:\n  scanner:\n    user_agents: [\"ok\", \"\", \" \", \"{long}\"]\n"
+        ));
+        let paths: Vec<_> = found.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "rules.scanner.user_agents[1]",
+                "rules.scanner.user_agents[2]",
+                "rules.scanner.user_agents[3]"
+            ]
+        );
+        assert_eq!(found[2].message, "expected a pattern of at most 256 bytes");
+
+        let many = vec!["\"p\""; 1001].join(", ");
+        let found = lines(&format!("rules:\n  scanner:\n    user_agents: [{many}]\n"));
+        assert_eq!(
+            found,
+            [": rules.scanner.user_agents: [1001 patterns]: expected at most 1000 patterns"]
+        );
+    }
+
+    #[test]
+    fn the_largest_accepted_user_agent_list_still_builds_a_policy() {
+        let patterns: Vec<String> = (0..1000).map(|i| format!("\"{i:0>256}\"")).collect();
+        let config = from_yaml(
+            &format!(
+                "rules:\n  scanner:\n    user_agents: [{}]\n",
+                patterns.join(", ")
+            ),
+            "c.yaml",
+        )
+        .expect("1000 patterns of 256 bytes are accepted");
+        sipguard_policy::Policy::new(config.policy).expect("and compile");
+    }
+
+    #[test]
+    fn every_rule_problem_is_reported_at_once() {
+        let found = lines(
+            "rules:\n\
+             \x20 scanner: {mode: block, ban_for: 0s}\n\
+             \x20 register_failures: {mode: Ban, threshold: 0, window: 10 minutes please}\n\
+             \x20 invite_failures: {threshold: 99999999999}\n\
+             \x20 flood: {threshold: many}\n\
+             \x20 repeat_offenders: {within: 0s}\n\
+             trust_for: never\n\
+             limits:\n  max_tracked_sources: 999\n",
+        );
+        assert_eq!(
+            found,
+            [
+                ": limits.max_tracked_sources: \"999\": expected a whole number of at least 1000, such as 100000",
+                ": rules.scanner.mode: \"block\": expected one of observe, drop, ban",
+                ": rules.scanner.ban_for: \"0s\": expected a duration greater than 0, such as 1h",
+                ": rules.register_failures.mode: \"Ban\": expected one of observe, drop, ban",
+                ": rules.register_failures.threshold: \"0\": expected a whole number of at least 1, such as 5",
+                ": rules.register_failures.window: \"10 minutes please\": expected a duration such as 30s, 10m, 1h",
+                ": rules.invite_failures.threshold: \"99999999999\": expected a whole number from 1 to 4294967295",
+                ": rules.flood.threshold: \"many\": expected a whole number of at least 1, such as 16",
+                ": rules.repeat_offenders.within: \"0s\": expected a duration greater than 0, such as 24h",
+                ": trust_for: \"never\": expected a duration such as 30s, 10m, 1h",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_ban_shorter_than_a_ban_is_reported_at_max_ban_when_the_file_sets_it() {
+        let found = lines("rules:\n  flood: {ban_for: 3h}\n  repeat_offenders: {max_ban: 2h}\n");
+        assert_eq!(
+            found,
+            [": rules.repeat_offenders.max_ban: \"2h\": expected a duration at least as long as \
+              every rule's ban_for (rules.flood.ban_for is 3h)"]
+        );
+        // A default ban_for is named as such.
+        let found = lines("rules:\n  repeat_offenders: {max_ban: 30m}\n");
+        assert_eq!(
+            found,
+            [": rules.repeat_offenders.max_ban: \"30m\": expected a duration at least as long as \
+              every rule's ban_for (rules.scanner.ban_for is 1h by default)"]
+        );
+        // Equal is fine: the first ban is already the longest.
+        assert!(from_yaml("rules:\n  repeat_offenders: {max_ban: 1h}\n", "c.yaml").is_ok());
+    }
+
+    #[test]
+    fn a_ban_longer_than_the_default_max_ban_is_reported_at_the_ban() {
+        let found = lines("rules:\n  scanner: {ban_for: 2w}\n  flood: {ban_for: 8d}\n");
+        assert_eq!(
+            found,
+            [
+                ": rules.scanner.ban_for: \"2w\": expected a duration no longer than \
+                 rules.repeat_offenders.max_ban (1w), or a longer max_ban",
+                ": rules.flood.ban_for: \"8d\": expected a duration no longer than \
+                 rules.repeat_offenders.max_ban (1w), or a longer max_ban",
+            ]
+        );
+        assert!(from_yaml(
+            "rules:\n  scanner: {ban_for: 2w}\n  repeat_offenders: {max_ban: 4w}\n",
+            "c.yaml"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_inside_rules_name_the_keys_allowed_there() {
+        let found =
+            lines("rules:\n  scanner: {threshold: 2}\n  flood: {treshold: 2}\n  flod: {}\n");
+        assert_eq!(
+            found,
+            [
+                ": rules.scanner.threshold: unknown key, expected one of: mode, ban_for, user_agents",
+                ": rules.flood.treshold: unknown key, expected one of: mode, threshold, window, ban_for",
+                ": rules.flod: unknown key, expected one of: scanner, register_failures, \
+                 invite_failures, enumeration, flood, repeat_offenders",
+            ]
+        );
+    }
+
+    /// Writes `files` (name, text) into a fresh directory; the main config is `config.yaml`.
+    fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    const ALLOWLIST: &str = "carriers:\n  - name: example-carrier\n    cidrs: [198.51.100.0/28, \
+                             2001:db8:10::/48]\noffices:\n  - name: hq\n    cidrs: [203.0.113.7]\n";
+
+    #[test]
+    fn allowlist_file_is_read_relative_to_the_config_files_directory() {
+        let dir = config_dir(&[
+            (
+                "config.yaml",
+                "allowlist:\n  file: lists/allowlist.yaml\n  mode: enforce\n",
+            ),
+            ("lists/allowlist.yaml", ALLOWLIST),
+        ]);
+        let config = load(&dir.path().join("config.yaml")).unwrap();
+        let networks: Vec<String> = config
+            .policy
+            .allowlist
+            .iter()
+            .map(|net| net.to_string())
+            .collect();
+        assert_eq!(
+            networks,
+            ["198.51.100.0/28", "2001:db8:10::/48", "203.0.113.7/32"]
+        );
+        assert_eq!(config.policy.allowlist_mode, AllowlistMode::Enforce);
+    }
+
+    #[test]
+    fn allowlist_mode_off_keeps_the_networks_so_they_are_never_banned() {
+        // `off` unquoted is a boolean in YAML 1.1; it must still read as the word.
+        let dir = config_dir(&[
+            (
+                "config.yaml",
+                "allowlist:\n  file: allowlist.yaml\n  mode: off\n",
+            ),
+            ("allowlist.yaml", ALLOWLIST),
+        ]);
+        let config = load(&dir.path().join("config.yaml")).unwrap();
+        assert_eq!(config.policy.allowlist_mode, AllowlistMode::Off);
+        assert_eq!(config.policy.allowlist.len(), 3);
+    }
+
+    #[test]
+    fn an_absolute_allowlist_path_is_used_as_is() {
+        let lists = config_dir(&[("allowlist.yaml", ALLOWLIST)]);
+        let absolute = lists.path().join("allowlist.yaml");
+        let text = format!("allowlist:\n  file: {:?}\n", absolute.display().to_string());
+        let config = from_yaml(&text, "c.yaml").unwrap();
+        assert_eq!(config.policy.allowlist.len(), 3);
+    }
+
+    #[test]
+    fn allowlist_problems_name_the_allowlist_file_and_come_with_the_main_files() {
+        let dir = config_dir(&[
+            (
+                "config.yaml",
+                "allowlist:\n  file: allowlist.yaml\nrules:\n  flood: {mode: block}\n",
+            ),
+            (
+                "allowlist.yaml",
+                "carriers:\n  - name: c\n    cidrs: [198.51.100.0/28, 198.51.100.1/24]\n    \
+                 note: x\n",
+            ),
+        ]);
+        let main = dir.path().join("config.yaml").display().to_string();
+        let list = dir.path().join("allowlist.yaml").display().to_string();
+        let errors = load(&dir.path().join("config.yaml")).unwrap_err();
+        let found: Vec<String> = errors.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            found,
+            [
+                format!("{list}: carriers[0].note: unknown key, expected one of: name, cidrs"),
+                format!(
+                    "{list}: carriers[0].cidrs[1]: \"198.51.100.1/24\": expected a network \
+                     address with no host bits set, such as 198.51.100.0/24"
+                ),
+                format!("{main}: rules.flood.mode: \"block\": expected one of observe, drop, ban"),
+            ]
+        );
+        assert!(!errors.is_unreadable());
+    }
+
+    #[test]
+    fn missing_allowlist_file_is_a_problem_naming_where_it_was_looked_for() {
+        let dir = config_dir(&[("config.yaml", "allowlist:\n  file: nope.yaml\n")]);
+        let errors = load(&dir.path().join("config.yaml")).unwrap_err();
+        let problem = &errors.problems()[0];
+        assert_eq!(errors.problems().len(), 1);
+        assert_eq!(problem.path, "allowlist.file");
+        assert_eq!(problem.value.as_deref(), Some("\"nope.yaml\""));
+        let looked_at = dir.path().join("nope.yaml").display().to_string();
+        assert!(
+            problem.message.starts_with(&format!(
+                "expected a readable allowlist file: cannot read {looked_at}: "
+            )),
+            "{problem}"
+        );
+        // The main file was read: a missing allowlist is an invalid setting, not exit code 1.
+        assert!(!errors.is_unreadable());
+    }
+
+    #[test]
+    fn allowlist_file_that_is_not_text_is_a_syntax_problem_of_that_file() {
+        let dir = config_dir(&[
+            ("config.yaml", "allowlist:\n  file: allowlist.yaml\n"),
+            ("allowlist.yaml", "carriers: \u{0}"),
+        ]);
+        std::fs::write(dir.path().join("allowlist.yaml"), b"carriers: \xff\n").unwrap();
+        let errors = load(&dir.path().join("config.yaml")).unwrap_err();
+        let problem = &errors.problems()[0];
+        assert_eq!(problem.kind, ProblemKind::Syntax);
+        assert!(problem.origin.ends_with("allowlist.yaml"), "{problem}");
+        assert_eq!(
+            problem.message,
+            "not valid YAML: not UTF-8 text (bad byte at offset 10)"
+        );
+    }
+
+    #[test]
+    fn enforcing_without_an_allowlist_file_is_refused_as_it_would_drop_everyone() {
+        assert_eq!(
+            lines("allowlist:\n  mode: enforce\n"),
+            [": allowlist.mode: \"enforce\": expected off unless allowlist.file names the sources \
+              to admit: enforcing no allowlist would drop every source"]
+        );
+    }
+
+    #[test]
+    fn enforcing_an_allowlist_that_lists_nobody_is_refused() {
+        let dir = config_dir(&[
+            (
+                "config.yaml",
+                "allowlist:\n  file: allowlist.yaml\n  mode: enforce\n",
+            ),
+            ("allowlist.yaml", "carriers: []\noffices:\n"),
+        ]);
+        let errors = load(&dir.path().join("config.yaml")).unwrap_err();
+        let list = dir.path().join("allowlist.yaml").display().to_string();
+        assert_eq!(errors.problems().len(), 1);
+        assert_eq!(
+            errors.problems()[0].message,
+            format!(
+                "expected off while {list} lists no networks: enforcing it would drop every source"
+            )
+        );
+        // Off with the same empty file is fine: nobody listed, everyone admitted.
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            "allowlist:\n  file: allowlist.yaml\n",
+        )
+        .unwrap();
+        assert!(load(&dir.path().join("config.yaml")).is_ok());
+    }
+
+    #[test]
+    fn allowlist_mode_is_off_or_enforce() {
+        assert_eq!(
+            lines("allowlist:\n  mode: on\n"),
+            [": allowlist.mode: \"on\": expected off or enforce"]
         );
     }
 

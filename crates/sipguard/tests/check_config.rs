@@ -4,7 +4,8 @@
 //!
 //! Each invalid fixture lists the exact lines `check-config` must print as `# expect: ` comments
 //! (with `FILE` standing for its path), so a fixture documents its own diagnostics and adding one
-//! needs no change here.
+//! needs no change here. Allowlist files that fixtures refer to live in `config/invalid/allowlists/`,
+//! out of the fixtures' way; their problems are expected under their own paths.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -86,6 +87,17 @@ fn each_invalid_fixture_prints_exactly_its_expected_problems_and_exits_2() {
             )
         );
     }
+}
+
+#[test]
+fn allowlist_file_is_found_relative_to_the_config_file_not_the_working_directory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipguard"))
+        .args(["check-config", "../config/example.yaml"])
+        .current_dir(repo_root().join("crates"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "../config/example.yaml: ok\n");
 }
 
 #[test]

@@ -20,10 +20,11 @@ pub(crate) struct RawConfig {
     pub sessions: Option<RawSessions>,
     pub limits: Option<RawLimits>,
     pub deny: Option<Vec<String>>,
-    // Later sections (DESIGN.md sections 3 to 5) go here, each an `Option<Raw..>` with its own
-    // entries in `SCHEMA` and its own checks in validate.rs:
-    //   allowlist: the allowlist file and whether it is enforced,
-    //   rules:     per-rule thresholds, windows, ban durations and mode (observe | drop | ban),
+    pub allowlist: Option<RawAllowlistRef>,
+    pub rules: Option<RawRules>,
+    pub trust_for: Option<String>,
+    // Later sections (DESIGN.md section 5) go here, each an `Option<Raw..>` with its own entries
+    // in `SCHEMA` and its own checks in validate.rs:
     //   metrics:   the Prometheus exporter address,
     //   admin:     the loopback admin API address, and the ban journal path.
 }
@@ -48,13 +49,103 @@ pub(crate) struct RawSessions {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawLimits {
     pub max_message_size: Option<String>,
+    pub max_tracked_sources: Option<String>,
 }
 
-/// Every key the file may hold, with what belongs there, in the words messages use. Unknown keys
+/// Where the allowlist file is and whether it is enforced; the file itself is [`RawAllowlist`].
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAllowlistRef {
+    pub file: Option<String>,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRules {
+    pub scanner: Option<RawScannerRule>,
+    pub register_failures: Option<RawRule>,
+    pub invite_failures: Option<RawRule>,
+    pub enumeration: Option<RawRule>,
+    pub flood: Option<RawRule>,
+    pub repeat_offenders: Option<RawRepeat>,
+}
+
+/// A rule that trips at a count of events within a window.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRule {
+    pub mode: Option<String>,
+    pub threshold: Option<String>,
+    pub window: Option<String>,
+    pub ban_for: Option<String>,
+}
+
+/// The scanner rule trips on one packet, so it has no threshold or window; it has patterns.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawScannerRule {
+    pub mode: Option<String>,
+    pub ban_for: Option<String>,
+    pub user_agents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRepeat {
+    pub within: Option<String>,
+    pub max_ban: Option<String>,
+}
+
+/// The allowlist file as written: categories named by the operator (`carriers`, `offices`), in
+/// file order, each a list of groups. A plain map would lose the order problems are reported in.
+#[derive(Debug, Default)]
+pub(crate) struct RawAllowlist {
+    pub categories: Vec<(String, Option<Vec<RawGroup>>)>,
+}
+
+impl<'de> Deserialize<'de> for RawAllowlist {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Categories;
+        impl<'de> serde::de::Visitor<'de> for Categories {
+            type Value = RawAllowlist;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of group categories")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawAllowlist, A::Error> {
+                let mut categories = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    categories.push(entry);
+                }
+                Ok(RawAllowlist { categories })
+            }
+        }
+        deserializer.deserialize_map(Categories)
+    }
+}
+
+/// One named group of networks in the allowlist file.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawGroup {
+    pub name: Option<String>,
+    pub cidrs: Option<Vec<String>>,
+}
+
+/// What a rule's `mode` accepts, in messages.
+pub(crate) const MODES: &str = "one of observe, drop, ban";
+/// What a duration key accepts, in messages.
+pub(crate) const DURATION: &str = "a duration such as 30s, 10m, 1h";
+/// A network in `deny` or the allowlist, in messages.
+pub(crate) const NETWORK: &str =
+    "a network such as 192.0.2.0/24 or 2001:db8::/32, or a single address";
+const THRESHOLD: &str = "a whole number of at least 1";
+
+/// The keys a file may hold, with what belongs at each, in the words messages use. Unknown keys
 /// list their known siblings from here, and a wrongly shaped value says what was expected. A
-/// `[]` suffix stands for any item of a list; a mapping's keys are the entries below it. A unit
-/// test checks that each key here is accepted.
-pub(crate) const SCHEMA: &[(&str, &str)] = &[
+/// `[]` suffix stands for any item of a list, a `*` segment for any key the operator names; a
+/// mapping's keys are the entries below it. Unit tests check that each key of both is accepted.
+pub(crate) struct Schema(&'static [(&'static str, &'static str)]);
+
+/// The main configuration file.
+pub(crate) const SCHEMA: Schema = Schema(&[
     ("", "a mapping"),
     ("listen", "a mapping"),
     (
@@ -83,48 +174,187 @@ pub(crate) const SCHEMA: &[(&str, &str)] = &[
         "a number of bytes from 512 to 65535",
     ),
     (
+        "limits.max_tracked_sources",
+        "a whole number of at least 1000, such as 100000",
+    ),
+    (
         "deny",
         "a list of networks, such as [\"192.0.2.0/24\", \"2001:db8::/32\"]",
     ),
+    ("deny[]", NETWORK),
+    ("allowlist", "a mapping"),
     (
-        "deny[]",
-        "a network such as 192.0.2.0/24 or 2001:db8::/32, or a single address",
+        "allowlist.file",
+        "a file name, such as allowlist.yaml (relative to this file's directory)",
     ),
-];
+    ("allowlist.mode", "off or enforce"),
+    ("rules", "a mapping"),
+    ("rules.scanner", "a mapping"),
+    ("rules.scanner.mode", MODES),
+    ("rules.scanner.ban_for", DURATION),
+    (
+        "rules.scanner.user_agents",
+        "a list of User-Agent patterns, such as [\"MyOwnBadTool\"]",
+    ),
+    (
+        "rules.scanner.user_agents[]",
+        "a User-Agent pattern, such as MyOwnBadTool",
+    ),
+    ("rules.register_failures", "a mapping"),
+    ("rules.register_failures.mode", MODES),
+    ("rules.register_failures.threshold", THRESHOLD),
+    ("rules.register_failures.window", DURATION),
+    ("rules.register_failures.ban_for", DURATION),
+    ("rules.invite_failures", "a mapping"),
+    ("rules.invite_failures.mode", MODES),
+    ("rules.invite_failures.threshold", THRESHOLD),
+    ("rules.invite_failures.window", DURATION),
+    ("rules.invite_failures.ban_for", DURATION),
+    ("rules.enumeration", "a mapping"),
+    ("rules.enumeration.mode", MODES),
+    ("rules.enumeration.threshold", THRESHOLD),
+    ("rules.enumeration.window", DURATION),
+    ("rules.enumeration.ban_for", DURATION),
+    ("rules.flood", "a mapping"),
+    ("rules.flood.mode", MODES),
+    ("rules.flood.threshold", THRESHOLD),
+    ("rules.flood.window", DURATION),
+    ("rules.flood.ban_for", DURATION),
+    ("rules.repeat_offenders", "a mapping"),
+    ("rules.repeat_offenders.within", DURATION),
+    ("rules.repeat_offenders.max_ban", DURATION),
+    ("trust_for", DURATION),
+]);
+
+/// The allowlist file: categories of the operator's naming, each a list of named groups.
+pub(crate) const ALLOWLIST_SCHEMA: Schema = Schema(&[
+    (
+        "",
+        "a mapping of categories to lists of groups, such as \
+         carriers: [{name: example-carrier, cidrs: [198.51.100.0/28]}]",
+    ),
+    (
+        "*",
+        "a list of groups, such as [{name: example-carrier, cidrs: [198.51.100.0/28]}]",
+    ),
+    ("*[]", "a mapping"),
+    ("*[].name", "a name, such as example-carrier"),
+    (
+        "*[].cidrs",
+        "a list of networks, such as [\"198.51.100.0/28\", \"2001:db8:10::/48\"]",
+    ),
+    ("*[].cidrs[]", NETWORK),
+]);
+
+impl Schema {
+    /// The keys a mapping at `parent` accepts, in schema order (names of the operator's choosing
+    /// are not listed: any goes there).
+    pub(crate) fn known_keys(&self, parent: &str) -> Vec<&'static str> {
+        let parent = self.generic(parent);
+        self.0
+            .iter()
+            .filter_map(|(path, _)| {
+                let name = if parent.is_empty() {
+                    *path
+                } else {
+                    path.strip_prefix(parent.as_str())?.strip_prefix('.')?
+                };
+                let is_child = !name.is_empty() && !name.contains(['.', '[']) && name != "*";
+                is_child.then_some(name)
+            })
+            .collect()
+    }
+
+    /// What belongs at `path`.
+    pub(crate) fn expected_at(&self, path: &str) -> Option<&'static str> {
+        let generic = self.generic(path);
+        self.0
+            .iter()
+            .find(|(key, _)| *key == generic)
+            .map(|(_, expected)| *expected)
+    }
+
+    /// `path` as the schema writes it: list indices dropped (`udp[1]` is `udp[]`), and where the
+    /// schema takes any top-level key, that key written `*`.
+    fn generic(&self, path: &str) -> String {
+        let mut generic = String::with_capacity(path.len());
+        let mut in_index = false;
+        for c in path.chars() {
+            match c {
+                '[' => {
+                    in_index = true;
+                    generic.push_str("[]");
+                }
+                ']' => in_index = false,
+                _ if in_index => {}
+                _ => generic.push(c),
+            }
+        }
+        let named_top_level = self.0.iter().any(|(key, _)| *key == "*");
+        if named_top_level && !generic.is_empty() {
+            let end = generic.find(['.', '[']).unwrap_or(generic.len());
+            generic.replace_range(..end, "*");
+        }
+        generic
+    }
+}
+
+/// What belongs at `path` of the main file, from [`SCHEMA`].
+pub(crate) fn expected_at(path: &str) -> Option<&'static str> {
+    SCHEMA.expected_at(path)
+}
 
 /// Reads `text` into a [`RawConfig`], pushing every problem found onto `problems`. Returns `None`
 /// when the YAML could not be read into shape; unknown keys alone still return the config, so
 /// validation can report its own problems alongside them.
 pub(crate) fn parse(text: &str, origin: &str, problems: &mut Vec<Problem>) -> Option<RawConfig> {
+    parse_as(text, origin, &SCHEMA, problems)
+}
+
+/// Reads an allowlist file's `text` into a [`RawAllowlist`], as [`parse`] does the main file.
+pub(crate) fn parse_allowlist(
+    text: &str,
+    origin: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<RawAllowlist> {
+    parse_as(text, origin, &ALLOWLIST_SCHEMA, problems)
+}
+
+fn parse_as<T: serde::de::DeserializeOwned + Default>(
+    text: &str,
+    origin: &str,
+    schema: &Schema,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     let mut unknown = Vec::new();
     let mut shape_path = None;
     let result = serde_saphyr::with_deserializer_from_str(text, |de| {
         let mut on_unknown = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
         let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
         // An empty file (or one of comments only) is a null document: all defaults.
-        serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|err| {
+        serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|err| {
             shape_path = Some(error_path(err.path()));
             err.into_inner()
         })
     });
     for path in unknown {
-        problems.push(unknown_key(origin, path));
+        problems.push(unknown_key(origin, schema, path));
     }
     match result {
         Ok(raw) => Some(raw.unwrap_or_default()),
         Err(err) => {
-            problems.push(yaml_problem(text, origin, shape_path, &err));
+            problems.push(yaml_problem(text, origin, schema, shape_path, &err));
             None
         }
     }
 }
 
-fn unknown_key(origin: &str, path: String) -> Problem {
+fn unknown_key(origin: &str, schema: &Schema, path: String) -> Problem {
     let parent = match path.rfind(['.', '[']) {
         Some(end) => &path[..end],
         None => "",
     };
-    let known = known_keys(parent);
+    let known = schema.known_keys(parent);
     let message = if known.is_empty() {
         "unknown key".to_owned()
     } else {
@@ -140,48 +370,12 @@ fn unknown_key(origin: &str, path: String) -> Problem {
     }
 }
 
-/// The keys a mapping at `parent` accepts, in schema order.
-pub(crate) fn known_keys(parent: &str) -> Vec<&'static str> {
-    SCHEMA
-        .iter()
-        .filter_map(|(path, _)| {
-            let name = if parent.is_empty() {
-                *path
-            } else {
-                path.strip_prefix(parent)?.strip_prefix('.')?
-            };
-            let is_child = !name.is_empty() && !name.contains(['.', '[']);
-            is_child.then_some(name)
-        })
-        .collect()
-}
-
-/// What belongs at `path` (list indices ignored), from [`SCHEMA`].
-pub(crate) fn expected_at(path: &str) -> Option<&'static str> {
-    let mut generic = String::with_capacity(path.len());
-    let mut in_index = false;
-    for c in path.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                generic.push_str("[]");
-            }
-            ']' => in_index = false,
-            _ if in_index => {}
-            _ => generic.push(c),
-        }
-    }
-    SCHEMA
-        .iter()
-        .find(|(key, _)| *key == generic)
-        .map(|(_, expected)| *expected)
-}
-
 /// Turns a YAML error into a problem: a wrongly shaped value says what belongs at its key;
 /// anything else (broken YAML, a duplicate key, several documents) keeps the parser's words.
 fn yaml_problem(
     text: &str,
     origin: &str,
+    schema: &Schema,
     path: Option<String>,
     err: &serde_saphyr::Error,
 ) -> Problem {
@@ -197,10 +391,10 @@ fn yaml_problem(
         serde_saphyr::Error::Unexpected { .. } | serde_saphyr::Error::SerdeInvalidType { .. }
     );
     let shape_expected = is_shape
-        .then(|| expected_at(&path))
+        .then(|| schema.expected_at(&path))
         .flatten()
         .map(|expected| {
-            let keys = known_keys(&path);
+            let keys = schema.known_keys(&path);
             if keys.is_empty() {
                 expected.to_owned()
             } else {

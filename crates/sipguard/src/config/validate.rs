@@ -1,15 +1,22 @@
 //! Stage two: [`RawConfig`] to the typed [`Config`], every problem gathered before failing.
 //!
-//! Defaults for keys the file leaves out live here, as constants; `config/default.yaml` spells
-//! the same values out for operators, and a unit test keeps the two equal.
+//! Defaults for keys the file leaves out live here, as constants, or for the detection rules in
+//! `PolicyConfig::default()` (which holds DESIGN.md's table); `config/default.yaml` spells the
+//! same values out for operators, and a unit test keeps the two equal.
+//!
+//! Validation reads the allowlist file the config names, so its problems are reported with the
+//! main file's in one run.
 
 use super::error::{quote, Problem, ProblemKind};
-use super::raw::{expected_at, RawConfig};
-use super::{Config, Overrides};
+use super::raw::{
+    self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
+};
+use super::{allowlist, read_text, Config, Overrides, ReadError};
 use ipnet::IpNet;
-use sipguard_policy::PolicyConfig;
+use sipguard_policy::{AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
 use sipguard_relay::RelayConfig;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 /// Where settings given as flags come from, in messages.
@@ -26,6 +33,14 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024;
 const MIN_MESSAGE_SIZE: usize = 512;
 /// The largest UDP payload; nothing bigger can arrive in one datagram.
 const MAX_MESSAGE_SIZE: usize = 65_535;
+/// Below this, a scan from a few thousand addresses would evict the evidence and bans it needs
+/// (each table evicts its oldest entries when full).
+const MIN_TRACKED_SOURCES: usize = 1000;
+/// Longest scanner pattern: real User-Agent values are far shorter, and the automaton's size
+/// grows with the patterns' total length.
+const MAX_USER_AGENT_BYTES: usize = 256;
+/// Most scanner patterns an operator may add to the built-in list.
+const MAX_USER_AGENTS: usize = 1000;
 
 /// Where one setting came from: the file and key, or the flag that replaced it.
 #[derive(Clone)]
@@ -48,19 +63,18 @@ impl Key<'_> {
 }
 
 /// Validates `raw` (read from `origin`) with `overrides` applied, pushing every problem onto
-/// `problems`. Returns the config only when nothing was wrong.
-#[allow(
-    clippy::needless_update,
-    reason = "PolicyConfig is growing rule settings the file does not set yet; defaults fill them"
-)]
+/// `problems`. A relative allowlist file name is taken from `dir`, the main file's directory.
+/// Returns the config only when nothing was wrong.
 pub(crate) fn validate(
     raw: RawConfig,
     origin: &str,
+    dir: &Path,
     overrides: &Overrides,
     problems: &mut Vec<Problem>,
 ) -> Option<Config> {
     let before = problems.len();
     let mut v = Validator { origin, problems };
+    let defaults = PolicyConfig::default();
 
     let listen_udp = v.listen_udp(raw.listen.and_then(|l| l.udp), &overrides.listen_udp);
     let pbx = raw.pbx.unwrap_or_default();
@@ -72,17 +86,30 @@ pub(crate) fn validate(
     let upstream_bind = v.upstream_bind(pbx.upstream_bind.as_deref(), pbx_addr.as_ref());
 
     let sessions = raw.sessions.unwrap_or_default();
-    let session_idle = v.session_idle(sessions.idle_timeout.as_deref());
+    let session_idle = v.duration(
+        "sessions.idle_timeout",
+        sessions.idle_timeout.as_deref(),
+        DEFAULT_SESSION_IDLE,
+    );
     let max_sessions = v.max_sessions(sessions.max.as_deref());
     let limits = raw.limits.unwrap_or_default();
     let max_message_size = v.max_message_size(limits.max_message_size.as_deref());
+    let max_tracked_sources = v.max_tracked_sources(
+        limits.max_tracked_sources.as_deref(),
+        defaults.max_tracked_sources,
+    );
     let deny = v.deny(raw.deny);
+    let (allowlist, allowlist_mode) = v.allowlist(raw.allowlist.unwrap_or_default(), dir);
+    let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
+    let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
 
     if problems.len() > before {
         return None;
     }
     let listen_udp: Option<Vec<SocketAddr>> =
         listen_udp.into_iter().map(|(_, addr)| addr).collect();
+    let rules = rules?;
+    // Every field named: a setting added to PolicyConfig must be given a key here.
     Some(Config {
         listen_udp: listen_udp?,
         relay: RelayConfig {
@@ -93,10 +120,39 @@ pub(crate) fn validate(
         },
         policy: PolicyConfig {
             deny: deny?,
+            allowlist: allowlist?,
+            allowlist_mode: allowlist_mode?,
             max_message_size: max_message_size?,
-            ..PolicyConfig::default()
+            scanner_user_agents: rules.scanner_user_agents,
+            scanner: rules.scanner,
+            register_failures: rules.register_failures,
+            invite_failures: rules.invite_failures,
+            enumeration: rules.enumeration,
+            flood: rules.flood,
+            repeat: rules.repeat,
+            trust_for: trust_for?,
+            max_tracked_sources: max_tracked_sources?,
         },
     })
+}
+
+/// The validated `rules` section.
+struct Rules {
+    scanner_user_agents: Vec<String>,
+    scanner: Rule,
+    register_failures: Rule,
+    invite_failures: Rule,
+    enumeration: Rule,
+    flood: Rule,
+    repeat: RepeatConfig,
+}
+
+/// A rule's `ban_for` as validated, kept to check it against `repeat_offenders.max_ban`.
+struct BanFor {
+    path: String,
+    /// As written; `None` when the default applies.
+    text: Option<String>,
+    duration: Duration,
 }
 
 struct Validator<'a, 'p> {
@@ -269,19 +325,23 @@ impl<'a> Validator<'a, '_> {
         Some(ip)
     }
 
-    fn session_idle(&mut self, text: Option<&str>) -> Option<Duration> {
+    /// A duration greater than zero at `path`; `default` when left out.
+    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Option<Duration> {
         let Some(text) = text else {
-            return Some(DEFAULT_SESSION_IDLE);
+            return Some(default);
         };
-        let key = self.key("sessions.idle_timeout");
+        let key = self.key(path);
         match humantime::parse_duration(text) {
-            Ok(idle) if !idle.is_zero() => Some(idle),
+            Ok(duration) if !duration.is_zero() => Some(duration),
             Ok(_) => {
-                self.problem(key.invalid(text, "a duration greater than 0, such as 2h"));
+                self.problem(key.invalid(
+                    text,
+                    format_args!("a duration greater than 0, such as {}", example(default)),
+                ));
                 None
             }
             Err(_) => {
-                self.problem(key.invalid(text, "a duration such as 30s, 10m, 1h"));
+                self.problem(key.invalid(text, raw::DURATION));
                 None
             }
         }
@@ -317,6 +377,21 @@ impl<'a> Validator<'a, '_> {
         }
     }
 
+    fn max_tracked_sources(&mut self, text: Option<&str>, default: usize) -> Option<usize> {
+        let Some(text) = text else {
+            return Some(default);
+        };
+        match text.parse::<usize>() {
+            Ok(max) if max >= MIN_TRACKED_SOURCES => Some(max),
+            _ => {
+                let key = self.key("limits.max_tracked_sources");
+                let expected = expected_at("limits.max_tracked_sources").unwrap_or_default();
+                self.problem(key.invalid(text, expected));
+                None
+            }
+        }
+    }
+
     fn deny(&mut self, list: Option<Vec<String>>) -> Option<Vec<IpNet>> {
         let mut ok = true;
         let mut deny = Vec::new();
@@ -332,6 +407,331 @@ impl<'a> Validator<'a, '_> {
         }
         ok.then_some(deny)
     }
+
+    /// Reads and validates the allowlist file, if one is named, and checks the mode against it:
+    /// enforcing an allowlist that lists nobody would drop every source.
+    fn allowlist(
+        &mut self,
+        raw: RawAllowlistRef,
+        dir: &Path,
+    ) -> (Option<Vec<IpNet>>, Option<AllowlistMode>) {
+        let networks = match &raw.file {
+            None => Some(Vec::new()),
+            Some(name) if name.trim().is_empty() => {
+                let key = self.key("allowlist.file");
+                self.problem(key.invalid(name, expected_at("allowlist.file").unwrap_or_default()));
+                None
+            }
+            Some(name) => {
+                let path = dir.join(name);
+                let file_origin = path.display().to_string();
+                match read_text(&path) {
+                    Ok(text) => allowlist::from_yaml(&text, &file_origin, self.problems),
+                    Err(ReadError::Io(err)) => {
+                        let key = self.key("allowlist.file");
+                        self.problem(key.invalid(
+                            name,
+                            format_args!(
+                                "a readable allowlist file: cannot read {file_origin}: {err}"
+                            ),
+                        ));
+                        None
+                    }
+                    Err(err @ ReadError::NotUtf8 { .. }) => {
+                        self.problem(Problem {
+                            kind: ProblemKind::Syntax,
+                            origin: file_origin,
+                            location: None,
+                            path: String::new(),
+                            value: None,
+                            message: format!("not valid YAML: {err}"),
+                        });
+                        None
+                    }
+                }
+            }
+        };
+        let mode = match raw.mode.as_deref() {
+            None | Some("off") => Some(AllowlistMode::Off),
+            Some("enforce") => {
+                let key = self.key("allowlist.mode");
+                match (&raw.file, &networks) {
+                    (None, _) => {
+                        self.problem(key.invalid(
+                            "enforce",
+                            "off unless allowlist.file names the sources to admit: enforcing no \
+                             allowlist would drop every source",
+                        ));
+                        None
+                    }
+                    (Some(name), Some(networks)) if networks.is_empty() => {
+                        let file = dir.join(name);
+                        self.problem(key.invalid(
+                            "enforce",
+                            format_args!(
+                                "off while {} lists no networks: enforcing it would drop every \
+                                 source",
+                                file.display()
+                            ),
+                        ));
+                        None
+                    }
+                    _ => Some(AllowlistMode::Enforce),
+                }
+            }
+            Some(text) => {
+                let key = self.key("allowlist.mode");
+                self.problem(key.invalid(text, expected_at("allowlist.mode").unwrap_or_default()));
+                None
+            }
+        };
+        (networks, mode)
+    }
+
+    fn rules(&mut self, raw: RawRules, defaults: &PolicyConfig) -> Option<Rules> {
+        let mut bans = Vec::new();
+        let (scanner, scanner_user_agents) =
+            self.scanner_rule(raw.scanner.unwrap_or_default(), defaults, &mut bans);
+        let mut rule = |name: &str, raw: Option<RawRule>, default: &Rule| {
+            self.rule(name, raw.unwrap_or_default(), default, &mut bans)
+        };
+        let register_failures = rule(
+            "register_failures",
+            raw.register_failures,
+            &defaults.register_failures,
+        );
+        let invite_failures = rule(
+            "invite_failures",
+            raw.invite_failures,
+            &defaults.invite_failures,
+        );
+        let enumeration = rule("enumeration", raw.enumeration, &defaults.enumeration);
+        let flood = rule("flood", raw.flood, &defaults.flood);
+        let repeat = self.repeat(raw.repeat_offenders.unwrap_or_default(), defaults, &bans);
+        Some(Rules {
+            scanner_user_agents: scanner_user_agents?,
+            scanner: scanner?,
+            register_failures: register_failures?,
+            invite_failures: invite_failures?,
+            enumeration: enumeration?,
+            flood: flood?,
+            repeat: repeat?,
+        })
+    }
+
+    /// The scanner rule trips on one packet: only its mode and ban are set here. Its patterns
+    /// are added to the built-in list, which cannot be shortened by mistake.
+    fn scanner_rule(
+        &mut self,
+        raw: RawScannerRule,
+        defaults: &PolicyConfig,
+        bans: &mut Vec<BanFor>,
+    ) -> (Option<Rule>, Option<Vec<String>>) {
+        let default = &defaults.scanner;
+        let mode = self.mode("rules.scanner.mode", raw.mode.as_deref(), default.mode);
+        let ban_for = self.ban_for("rules.scanner", raw.ban_for, default.ban_for, bans);
+        let rule = mode.zip(ban_for).map(|(mode, ban_for)| Rule {
+            mode,
+            ban_for,
+            ..*default
+        });
+
+        let added = raw.user_agents.unwrap_or_default();
+        let mut ok = true;
+        if added.len() > MAX_USER_AGENTS {
+            self.problem(Problem {
+                kind: ProblemKind::InvalidValue,
+                origin: self.origin.to_owned(),
+                location: None,
+                path: "rules.scanner.user_agents".to_owned(),
+                value: Some(format!("[{} patterns]", added.len())),
+                message: format!("expected at most {MAX_USER_AGENTS} patterns"),
+            });
+            ok = false;
+        }
+        for (i, pattern) in added.iter().enumerate() {
+            let key = self.key(format!("rules.scanner.user_agents[{i}]"));
+            if pattern.trim().is_empty() {
+                // A blank pattern would match every User-Agent with a space in it.
+                self.problem(
+                    key.invalid(pattern, "a pattern with text in it, such as MyOwnBadTool"),
+                );
+                ok = false;
+            } else if pattern.len() > MAX_USER_AGENT_BYTES {
+                self.problem(key.invalid(
+                    pattern,
+                    format_args!("a pattern of at most {MAX_USER_AGENT_BYTES} bytes"),
+                ));
+                ok = false;
+            }
+        }
+        let user_agents = ok.then(|| {
+            let mut all = defaults.scanner_user_agents.clone();
+            all.extend(added);
+            all
+        });
+        (rule, user_agents)
+    }
+
+    fn rule(
+        &mut self,
+        name: &str,
+        raw: RawRule,
+        default: &Rule,
+        bans: &mut Vec<BanFor>,
+    ) -> Option<Rule> {
+        let at = format!("rules.{name}");
+        let mode = self.mode(&format!("{at}.mode"), raw.mode.as_deref(), default.mode);
+        let threshold = self.threshold(
+            &format!("{at}.threshold"),
+            raw.threshold.as_deref(),
+            default.threshold,
+        );
+        let window = self.duration(
+            &format!("{at}.window"),
+            raw.window.as_deref(),
+            default.window,
+        );
+        let ban_for = self.ban_for(&at, raw.ban_for, default.ban_for, bans);
+        Some(Rule {
+            mode: mode?,
+            threshold: threshold?,
+            window: window?,
+            ban_for: ban_for?,
+        })
+    }
+
+    fn mode(&mut self, path: &str, text: Option<&str>, default: Mode) -> Option<Mode> {
+        match text {
+            None => Some(default),
+            Some("observe") => Some(Mode::Observe),
+            Some("drop") => Some(Mode::Drop),
+            Some("ban") => Some(Mode::Ban),
+            Some(text) => {
+                let key = self.key(path);
+                self.problem(key.invalid(text, raw::MODES));
+                None
+            }
+        }
+    }
+
+    fn threshold(&mut self, path: &str, text: Option<&str>, default: u32) -> Option<u32> {
+        let Some(text) = text else {
+            return Some(default);
+        };
+        match text.parse::<u32>() {
+            Ok(n) if n >= 1 => Some(n),
+            parsed => {
+                let key = self.key(path);
+                let too_large = parsed.is_err() && text.parse::<u64>().is_ok();
+                let expected = if too_large {
+                    format!("a whole number from 1 to {}", u32::MAX)
+                } else {
+                    format!("a whole number of at least 1, such as {default}")
+                };
+                self.problem(key.invalid(text, expected));
+                None
+            }
+        }
+    }
+
+    /// A rule's `ban_for`, noted in `bans` for the check against `repeat_offenders.max_ban`.
+    fn ban_for(
+        &mut self,
+        rule: &str,
+        text: Option<String>,
+        default: Duration,
+        bans: &mut Vec<BanFor>,
+    ) -> Option<Duration> {
+        let path = format!("{rule}.ban_for");
+        let duration = self.duration(&path, text.as_deref(), default)?;
+        bans.push(BanFor {
+            path,
+            text,
+            duration,
+        });
+        Some(duration)
+    }
+
+    /// Repeat offenders' bans double up to `max_ban`, so a rule's first ban longer than that
+    /// would be cut short on the second offence: refused, at whichever key the file sets.
+    fn repeat(
+        &mut self,
+        raw: RawRepeat,
+        defaults: &PolicyConfig,
+        bans: &[BanFor],
+    ) -> Option<RepeatConfig> {
+        let default = &defaults.repeat;
+        let at = "rules.repeat_offenders";
+        let within = self.duration(
+            &format!("{at}.within"),
+            raw.within.as_deref(),
+            default.within,
+        );
+        let max_ban_path = format!("{at}.max_ban");
+        let max_ban = self.duration(&max_ban_path, raw.max_ban.as_deref(), default.max_ban)?;
+        let mut ok = true;
+        match raw.max_ban.as_deref() {
+            Some(text) => {
+                if let Some(longest) = bans.iter().rev().max_by_key(|ban| ban.duration) {
+                    if longest.duration > max_ban {
+                        let written = longest.text.as_deref().map_or_else(
+                            || format!("{} by default", example(longest.duration)),
+                            str::to_owned,
+                        );
+                        let key = self.key(max_ban_path.clone());
+                        self.problem(key.invalid(
+                            text,
+                            format_args!(
+                                "a duration at least as long as every rule's ban_for ({} is \
+                                 {written})",
+                                longest.path
+                            ),
+                        ));
+                        ok = false;
+                    }
+                }
+            }
+            None => {
+                for ban in bans.iter().filter(|ban| ban.duration > max_ban) {
+                    // Only a ban_for the file sets can exceed the default max_ban.
+                    let Some(text) = ban.text.as_deref() else {
+                        continue;
+                    };
+                    let key = self.key(ban.path.clone());
+                    self.problem(key.invalid(
+                        text,
+                        format_args!(
+                            "a duration no longer than {max_ban_path} ({}), or a longer max_ban",
+                            example(max_ban)
+                        ),
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(RepeatConfig {
+            within: within?,
+            max_ban,
+        })
+    }
+}
+
+/// `duration` as an operator would write it in the file: in its largest whole unit of weeks,
+/// hours, minutes or seconds (`24h` rather than humantime's `1day`).
+fn example(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs == 0 || duration.subsec_nanos() != 0 {
+        return humantime::format_duration(duration).to_string();
+    }
+    let (count, unit) = [(7 * 24 * 3600, "w"), (3600, "h"), (60, "m"), (1, "s")]
+        .into_iter()
+        .find(|(size, _)| secs.is_multiple_of(*size))
+        .map_or((secs, "s"), |(size, unit)| (secs / size, unit));
+    format!("{count}{unit}")
 }
 
 /// Whether a listener on `wide` already receives what is sent to `addr`: the same port on the
@@ -386,8 +786,8 @@ fn parse_socket_addr(text: &str, example_port: u16) -> Result<SocketAddr, String
 
 /// Parses a CIDR, or a bare address meaning just that address (/32 or /128). A CIDR with host
 /// bits set is refused: `192.0.2.7/24` is more likely a slip than a way to write 192.0.2.0/24.
-fn parse_net(text: &str) -> Result<IpNet, String> {
-    let generic = || expected_at("deny[]").unwrap_or_default().to_owned();
+pub(crate) fn parse_net(text: &str) -> Result<IpNet, String> {
+    let generic = || raw::NETWORK.to_owned();
     if text.contains('/') {
         return match text.parse::<IpNet>() {
             Ok(net) if net.trunc() == net => Ok(net),

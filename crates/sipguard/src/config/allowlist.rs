@@ -1,0 +1,214 @@
+//! The allowlist file (DESIGN.md section 4): named groups of carrier and office networks, in
+//! categories the operator names (`carriers`, `offices`, ...), kept apart from the main config so
+//! it can be generated or shared across hosts.
+//!
+//! The file goes through the same two stages as the main one, with its own schema, and its
+//! problems carry its own name and key paths (`carriers[0].cidrs[1]`); the main config's
+//! validation gathers them with its own, so one run reports both files. Group names are for
+//! people reading the file and must be unique in it; the policy only sees the networks.
+
+use super::error::{quote, Problem, ProblemKind};
+use super::raw::{self, RawAllowlist};
+use super::validate::parse_net;
+use ipnet::IpNet;
+
+/// Validates allowlist `text` (read from `origin`), pushing every problem onto `problems`.
+/// Returns the networks, in file order, only when nothing was wrong.
+pub(crate) fn from_yaml(
+    text: &str,
+    origin: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<IpNet>> {
+    let before = problems.len();
+    let raw = raw::parse_allowlist(text, origin, problems)?;
+    let networks = validate(raw, origin, problems);
+    (problems.len() == before).then_some(networks)
+}
+
+fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<IpNet> {
+    let problem = |path: String, value: Option<&str>, expected: &str| Problem {
+        kind: ProblemKind::InvalidValue,
+        origin: origin.to_owned(),
+        location: None,
+        path,
+        value: value.map(quote),
+        message: format!("expected {expected}"),
+    };
+    let mut networks = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (category, groups) in raw.categories {
+        for (i, group) in groups.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("{category}[{i}]");
+            match group.name {
+                None => problems.push(problem(
+                    at.clone(),
+                    None,
+                    "a name for the group, such as name: example-carrier",
+                )),
+                Some(name) if name.trim().is_empty() => problems.push(problem(
+                    format!("{at}.name"),
+                    Some(&name),
+                    "a name, such as example-carrier",
+                )),
+                Some(name) => {
+                    let path = format!("{at}.name");
+                    match names.iter().find(|(earlier, _)| *earlier == name) {
+                        Some((_, earlier_path)) => problems.push(problem(
+                            path,
+                            Some(&name),
+                            &format!("each name once in the file, and {earlier_path} is the same"),
+                        )),
+                        None => names.push((name, path)),
+                    }
+                }
+            }
+            match group.cidrs {
+                None => problems.push(problem(
+                    at,
+                    None,
+                    "the group's networks, such as cidrs: [198.51.100.0/28]",
+                )),
+                Some(cidrs) if cidrs.is_empty() => problems.push(Problem {
+                    value: Some("[]".to_owned()),
+                    ..problem(
+                        format!("{at}.cidrs"),
+                        None,
+                        "at least one network, such as 198.51.100.0/28",
+                    )
+                }),
+                Some(cidrs) => {
+                    for (j, text) in cidrs.into_iter().enumerate() {
+                        match parse_net(&text) {
+                            Ok(net) => networks.push(net),
+                            Err(expected) => problems.push(problem(
+                                format!("{at}.cidrs[{j}]"),
+                                Some(&text),
+                                &expected,
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    networks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn networks(text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let nets = from_yaml(text, "allowlist.yaml", &mut problems);
+        assert_eq!(problems, [], "{text}");
+        nets.unwrap().iter().map(IpNet::to_string).collect()
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        assert_eq!(from_yaml(text, "allowlist.yaml", &mut problems), None);
+        problems.iter().map(Problem::to_string).collect()
+    }
+
+    #[test]
+    fn groups_in_categories_of_any_name_give_their_networks_in_file_order() {
+        let found = networks(
+            "carriers:\n  - name: example-carrier\n    cidrs: [198.51.100.0/28, 2001:db8:10::/48]\n\
+             offices:\n  - name: hq\n    cidrs: [203.0.113.0/24]\n  - name: branch\n    cidrs: [192.0.2.9]\n\
+             partners_2024: []\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "198.51.100.0/28",
+                "2001:db8:10::/48",
+                "203.0.113.0/24",
+                "192.0.2.9/32"
+            ]
+        );
+    }
+
+    #[test]
+    fn bare_addresses_are_single_hosts_of_either_family() {
+        assert_eq!(
+            networks("x:\n  - {name: a, cidrs: [\"198.51.100.1\", \"2001:db8::1\"]}\n"),
+            ["198.51.100.1/32", "2001:db8::1/128"]
+        );
+    }
+
+    #[test]
+    fn an_empty_file_or_an_empty_category_lists_nothing() {
+        assert_eq!(networks(""), Vec::<String>::new());
+        assert_eq!(networks("# no carriers yet\n"), Vec::<String>::new());
+        assert_eq!(networks("carriers:\noffices: []\n"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_bad_entry_is_reported_with_its_key_path() {
+        let found = lines(
+            "carriers:\n  - name: example-carrier\n    cidrs: [198.51.100.0/28, 198.51.100.1/24, nonsense]\n\
+             offices:\n  - name: hq\n    cidrs: []\n  - cidrs: [203.0.113.0/24]\n  - name: \" \"\n\
+             \x20 - name: example-carrier\n    cidrs: [\"2001:db8::/129\"]\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "allowlist.yaml: carriers[0].cidrs[1]: \"198.51.100.1/24\": expected a network address with no host bits set, such as 198.51.100.0/24",
+                "allowlist.yaml: carriers[0].cidrs[2]: \"nonsense\": expected a network such as 192.0.2.0/24 or 2001:db8::/32, or a single address",
+                "allowlist.yaml: offices[0].cidrs: []: expected at least one network, such as 198.51.100.0/28",
+                "allowlist.yaml: offices[1]: expected a name for the group, such as name: example-carrier",
+                "allowlist.yaml: offices[2].name: \" \": expected a name, such as example-carrier",
+                "allowlist.yaml: offices[2]: expected the group's networks, such as cidrs: [198.51.100.0/28]",
+                "allowlist.yaml: offices[3].name: \"example-carrier\": expected each name once in the file, and carriers[0].name is the same",
+                "allowlist.yaml: offices[3].cidrs[0]: \"2001:db8::/129\": expected a network such as 192.0.2.0/24 or 2001:db8::/32, or a single address",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_inside_a_group_are_named_with_the_keys_allowed_there() {
+        let found = lines(
+            "carriers:\n  - name: a\n    cidr: [198.51.100.0/28]\n    cidrs: [198.51.100.0/28]\n",
+        );
+        assert_eq!(
+            found,
+            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs"]
+        );
+    }
+
+    #[test]
+    fn wrongly_shaped_allowlist_says_what_belongs_there() {
+        assert_eq!(
+            lines("- 198.51.100.0/28\n"),
+            ["allowlist.yaml:1:1: \"- 198.51.100.0/28\": expected a mapping of categories to lists of groups, such as \
+              carriers: [{name: example-carrier, cidrs: [198.51.100.0/28]}]"]
+        );
+        assert_eq!(
+            lines("carriers: 198.51.100.0/28\n"),
+            [
+                "allowlist.yaml:1:11: carriers: \"198.51.100.0/28\": expected a list of groups, \
+              such as [{name: example-carrier, cidrs: [198.51.100.0/28]}]"
+            ]
+        );
+        assert_eq!(
+            lines("carriers:\n  - 198.51.100.0/28\n"),
+            ["allowlist.yaml:2:5: carriers[0]: \"198.51.100.0/28\": expected a mapping with the \
+              keys name, cidrs"]
+        );
+        assert_eq!(
+            lines("carriers:\n  - name: a\n    cidrs: 198.51.100.0/28\n"),
+            [
+                "allowlist.yaml:3:12: carriers[0].cidrs: \"198.51.100.0/28\": expected a list of \
+              networks, such as [\"198.51.100.0/28\", \"2001:db8:10::/48\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_category_named_twice_is_refused() {
+        let found = lines("carriers: []\ncarriers: []\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].contains("duplicate"), "{found:?}");
+    }
+}
