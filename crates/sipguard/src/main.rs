@@ -129,15 +129,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr, leaving stdout for command output; the level comes from `RUST_LOG`
+/// Logs go to stderr (colours only on a terminal), leaving stdout for command output; the level comes from `RUST_LOG`
 /// (invalid directives are ignored rather than fatal), `info` when unset.
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter};
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
+    // Colours only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
