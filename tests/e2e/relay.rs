@@ -1,7 +1,9 @@
 //! The relay between real peers: SIPp phones register through sipguard to Kamailio, the PBX
 //! reaches them back through their sessions, and each client address is its own peer at the PBX.
 
-use crate::support::{free_udp_addr, poll_until, udp_port_bound, Kamailio, Sipguard, Sipp, USERS};
+use crate::support::{
+    free_udp_addr, password, poll_until, udp_port_bound, Kamailio, Sipguard, Sipp,
+};
 use anyhow::{ensure, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,14 +14,6 @@ const PHONE_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
 /// How long a phone process gets to bind its port.
 const BIND_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn password(user: &str) -> &'static str {
-    USERS
-        .iter()
-        .find(|(u, _)| *u == user)
-        .map(|(_, p)| *p)
-        .expect("a user pbx.cfg knows")
-}
 
 /// Registers `user` from `phone` through sipguard: SIPp asserts the 401 challenge and the 200.
 fn register(pbx: &Kamailio, guard: &Sipguard, phone: SocketAddr, user: &str) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The users pbx.cfg knows, with their passwords.
 pub const USERS: [(&str, &str); 5] = [
@@ -164,9 +164,74 @@ impl Kamailio {
         parse_received(&self.kamcmd(&["ul.dump"])?, aor)
     }
 
+    /// Every request that has reached Kamailio so far, in the order it logged them (pbx.cfg logs
+    /// each one as it arrives, before anything else is done with it).
+    pub fn requests(&self) -> Vec<PbxRequest> {
+        self.log().lines().filter_map(PbxRequest::parse).collect()
+    }
+
     /// A directory for files that live as long as this instance (tests put SIPp logs here).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// One request as it reached the PBX, from pbx.cfg's `E2E-REQ` log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PbxRequest {
+    /// When Kamailio received it.
+    pub at: SystemTime,
+    /// The peer it came from: behind sipguard, the upstream socket of the client's session.
+    pub peer: SocketAddr,
+    /// The host of the top Via: the address the client says it sends from.
+    pub via_host: String,
+    /// The method.
+    pub method: String,
+    /// The To user.
+    pub to_user: Option<String>,
+    /// The From user.
+    pub from_user: Option<String>,
+    /// The username of the credentials it carried; `None` when it carried none.
+    pub auth_user: Option<String>,
+    /// Call-ID.
+    pub call_id: String,
+    /// CSeq number.
+    pub cseq: u32,
+}
+
+impl PbxRequest {
+    /// Reads one `E2E-REQ` line; `None` for any other line.
+    fn parse(line: &str) -> Option<Self> {
+        let (_, fields) = line.split_once("E2E-REQ ")?;
+        let mut map = std::collections::HashMap::new();
+        for field in fields.split_whitespace() {
+            let (key, value) = field.split_once('=')?;
+            map.insert(key, value);
+        }
+        let text = |key: &str| map.get(key).map(|v| v.to_string());
+        let optional = |key: &str| text(key).filter(|v| v != "<null>");
+        let seconds: f64 = map.get("t")?.parse().ok()?;
+        Some(PbxRequest {
+            at: UNIX_EPOCH + Duration::from_secs_f64(seconds),
+            peer: map.get("src")?.parse().ok()?,
+            via_host: text("via")?,
+            method: text("m")?,
+            to_user: optional("tu"),
+            from_user: optional("fu"),
+            auth_user: optional("au"),
+            call_id: text("ci")?,
+            cseq: map.get("cs")?.parse().ok()?,
+        })
+    }
+
+    /// Whether it carried credentials (Authorization or Proxy-Authorization).
+    pub fn credentialed(&self) -> bool {
+        self.auth_user.is_some()
+    }
+
+    /// What identifies its transaction from the client's side: retransmissions share it.
+    pub fn transaction(&self) -> (String, u32, String) {
+        (self.call_id.clone(), self.cseq, self.method.clone())
     }
 }
 
@@ -204,6 +269,25 @@ fn parse_received(dump: &str, aor: &str) -> anyhow::Result<Vec<SocketAddr>> {
         }
     }
     Ok(received)
+}
+
+#[test]
+fn pbx_request_lines_are_read_from_the_log() {
+    let line = " 2(22463) NOTICE: <script>: E2E-REQ t=1795262131.441264 src=127.0.0.1:40113 \
+        via=127.0.0.22 m=REGISTER tu=1001 fu=1001 au=1001 ci=4225777034 cs=2";
+    let request = PbxRequest::parse(line).expect("an E2E-REQ line");
+    assert_eq!(request.peer, "127.0.0.1:40113".parse().unwrap());
+    assert_eq!(request.via_host, "127.0.0.22");
+    assert_eq!(request.method, "REGISTER");
+    assert_eq!(request.to_user.as_deref(), Some("1001"));
+    assert!(request.credentialed());
+    assert_eq!((request.call_id.as_str(), request.cseq), ("4225777034", 2));
+    let millis = request.at.duration_since(UNIX_EPOCH).unwrap().as_millis();
+    assert_eq!(millis, 1_795_262_131_441);
+
+    let bare = PbxRequest::parse(&line.replace("au=1001", "au=<null>")).unwrap();
+    assert!(!bare.credentialed());
+    assert!(PbxRequest::parse(" 0(1) INFO: <core> [main.c:3055]: main(): processes").is_none());
 }
 
 #[test]

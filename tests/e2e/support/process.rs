@@ -53,6 +53,14 @@ impl Guarded {
         }
     }
 
+    /// Sends SIGINT to the process (not its group), as Ctrl-C would: tools that catch it (the
+    /// sipvicious scripts) print their results before they exit.
+    pub fn interrupt(&mut self) {
+        if matches!(self.try_wait(), Ok(None)) {
+            signal(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+    }
+
     /// Stops the process if it is still running: SIGTERM to its PID, SIGKILL to its process
     /// group if it lingers, and SIGKILL to the group once more for any child it left behind.
     /// Returns its exit status.

@@ -1,10 +1,12 @@
 //! sipguard in-process: bound on 127.0.0.1:0 through the library API, run on its own runtime
-//! thread, shut down (and checked for a clean exit) when the handle drops.
+//! thread, shut down (and checked for a clean exit) when the handle drops. The test keeps a
+//! handle on the policy, to see who is banned and why.
 
 use anyhow::{anyhow, Context};
-use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::time::Duration;
+use sipguard_policy::{Ban, Policy, Timestamp};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
 
 /// How long `run` gets to return after the shutdown signal.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -13,16 +15,27 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Sipguard {
     addr: SocketAddr,
+    policy: Arc<Policy>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: mpsc::Receiver<anyhow::Result<()>>,
 }
 
 impl Sipguard {
-    /// Starts sipguard in front of the PBX at `pbx`, listening on 127.0.0.1 and a free port.
+    /// Starts sipguard with its built-in defaults in front of the PBX at `pbx`, listening on
+    /// 127.0.0.1 and a free port.
     pub fn start(pbx: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(pbx, |_| {})
+    }
+
+    /// Starts sipguard like [`Sipguard::start`], with the config changed by `tune` first (a test
+    /// sets policy fields directly, e.g. an enforced allowlist).
+    pub fn start_with(
+        pbx: SocketAddr,
+        tune: impl FnOnce(&mut sipguard::Config),
+    ) -> anyhow::Result<Self> {
         // The embedded default config, on port 0 and in front of this PBX.
         let defaults = sipguard::Config::default();
-        let config = sipguard::Config {
+        let mut config = sipguard::Config {
             listen_udp: vec!["127.0.0.1:0".parse()?],
             relay: sipguard_relay::RelayConfig {
                 pbx,
@@ -31,6 +44,8 @@ impl Sipguard {
             },
             ..defaults
         };
+        tune(&mut config);
+        let policy = sipguard::policy(&config)?;
         let sockets = sipguard::bind(&config).context("sipguard::bind")?;
         let addr = *sockets
             .udp_addrs()
@@ -38,6 +53,7 @@ impl Sipguard {
             .context("sipguard bound no UDP listener")?;
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = mpsc::channel();
+        let running = Arc::clone(&policy);
         std::thread::Builder::new()
             .name(format!("sipguard-{addr}"))
             .spawn(move || {
@@ -47,14 +63,20 @@ impl Sipguard {
                     .build()
                     .context("cannot build a runtime")
                     .and_then(|runtime| {
-                        runtime.block_on(sipguard::run(config, sockets, async move {
-                            let _ = shutdown_rx.await;
-                        }))
+                        runtime.block_on(sipguard::run_with_policy(
+                            config,
+                            sockets,
+                            running,
+                            async move {
+                                let _ = shutdown_rx.await;
+                            },
+                        ))
                     });
                 let _ = done_tx.send(result);
             })?;
         Ok(Sipguard {
             addr,
+            policy,
             shutdown: Some(shutdown),
             done,
         })
@@ -63,6 +85,20 @@ impl Sipguard {
     /// The public UDP address clients send to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The policy sipguard runs with.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The ban in force on `source` now, if any.
+    pub fn ban(&self, source: IpAddr) -> Option<Ban> {
+        let now = Timestamp::from_system(SystemTime::now());
+        self.policy
+            .bans(now)
+            .into_iter()
+            .find_map(|(banned, ban)| (banned == source).then_some(ban))
     }
 
     /// Shuts sipguard down; an error if `run` had already returned, failed, or does not stop.

@@ -28,6 +28,10 @@ pub struct Sipp {
     /// The SIP address to bind; no port means a free one picked at spawn.
     local: (IpAddr, Option<u16>),
     timeout: Duration,
+    /// Calls to place (`-m`).
+    calls: u32,
+    /// New calls per second (`-r`), when set.
+    rate: Option<u32>,
 }
 
 impl Sipp {
@@ -41,6 +45,8 @@ impl Sipp {
             args: Vec::new(),
             local: (IpAddr::from([127, 0, 0, 1]), None),
             timeout: Duration::from_secs(15),
+            calls: 1,
+            rate: None,
         }
     }
 
@@ -81,7 +87,15 @@ impl Sipp {
         self
     }
 
-    /// Starts SIPp for exactly one call.
+    /// Places `calls` calls (one by default), `per_second` new ones each second; SIPp succeeds
+    /// only if every call goes through the scenario as written.
+    pub fn calls(mut self, calls: u32, per_second: u32) -> Self {
+        self.calls = calls;
+        self.rate = Some(per_second);
+        self
+    }
+
+    /// Starts SIPp for its calls (one unless [`Sipp::calls`] says otherwise).
     pub fn spawn(self) -> anyhow::Result<SippProcess> {
         let (local_ip, port) = self.local;
         let port = match port {
@@ -95,14 +109,16 @@ impl Sipp {
             .args(["-i", &local_ip.to_string(), "-p", &port.to_string()])
             .arg("-sf")
             .arg(fixture(&format!("sipp/{}", self.scenario)))
-            .args([
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout_error",
-                "-trace_err",
-                "-trace_msg",
-            ])
+            .args(["-m", &self.calls.to_string()])
+            .args(self.rate.iter().flat_map(|rate| {
+                [
+                    "-r".to_owned(),
+                    rate.to_string(),
+                    "-rp".into(),
+                    "1000".into(),
+                ]
+            }))
+            .args(["-nostdin", "-timeout_error", "-trace_err", "-trace_msg"])
             .arg("-timeout")
             .arg(format!("{}s", self.timeout.as_secs().max(1)))
             // Control and RTP-echo sockets on free ports rather than SIPp's fixed 8888 and 6000.
@@ -130,7 +146,7 @@ impl Sipp {
         })
     }
 
-    /// Runs SIPp for one call and waits for it to exit.
+    /// Runs SIPp for its calls and waits for it to exit.
     pub fn run(self) -> anyhow::Result<SippRun> {
         self.spawn()?.wait()
     }
@@ -179,7 +195,7 @@ pub struct SippRun {
 }
 
 impl SippRun {
-    /// Whether SIPp exited 0: its one call went through the scenario as written.
+    /// Whether SIPp exited 0: every call went through the scenario as written.
     pub fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
