@@ -6,5 +6,6 @@
 
 mod support;
 
+mod attacks;
 mod inspection;
 mod relay;
