@@ -28,6 +28,9 @@ pub struct RequestMemo {
     kind: Kind,
     credentialed: bool,
     user: Option<u64>,
+    /// Set by the first final response: the PBX's answers to retransmissions of the same
+    /// request, and its retransmitted answers, are the same evidence and count once.
+    answered: bool,
 }
 
 /// The last few requests a client sent, awaiting their responses. Fixed size: a client that
@@ -40,26 +43,33 @@ pub struct PendingRequests {
 }
 
 impl PendingRequests {
-    /// Remembers a forwarded request.
+    /// Remembers a forwarded request. A retransmission keeps the memo it already has, so a
+    /// transaction that was answered stays answered.
     pub fn remember(&mut self, memo: RequestMemo) {
-        if let Some(slot) = self
+        if self
             .ring
-            .iter_mut()
-            .find(|slot| slot.is_some_and(|m| m.transaction == memo.transaction))
+            .iter()
+            .flatten()
+            .any(|m| m.transaction == memo.transaction)
         {
-            *slot = Some(memo);
             return;
         }
         self.ring[self.next] = Some(memo);
         self.next = (self.next + 1) % self.ring.len();
     }
 
-    fn find(&self, transaction: u64) -> Option<RequestMemo> {
-        self.ring
-            .iter()
+    /// The memo of the request a final response answers, the first time only.
+    fn answer(&mut self, transaction: u64) -> Option<RequestMemo> {
+        let memo = self
+            .ring
+            .iter_mut()
             .flatten()
-            .find(|memo| memo.transaction == transaction)
-            .copied()
+            .find(|memo| memo.transaction == transaction)?;
+        if memo.answered {
+            return None;
+        }
+        memo.answered = true;
+        Some(*memo)
     }
 }
 
@@ -97,23 +107,24 @@ impl Policy {
             kind,
             credentialed: request.credentials().is_some(),
             user: self.username(request),
+            answered: false,
         })
     }
 
-    /// Feeds a final response from the PBX to `client` into the rules. Returns the rule that
-    /// tripped, if one did.
+    /// Feeds a final response from the PBX to `client` into the rules. Each transaction counts
+    /// once, however often it was retransmitted. Returns the rule that tripped, if one did.
     pub fn observe_response(
         &self,
         client: IpAddr,
         response: &SipView<'_>,
-        pending: &PendingRequests,
+        pending: &mut PendingRequests,
         now: Timestamp,
     ) -> Option<Event> {
         let code = response.status()?;
         if code < 200 || self.allowlist.contains(client) {
             return None;
         }
-        let memo = pending.find(self.transaction(response))?;
+        let memo = pending.answer(self.transaction(response))?;
         match code {
             200..=299 => {
                 self.succeeded(client, memo, now);

@@ -105,6 +105,17 @@ impl<'p> Client<'p> {
         now: Timestamp,
     ) -> (Option<DropReason>, Vec<Event>) {
         self.cseq += 1;
+        self.retransmit(request, code, now)
+    }
+
+    /// Sends the last request again (same Call-ID and CSeq), as a phone does when the answer
+    /// is lost; the PBX answers it again.
+    fn retransmit(
+        &mut self,
+        request: &Request,
+        code: u16,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
         let call_id = format!("{}-{}", request.user, self.cseq);
         let text = request.text(self.cseq, &call_id);
         let checked = self
@@ -127,7 +138,7 @@ CSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n",
         let response = SipView::parse(response.as_bytes()).unwrap();
         events.extend(
             self.policy
-                .observe_response(self.source, &response, &self.pending, now),
+                .observe_response(self.source, &response, &mut self.pending, now),
         );
         (None, events)
     }
@@ -595,4 +606,18 @@ fn a_million_spoofed_sources_stay_within_the_table_caps() {
     assert!(stats.sources <= 10_048, "{stats:?}");
     assert!(stats.bans <= 10_048, "{stats:?}");
     assert!(stats.evictions > 0);
+}
+
+#[test]
+fn retransmissions_of_one_failed_register_count_as_one_failure() {
+    // Regression: every answer to a retransmitted REGISTER counted again, so one wrong password
+    // whose 401s were lost on the way back banned the phone at the fifth copy.
+    let p = policy(|_| {});
+    let mut phone = Client::new(&p, OFFICE);
+    let mut events = phone.exchange(&register("1001", true), 401, at(0)).1;
+    for i in 1..10 {
+        events.extend(phone.retransmit(&register("1001", true), 401, at(i)).1);
+    }
+    assert!(events.is_empty(), "{events:?}");
+    assert!(!p.is_banned(ip(OFFICE), at(11)));
 }

@@ -207,9 +207,12 @@ impl Relay {
             return;
         }
         let now = Timestamp::from_system(SystemTime::now());
-        let event =
-            self.policy
-                .observe_response(session.client.ip(), &response, &session.pending(), now);
+        let event = self.policy.observe_response(
+            session.client.ip(),
+            &response,
+            &mut session.pending(),
+            now,
+        );
         if let Some(event) = event {
             self.metrics.rule_event(&event);
         }
