@@ -621,3 +621,72 @@ fn retransmissions_of_one_failed_register_count_as_one_failure() {
     assert!(events.is_empty(), "{events:?}");
     assert!(!p.is_banned(ip(OFFICE), at(11)));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of a random conversation: which source, which user, with or without
+    /// credentials, the PBX's answer, and how much time passes first.
+    fn step() -> impl Strategy<Value = (usize, u8, bool, u16, u64, bool)> {
+        (
+            0..3usize,
+            0..12u8,
+            any::<bool>(),
+            prop::sample::select(vec![200u16, 401, 403, 404, 407, 500]),
+            0..120u64,
+            any::<bool>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn allowlisted_sources_are_never_banned_or_blocked(steps in prop::collection::vec(step(), 1..200)) {
+            let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+            let sources = [CARRIER, ATTACKER, OFFICE];
+            let mut clients: Vec<Client> = sources.iter().map(|s| Client::new(&p, s)).collect();
+            let mut now = at(0);
+            for (who, user, credentials, code, pause, scanner_ua) in steps {
+                now = now + Duration::from_secs(pause);
+                let user = format!("1{user:03}");
+                let mut request = if credentials { register(&user, true) } else { invite(&user, false) };
+                if scanner_ua {
+                    request.user_agent = "friendly-scanner";
+                }
+                let (dropped, events) = clients[who].exchange(&request, code, now);
+                if who == 0 {
+                    prop_assert!(!matches!(dropped, Some(DropReason::Banned | DropReason::UserBlocked | DropReason::Flood)));
+                    let punished = events
+                        .iter()
+                        .any(|e| matches!(e.action, Action::Banned(_) | Action::UserBlocked { .. }));
+                    prop_assert!(!punished, "events {:?}", events);
+                }
+                prop_assert!(!p.is_banned(ip(CARRIER), now));
+            }
+        }
+
+        #[test]
+        fn a_ban_always_names_its_evidence_and_lies_in_the_future(steps in prop::collection::vec(step(), 1..200)) {
+            let p = policy(|_| {});
+            let mut clients: Vec<Client> = [ATTACKER, OFFICE, CARRIER].iter().map(|s| Client::new(&p, s)).collect();
+            let mut now = at(0);
+            for (who, user, credentials, code, pause, scanner_ua) in steps {
+                now = now + Duration::from_secs(pause);
+                let mut request = register(&format!("2{user:03}"), credentials);
+                if scanner_ua {
+                    request.user_agent = "sipcli";
+                }
+                for event in clients[who].exchange(&request, code, now).1 {
+                    if let Action::Banned(ban) = event.action {
+                        prop_assert!(ban.expires > now);
+                        prop_assert!(ban.first_seen <= ban.last_seen);
+                        prop_assert!(ban.evidence >= 1);
+                        prop_assert!(p.is_banned(event.source, now));
+                    }
+                }
+            }
+        }
+    }
+}
