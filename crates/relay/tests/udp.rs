@@ -32,6 +32,10 @@ struct Running {
 }
 
 async fn start(tune: impl FnOnce(&mut RelayConfig)) -> Running {
+    start_on("127.0.0.1:0", tune).await
+}
+
+async fn start_on(listen: &str, tune: impl FnOnce(&mut RelayConfig)) -> Running {
     let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut config = RelayConfig {
         pbx: pbx.local_addr().unwrap(),
@@ -40,7 +44,7 @@ async fn start(tune: impl FnOnce(&mut RelayConfig)) -> Running {
         max_sessions: 100,
     };
     tune(&mut config);
-    let listener = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = bind_udp(listen.parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let policy = Arc::new(Policy::new(PolicyConfig::default()).unwrap());
@@ -209,27 +213,10 @@ async fn ipv6_client_is_relayed() {
     let Ok(phone) = UdpSocket::bind("[::1]:0").await else {
         return;
     };
-    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let config = RelayConfig {
-        pbx: pbx.local_addr().unwrap(),
-        upstream_bind: "127.0.0.1".parse().unwrap(),
-        session_idle: Duration::from_secs(60),
-        max_sessions: 10,
-    };
-    let listener = bind_udp("[::1]:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let policy = Arc::new(Policy::new(PolicyConfig::default()).unwrap());
-    tokio::spawn(sipguard_relay::run(
-        config,
-        vec![listener],
-        policy,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let relay = start_on("[::1]:0", |_| {}).await;
+    let (addr, pbx) = (relay.addr, &relay.pbx);
     phone.send_to(&options("v6"), addr).await.unwrap();
-    let (_, upstream) = recv(&pbx).await;
+    let (_, upstream) = recv(pbx).await;
     pbx.send_to(b"SIP/2.0 200 OK\r\n\r\n", upstream)
         .await
         .unwrap();
