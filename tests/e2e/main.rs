@@ -2,10 +2,12 @@
 //!
 //! SIPp plays the phones and callers, Kamailio (tests/fixtures/kamailio/pbx.cfg) the PBX, a bare
 //! UDP socket the PBX tap where the exact bytes forwarded matter. Every test starts its own
-//! peers on free ports and 127.0.0.x addresses, so the tests run in parallel.
+//! peers on free ports and 127.0.0.x addresses, so the tests run in parallel. `deploy` checks
+//! deploy/ with the tools that read it (systemd-analyze, promtool).
 
 mod support;
 
 mod attacks;
+mod deploy;
 mod inspection;
 mod relay;
