@@ -22,7 +22,7 @@ mod validate;
 pub use error::{ConfigErrors, Problem, ProblemKind};
 
 use sipguard_policy::PolicyConfig;
-use sipguard_relay::RelayConfig;
+use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +39,14 @@ pub const DEFAULT_ORIGIN: &str = "built-in default config";
 pub struct Config {
     /// UDP listeners, in the order given (port 0 allowed, for tests).
     pub listen_udp: Vec<SocketAddr>,
+    /// Plain TCP listeners (often the UDP addresses again); none turns TCP off.
+    pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listeners; when there are any, `tls` names the certificate.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Limits of TCP and TLS connections.
+    pub streams: StreamConfig,
+    /// The TLS certificate and key files, checked readable and usable by validation.
+    pub tls: Option<TlsFiles>,
     /// Relay settings.
     pub relay: RelayConfig,
     /// Policy settings.
@@ -340,7 +348,7 @@ mod tests {
     fn unknown_keys_at_every_depth_are_all_named_with_their_paths() {
         let found = problems(
             "metrics:\n  listen: 127.0.0.1:9464\n\
-             listen:\n  udp: [\"0.0.0.0:5060\"]\n  tcp: [\"0.0.0.0:5060\"]\n\
+             listen:\n  udp: [\"0.0.0.0:5060\"]\n  sctp: [\"0.0.0.0:5060\"]\n\
              pbx:\n  adress: 127.0.0.1:5080\n\
              sessions:\n  idle: 1h\n  max: 10\n",
         );
@@ -348,7 +356,7 @@ mod tests {
         let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["metrics", "listen.tcp", "pbx.adress", "sessions.idle"]
+            ["metrics", "listen.sctp", "pbx.adress", "sessions.idle"]
         );
         assert_eq!(
             found[2].to_string(),
@@ -357,7 +365,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for"
+             trust_for, tcp, tls"
         );
     }
 
@@ -368,7 +376,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for",
+                 allowlist, rules, trust_for, tcp, tls",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -441,7 +449,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for"
+             rules, trust_for, tcp, tls"
         );
     }
 
@@ -463,7 +471,7 @@ mod tests {
         assert!(from_yaml("pbx:\n  address: 192.0.2.10:5060\n", "c.yaml").is_ok());
         // `[::]` is IPv6-only, so it does not cover an IPv4 PBX.
         assert!(from_yaml(
-            "listen:\n  udp: [\"[::]:5060\"]\npbx:\n  address: 127.0.0.1:5060\n",
+            "listen:\n  udp: [\"[::]:5060\"]\n  tcp: []\npbx:\n  address: 127.0.0.1:5060\n",
             "c.yaml"
         )
         .is_ok());
