@@ -1,0 +1,3 @@
+//! Helpers the relay's integration tests share.
+
+pub mod certs;
