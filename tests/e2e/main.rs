@@ -9,3 +9,4 @@ mod support;
 mod attacks;
 mod inspection;
 mod relay;
+mod tcp;

@@ -5,45 +5,21 @@
 
 mod support;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sipguard_policy::{Policy, PolicyConfig, Timestamp};
 use sipguard_relay::{
     bind_tcp, RelayConfig, StreamConfig, StreamListeners, TlsFiles, TlsReload, REAP_EVERY,
 };
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use support::certs::{TestCa, SERVER_NAME};
+use support::metrics::{counter, metrics};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn metrics() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .install_recorder()
-            .expect("the only recorder of this test binary")
-    })
-}
-
-/// The value of the series `name` with every label in `labels` (e.g. `["reason=\"idle\""]`).
-fn counter(name: &str, labels: &[&str]) -> f64 {
-    let rendered = metrics().render();
-    rendered
-        .lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
-        .filter_map(|line| line.split_once("} "))
-        .find(|(series, _)| {
-            labels
-                .iter()
-                .all(|label| series.split(',').any(|l| l == *label))
-        })
-        .map_or(0.0, |(_, value)| value.parse().unwrap())
-}
 
 /// Waits until the series reaches `at_least` (a connection is counted as closed just after its
 /// socket closes, so a client may see the close first).
@@ -409,7 +385,9 @@ async fn a_scanner_over_tcp_is_banned_and_loses_its_connection_at_once() {
 
 fn tls_client(ca: &TestCa) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().into()).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap();
+    roots.add(ca_der).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -38,11 +38,6 @@ impl TestCa {
         self.certificate.pem()
     }
 
-    /// The CA certificate, DER.
-    pub fn der(&self) -> Vec<u8> {
-        self.certificate.der().to_vec()
-    }
-
     /// Writes `<stem>.crt` and `<stem>.key` in `dir`: a server certificate for [`SERVER_NAME`]
     /// and 127.0.0.1, expired since 2020 when `expired`.
     pub fn issue(&self, dir: &Path, stem: &str, expired: bool) -> Issued {
