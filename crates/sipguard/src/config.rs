@@ -65,7 +65,7 @@ impl Default for Config {
 /// Settings given on the command line; each replaces the file's value and is validated with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
-    /// `--listen`: when not empty, replaces `listen.udp`.
+    /// `--listen`: when not empty, replaces `listen.udp` and `listen.tcp`.
     pub listen_udp: Vec<String>,
     /// `--pbx`: replaces `pbx.address`.
     pub pbx: Option<String>,
@@ -271,6 +271,56 @@ mod tests {
         let networks = allowlist::from_yaml(&text, "allowlist.example.yaml", &mut problems);
         assert_eq!(problems, []);
         assert!(networks.unwrap().len() >= 4);
+    }
+
+    #[test]
+    fn tcp_and_tls_keys_are_read_and_tcp_defaults_to_the_udp_port() {
+        let defaults = Config::default();
+        assert_eq!(defaults.listen_tcp, ["0.0.0.0:5060".parse().unwrap()]);
+        assert!(defaults.listen_tls.is_empty() && defaults.tls.is_none());
+        assert_eq!(defaults.streams.max_connections, 10_000);
+        assert_eq!(defaults.streams.max_connections_per_ip, 100);
+        assert_eq!(defaults.streams.idle_timeout, Duration::from_secs(7200));
+        assert_eq!(defaults.streams.message_timeout, Duration::from_secs(10));
+
+        let config = from_yaml(
+            "listen:\n  tcp: []\ntcp:\n  max_connections: 50\n  max_connections_per_ip: 5\n  \
+             idle_timeout: 5m\n  message_timeout: 3s\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(config.listen_tcp.is_empty(), "[] turns TCP off");
+        assert_eq!(
+            config.streams,
+            sipguard_relay::StreamConfig {
+                max_connections: 50,
+                max_connections_per_ip: 5,
+                idle_timeout: Duration::from_secs(300),
+                message_timeout: Duration::from_secs(3),
+            }
+        );
+    }
+
+    #[test]
+    fn tls_files_that_hold_no_certificate_or_key_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+        let file = dir.path().join("sipguard.yaml");
+        std::fs::write(
+            &file,
+            "listen:\n  tls: [\"127.0.0.1:5061\"]\ntls:\n  certificate: cert.pem\n  key: key.pem\n",
+        )
+        .unwrap();
+        let errors = load(&file).unwrap_err().to_string();
+        let cert = dir.path().join("cert.pem");
+        assert!(
+            errors.contains("tls.certificate")
+                && errors.contains(&format!("no PEM certificate in {}", cert.display())),
+            "{errors}"
+        );
+        // Without TLS listeners the section may stay out.
+        assert!(from_yaml("listen:\n  tls: []\n", "c.yaml").is_ok());
     }
 
     #[test]
@@ -543,6 +593,10 @@ mod tests {
             ["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()]
         );
         assert_eq!(config.relay.pbx, "127.0.0.1:5090".parse().unwrap());
+        assert_eq!(
+            config.listen_tcp, config.listen_udp,
+            "--listen is for UDP and TCP"
+        );
 
         let overrides = Overrides {
             listen_udp: vec!["127.0.0.1".into()],

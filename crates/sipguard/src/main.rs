@@ -43,7 +43,8 @@ struct RunArgs {
     /// YAML configuration file; the built-in default when left out.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// UDP address to listen on, as IP:PORT or [IPv6]:PORT; repeatable, replaces listen.udp.
+    /// Address to listen on for UDP and TCP, as IP:PORT or [IPv6]:PORT; repeatable, replaces
+    /// listen.udp and listen.tcp.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
     /// Where the PBX listens, as IP:PORT; replaces pbx.address.

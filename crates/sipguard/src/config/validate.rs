@@ -90,7 +90,12 @@ pub(crate) fn validate(
 
     let listen = raw.listen.unwrap_or_default();
     let listen_udp = v.listen("udp", listen.udp, &overrides.listen_udp, &[DEFAULT_LISTEN]);
-    let listen_tcp = v.listen("tcp", listen.tcp, &[], &[DEFAULT_LISTEN]);
+    // `--listen` stands for UDP and TCP together: SIP's two transports on the same addresses.
+    let listen_tcp = if overrides.listen_udp.is_empty() {
+        v.listen("tcp", listen.tcp, &[], &[DEFAULT_LISTEN])
+    } else {
+        listen_udp.clone()
+    };
     let listen_tls = v.listen("tls", listen.tls, &[], &[]);
     v.tls_apart_from_tcp(&listen_tcp, &listen_tls);
     let pbx = raw.pbx.unwrap_or_default();
