@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real SIP peers the end-to-end tests run (DESIGN.md section 6), on Debian/Ubuntu:
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
-# (prometheus). Does nothing when every command is already on PATH. Needs root or sudo; never
-# reads stdin.
+# (prometheus), stunnel4 (the TLS side of SIPp phones: Debian's SIPp is built without TLS).
+# Does nothing when every command is already on PATH. Needs root or sudo; never reads stdin.
 set -euo pipefail
 
 # Debian puts kamailio and kamcmd in /usr/sbin, which a non-root PATH may lack.
@@ -14,16 +14,17 @@ declare -A package_of=(
     [kamcmd]=kamailio
     [svmap]=sipvicious
     [promtool]=prometheus
+    [stunnel4]=stunnel4
 )
 
 missing=()
-for command in sipp kamailio kamcmd svmap promtool; do
+for command in sipp kamailio kamcmd svmap promtool stunnel4; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing+=("${package_of[$command]}")
     fi
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-deps: sipp, kamailio, kamcmd, svmap and promtool are installed"
+    echo "install-test-deps: sipp, kamailio, kamcmd, svmap, promtool and stunnel4 are installed"
     exit 0
 fi
 # Unique package names, in a stable order.
@@ -49,7 +50,7 @@ export DEBIAN_FRONTEND=noninteractive
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${packages[@]}" </dev/null
 
-for command in sipp kamailio kamcmd svmap promtool; do
+for command in sipp kamailio kamcmd svmap promtool stunnel4; do
     command -v "$command" >/dev/null 2>&1 || { echo "install-test-deps: $command still missing" >&2; exit 1; }
 done
 echo "install-test-deps: done"
