@@ -216,27 +216,36 @@ impl Front {
         };
         let outcome = match acceptor {
             None => self.serve(stream, client, &admission, transport).await,
-            Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(self.limits.message_timeout, acceptor.accept(stream));
-                match handshake.await {
-                    Ok(Ok(tls)) => self.serve(tls, client, &admission, transport).await,
-                    Ok(Err(error)) => {
-                        debug!(%client, %error, "TLS handshake failed");
-                        Err(Closed::TlsHandshake)
-                    }
-                    Err(_) => {
-                        debug!(%client, "TLS handshake timed out");
-                        Err(Closed::TlsHandshake)
-                    }
-                }
-            }
+            // Boxed: the handshake's state is large and plain TCP connections need none of it.
+            Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, client, &admission)).await,
         };
         let metrics = self.metrics(transport);
         let Err(reason) = outcome;
         metrics.closed(reason);
         metrics.connections_active.decrement(1.0);
         debug!(%client, ?reason, "connection closed");
+    }
+
+    /// The TLS handshake (within the message timeout), then [`Front::serve`] over TLS.
+    async fn serve_tls(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        client: SocketAddr,
+        admission: &Admission,
+    ) -> Outcome {
+        let handshake = tokio::time::timeout(self.limits.message_timeout, acceptor.accept(stream));
+        match handshake.await {
+            Ok(Ok(tls)) => self.serve(tls, client, admission, Transport::Tls).await,
+            Ok(Err(error)) => {
+                debug!(%client, %error, "TLS handshake failed");
+                Err(Closed::TlsHandshake)
+            }
+            Err(_) => {
+                debug!(%client, "TLS handshake timed out");
+                Err(Closed::TlsHandshake)
+            }
+        }
     }
 
     /// Relays between the client and its upstream connection until one of them ends or a limit
@@ -268,7 +277,7 @@ impl Front {
             let deadline = conn.deadline(last_active, partial_since);
             tokio::select! {
                 read = read_some(&mut client_read, &mut from_client) => {
-                    if read? == 0 {
+                    if read.map_err(|_| Closed::Client)? == 0 {
                         return Err(Closed::Client);
                     }
                     last_active = Instant::now();
@@ -531,24 +540,36 @@ impl Connection<'_> {
     }
 }
 
-/// Reads what is there into the spare room of `buf` (at most [`READ_CHUNK`] bytes); 0 at end.
-async fn read_some<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-) -> Result<usize, Closed> {
-    buf.reserve(READ_CHUNK);
-    let mut limited = reader.take(READ_CHUNK as u64);
-    limited.read_buf(buf).await.map_err(|_| Closed::Client)
+/// Waits for bytes and appends what is there (at most [`READ_CHUNK`] bytes); 0 at end of stream.
+/// The wait uses a one-byte buffer, so an idle connection holds no read buffer: the room for the
+/// rest is made only once bytes have arrived, and filled without waiting again.
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut first = [0u8; 1];
+    if reader.read(&mut first).await? == 0 {
+        return Ok(0);
+    }
+    buf.push(first[0]);
+    let start = buf.len();
+    buf.resize(start + READ_CHUNK - 1, 0);
+    let more = std::future::poll_fn(|cx| {
+        let mut room = tokio::io::ReadBuf::new(&mut buf[start..]);
+        match std::pin::Pin::new(&mut *reader).poll_read(cx, &mut room) {
+            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(room.filled().len())),
+            std::task::Poll::Ready(Err(error)) => std::task::Poll::Ready(Err(error)),
+            // Nothing more yet: what has arrived is enough for now.
+            std::task::Poll::Pending => std::task::Poll::Ready(Ok(0)),
+        }
+    })
+    .await;
+    let more = more.unwrap_or(0);
+    buf.truncate(start + more);
+    Ok(1 + more)
 }
 
 /// Reads from the PBX, or waits forever while there is no upstream connection yet.
 async fn read_upstream(upstream: &mut Option<TcpStream>, buf: &mut Vec<u8>) -> io::Result<usize> {
     match upstream {
-        Some(stream) => {
-            buf.reserve(READ_CHUNK);
-            let mut limited = stream.take(READ_CHUNK as u64);
-            limited.read_buf(buf).await
-        }
+        Some(stream) => read_some(stream, buf).await,
         None => std::future::pending().await,
     }
 }
