@@ -10,7 +10,8 @@
 //!
 //! Limits, each closing or refusing the connection and counted: connections in total and per
 //! source address (at accept), the first message within `message_timeout` of connecting, then a
-//! started message finished within `message_timeout` (slowloris), the idle timeout, and the
+//! started message finished within `message_timeout` (slowloris), what is sent to the client
+//! taken within `message_timeout` (a client that stops reading), the idle timeout, and the
 //! message size. A framing error closes the connection rather than answering 400: without a
 //! usable Content-Length the rest of the stream cannot be split into messages, and sipguard
 //! never speaks SIP itself (drops are silent, as Kamailio's and Asterisk's are to scanners).
@@ -386,9 +387,8 @@ impl Connection<'_> {
                 Frame::Blank => {}
                 Frame::Ping => {
                     self.metrics.keepalives.increment(1);
-                    if client_write.write_all(b"\r\n").await.is_err() {
-                        self.metrics.client_send_errors.increment(1);
-                        break Err(Closed::Client);
+                    if let Err(closed) = self.write_to_client(client_write, b"\r\n").await {
+                        break Err(closed);
                     }
                 }
                 Frame::Message(_) => {
@@ -495,31 +495,56 @@ impl Connection<'_> {
             .max_message_size
             .max(u16::MAX as usize);
         let mut consumed = 0;
-        while let Ok(Some(frame)) = next_frame(&buf[consumed..], max) {
+        let result = loop {
+            let frame = match next_frame(&buf[consumed..], max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break Ok(()),
+                Err(error) => {
+                    // sipguard no longer knows where the PBX's messages end.
+                    self.metrics.upstream_errors.increment(1);
+                    debug!(client = %self.client, %error, "the PBX's stream cannot be framed");
+                    break Err(Closed::Upstream);
+                }
+            };
             let bytes = &buf[consumed..consumed + frame.byte_len()];
             consumed += frame.byte_len();
-            if let Frame::Message(_) = frame {
+            let is_message = matches!(frame, Frame::Message(_));
+            if is_message {
                 self.judge_response(bytes);
-                if client_write.write_all(bytes).await.is_err() {
-                    self.metrics.client_send_errors.increment(1);
-                    return Err(Closed::Client);
-                }
-                self.metrics.forwarded_to_client.increment(1);
-            } else if client_write.write_all(bytes).await.is_err() {
-                self.metrics.client_send_errors.increment(1);
-                return Err(Closed::Client);
             }
-        }
+            if let Err(closed) = self.write_to_client(client_write, bytes).await {
+                break Err(closed);
+            }
+            if is_message {
+                self.metrics.forwarded_to_client.increment(1);
+            }
+        };
         buf.drain(..consumed);
-        if buf.len() > max {
-            // The PBX's stream cannot be framed: sipguard no longer knows its message bounds.
-            self.metrics.upstream_errors.increment(1);
-            return Err(Closed::Upstream);
-        }
         if buf.is_empty() {
             *buf = Vec::new();
         }
-        Ok(())
+        result
+    }
+
+    /// Writes to the client, giving up after the message timeout: a client that does not read
+    /// would otherwise hold this task, and with it the PBX's side, indefinitely.
+    async fn write_to_client<W: AsyncWrite + Unpin>(
+        &self,
+        client_write: &mut W,
+        bytes: &[u8],
+    ) -> Result<(), Closed> {
+        let limit = self.front.limits.message_timeout;
+        match tokio::time::timeout(limit, client_write.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                self.metrics.client_send_errors.increment(1);
+                Err(Closed::Client)
+            }
+            Err(_) => {
+                self.metrics.client_send_errors.increment(1);
+                Err(Closed::WriteTimeout)
+            }
+        }
     }
 
     fn judge_response(&mut self, message: &[u8]) {

@@ -36,12 +36,14 @@ pub(crate) enum Closed {
     Banned,
     /// The TLS handshake failed or took too long.
     TlsHandshake,
+    /// The client did not take what was sent to it within the message timeout.
+    WriteTimeout,
     /// sipguard is stopping.
     Shutdown,
 }
 
 impl Closed {
-    const ALL: [Closed; 10] = [
+    const ALL: [Closed; 11] = [
         Closed::Client,
         Closed::Upstream,
         Closed::UpstreamUnavailable,
@@ -51,6 +53,7 @@ impl Closed {
         Closed::TooLarge,
         Closed::Banned,
         Closed::TlsHandshake,
+        Closed::WriteTimeout,
         Closed::Shutdown,
     ];
 
@@ -65,6 +68,7 @@ impl Closed {
             Closed::TooLarge => "too_large",
             Closed::Banned => "banned",
             Closed::TlsHandshake => "tls_handshake",
+            Closed::WriteTimeout => "write_timeout",
             Closed::Shutdown => "shutdown",
         }
     }

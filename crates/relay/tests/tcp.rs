@@ -309,6 +309,34 @@ async fn a_started_message_not_finished_in_time_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn a_client_that_does_not_read_is_closed_rather_than_stalling_the_pbx() {
+    let relay = start(|limits| limits.message_timeout = Duration::from_millis(300)).await;
+    let mut phone = connect("127.0.0.18", relay.tcp).await;
+    send(&mut phone, &options("deaf")).await;
+    let mut upstream = accept_upstream(&relay.pbx).await;
+    read_exactly(&mut upstream, options("deaf").len()).await;
+    // The PBX sends NOTIFYs the phone never reads, until sipguard gives up on the phone and
+    // closes both connections; the PBX's writes then fail. Bounded by count and by WAIT.
+    let notify = request("NOTIFY", "n", "Asterisk", &"x".repeat(8000));
+    let flooded = timeout(WAIT, async {
+        for _ in 0..100_000 {
+            if upstream.write_all(&notify).await.is_err() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        flooded,
+        Ok(true),
+        "sipguard kept the unread connection open"
+    );
+    let labels = ["reason=\"write_timeout\"", "transport=\"tcp\""];
+    counted("sipguard_connections_closed_total", &labels, 1.0).await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_per_address_limit_are_refused() {
     let relay = start(|limits| limits.max_connections_per_ip = 2).await;
     let mut held = Vec::new();
