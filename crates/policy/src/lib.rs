@@ -149,8 +149,9 @@ impl Policy {
 
     /// Judges one message framed from a TCP or TLS connection with `source`. The handshake
     /// proved the address, so evidence against it cannot be forged in its name: unlike over
-    /// UDP, a trusted source that sends a scanner's signature or floods is banned like any
-    /// other. Allowlisted sources are still never banned.
+    /// UDP, a trusted source that sends a scanner's signature is banned like any other. A flood
+    /// from a trusted source is still only dropped (real phones burst: BLF subscriptions at
+    /// boot), and allowlisted sources are never banned.
     pub fn check_stream_message<'a>(
         &self,
         message: &'a [u8],
@@ -252,7 +253,7 @@ impl Policy {
     }
 
     /// A rule judged on one packet (signature, flood): allowlisted sources lose the packet but
-    /// are not banned, and so do trusted ones over UDP, where a spoofer could forge the evidence.
+    /// are not banned, and so do trusted ones, except for a signature over a stream.
     #[allow(clippy::too_many_arguments)]
     fn packet_rule<'a>(
         &self,
@@ -265,13 +266,15 @@ impl Policy {
         reason: DropReason,
         now: Timestamp,
     ) -> Checked<'a> {
+        // Over UDP the evidence may be forged in a trusted source's name. Over a stream it is
+        // the source's own, and a scanner's signature from an authenticated host means the host
+        // is abused; a burst (a phone subscribing to forty BLF keys at boot) still does not ban.
+        let shielded_by_trust =
+            transport == Transport::Datagram || evidence.rule != RuleId::Scanner;
         let (verdict, action) = match rule.mode {
             Mode::Observe => (Verdict::Forward(view), Action::Observed { would_ban: true }),
             Mode::Drop => (Verdict::Drop(reason), Action::Dropped),
-            Mode::Ban
-                if allowlisted
-                    || (transport == Transport::Datagram && self.is_trusted(source, now)) =>
-            {
+            Mode::Ban if allowlisted || (shielded_by_trust && self.is_trusted(source, now)) => {
                 (Verdict::Drop(reason), Action::Dropped)
             }
             Mode::Ban => (

@@ -1,5 +1,6 @@
 //! Messages from TCP and TLS connections: the same pipeline as datagrams, except that the
-//! source address is proven, so trust earned by authenticating does not shield it from a ban.
+//! source address is proven, so trust earned by authenticating does not shield it from a ban
+//! for a scanner's signature (it still does from one for a burst of requests).
 
 use sipguard_policy::{
     Action, AllowlistMode, DropReason, PendingRequests, Policy, PolicyConfig, RuleId, Timestamp,
@@ -82,9 +83,23 @@ fn the_same_scanner_datagram_from_a_trusted_source_only_drops() {
 }
 
 #[test]
-fn flood_over_a_stream_bans_a_trusted_source() {
+fn a_burst_over_a_stream_from_a_trusted_phone_is_dropped_without_ban() {
+    // A phone with forty BLF keys subscribes to all of them at boot.
     let p = policy(|_| {});
     authenticate(&p, ip(OFFICE), at(0));
+    let subscribe = request("SUBSCRIBE", 3, "Yealink", false);
+    let mut dropped = 0;
+    for _ in 0..40 {
+        let checked = p.check_stream_message(subscribe.as_bytes(), ip(OFFICE), at(1));
+        dropped += usize::from(checked.verdict == Verdict::Drop(DropReason::Flood));
+    }
+    assert!(dropped > 0, "the flood rule tripped");
+    assert!(!p.is_banned(ip(OFFICE), at(1)));
+}
+
+#[test]
+fn a_flood_over_a_stream_from_an_untrusted_source_bans_it() {
+    let p = policy(|_| {});
     let options = request("OPTIONS", 3, "Yealink", false);
     for _ in 0..40 {
         let _ = p.check_stream_message(options.as_bytes(), ip(OFFICE), at(1));
