@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real SIP peers the end-to-end tests run (DESIGN.md section 6), on Debian/Ubuntu:
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
-# (prometheus); and systemd-analyze (systemd), which checks the unit in deploy/. Does nothing when
-# every command is already on PATH. Needs root or sudo; never reads stdin.
+# (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, and stunnel4 (the TLS
+# side of SIPp phones: Debian's SIPp is built without TLS). Does nothing when every command is
+# already on PATH. Needs root or sudo; never reads stdin.
 set -euo pipefail
 
 # Debian puts kamailio and kamcmd in /usr/sbin, which a non-root PATH may lack.
@@ -15,16 +16,18 @@ declare -A package_of=(
     [svmap]=sipvicious
     [promtool]=prometheus
     [systemd-analyze]=systemd
+    [stunnel4]=stunnel4
 )
+commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4)
 
 missing=()
-for command in sipp kamailio kamcmd svmap promtool systemd-analyze; do
+for command in "${commands[@]}"; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing+=("${package_of[$command]}")
     fi
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    echo "install-test-deps: sipp, kamailio, kamcmd, svmap, promtool and systemd-analyze are installed"
+    echo "install-test-deps: ${commands[*]} are installed"
     exit 0
 fi
 # Unique package names, in a stable order.
@@ -50,7 +53,7 @@ export DEBIAN_FRONTEND=noninteractive
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${packages[@]}" </dev/null
 
-for command in sipp kamailio kamcmd svmap promtool systemd-analyze; do
+for command in "${commands[@]}"; do
     command -v "$command" >/dev/null 2>&1 || { echo "install-test-deps: $command still missing" >&2; exit 1; }
 done
 echo "install-test-deps: done"

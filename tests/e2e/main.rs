@@ -11,3 +11,4 @@ mod attacks;
 mod deploy;
 mod inspection;
 mod relay;
+mod tcp;

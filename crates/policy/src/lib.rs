@@ -56,6 +56,15 @@ impl<'a> From<Verdict<'a>> for Checked<'a> {
     }
 }
 
+/// How a message arrived, which decides how far its source address can be believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// UDP: the source address may be forged.
+    Datagram,
+    /// TCP or TLS: the handshake proved the source address.
+    Stream,
+}
+
 /// Sizes of the policy's tables, for gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -135,16 +144,51 @@ impl Policy {
         source: IpAddr,
         now: Timestamp,
     ) -> Checked<'a> {
+        self.check(datagram, source, Transport::Datagram, now)
+    }
+
+    /// Judges one message framed from a TCP or TLS connection with `source`. The handshake
+    /// proved the address, so evidence against it cannot be forged in its name: unlike over
+    /// UDP, a trusted source that sends a scanner's signature is banned like any other. A flood
+    /// from a trusted source is still only dropped (real phones burst: BLF subscriptions at
+    /// boot), and allowlisted sources are never banned.
+    pub fn check_stream_message<'a>(
+        &self,
+        message: &'a [u8],
+        source: IpAddr,
+        now: Timestamp,
+    ) -> Checked<'a> {
+        self.check(message, source, Transport::Stream, now)
+    }
+
+    /// Whether anything from `source` may be admitted at all (it is not banned, not denied, and
+    /// on the allowlist when that is enforced): the check a new connection gets before it is
+    /// accepted, and the first step of every message check.
+    pub fn check_source(&self, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
         if self.bans.is_banned(source, now) {
-            return Verdict::Drop(DropReason::Banned).into();
+            return Err(DropReason::Banned);
         }
         if self.deny.contains(source) {
-            return Verdict::Drop(DropReason::Denied).into();
+            return Err(DropReason::Denied);
+        }
+        if self.config.allowlist_mode == AllowlistMode::Enforce && !self.allowlist.contains(source)
+        {
+            return Err(DropReason::NotAllowlisted);
+        }
+        Ok(())
+    }
+
+    fn check<'a>(
+        &self,
+        datagram: &'a [u8],
+        source: IpAddr,
+        transport: Transport,
+        now: Timestamp,
+    ) -> Checked<'a> {
+        if let Err(reason) = self.check_source(source, now) {
+            return Verdict::Drop(reason).into();
         }
         let allowlisted = self.allowlist.contains(source);
-        if self.config.allowlist_mode == AllowlistMode::Enforce && !allowlisted {
-            return Verdict::Drop(DropReason::NotAllowlisted).into();
-        }
         if datagram.len() > self.config.max_message_size {
             return Verdict::Drop(DropReason::TooLarge).into();
         }
@@ -169,6 +213,7 @@ impl Policy {
                 view,
                 source,
                 allowlisted,
+                transport,
                 &self.config.scanner,
                 evidence,
                 DropReason::Scanner,
@@ -193,6 +238,7 @@ impl Policy {
                     view,
                     source,
                     allowlisted,
+                    transport,
                     &flood,
                     evidence,
                     DropReason::Flood,
@@ -206,23 +252,29 @@ impl Policy {
         Verdict::Forward(view).into()
     }
 
-    /// A rule judged on one packet whose evidence a spoofer could forge (signature, flood):
-    /// trusted and allowlisted sources lose the packet but are not banned.
+    /// A rule judged on one packet (signature, flood): allowlisted sources lose the packet but
+    /// are not banned, and so do trusted ones, except for a signature over a stream.
     #[allow(clippy::too_many_arguments)]
     fn packet_rule<'a>(
         &self,
         view: SipView<'a>,
         source: IpAddr,
         allowlisted: bool,
+        transport: Transport,
         rule: &Rule,
         evidence: Evidence,
         reason: DropReason,
         now: Timestamp,
     ) -> Checked<'a> {
+        // Over UDP the evidence may be forged in a trusted source's name. Over a stream it is
+        // the source's own, and a scanner's signature from an authenticated host means the host
+        // is abused; a burst (a phone subscribing to forty BLF keys at boot) still does not ban.
+        let shielded_by_trust =
+            transport == Transport::Datagram || evidence.rule != RuleId::Scanner;
         let (verdict, action) = match rule.mode {
             Mode::Observe => (Verdict::Forward(view), Action::Observed { would_ban: true }),
             Mode::Drop => (Verdict::Drop(reason), Action::Dropped),
-            Mode::Ban if allowlisted || self.is_trusted(source, now) => {
+            Mode::Ban if allowlisted || (shielded_by_trust && self.is_trusted(source, now)) => {
                 (Verdict::Drop(reason), Action::Dropped)
             }
             Mode::Ban => (

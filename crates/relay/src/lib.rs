@@ -5,6 +5,9 @@
 //! (DESIGN.md section 1). Whatever the PBX sends to that socket (responses, and requests it starts
 //! itself: INVITE to a registered phone, OPTIONS qualify, NOTIFY) goes back to the client from
 //! the public socket the client used. Packets are never rewritten.
+//!
+//! The stream front ([`run_streams`]) does the same for SIP over TCP and TLS: one upstream TCP
+//! connection per client connection, living as long as it does.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,10 +28,16 @@ pub struct RelayConfig {
     pub max_sessions: usize,
 }
 
+mod connections;
 mod metrics;
 mod session;
 mod socket;
+mod stream;
+mod stream_metrics;
+pub mod tls;
 mod udp;
 
 pub use socket::bind_udp;
+pub use stream::{bind_tcp, run_streams, StreamConfig, StreamListeners, REAP_EVERY};
+pub use tls::{TlsError, TlsFiles, TlsReload};
 pub use udp::run;

@@ -11,11 +11,13 @@
 
 mod error;
 mod field;
+pub mod framing;
 mod method;
 pub mod strict;
 mod view;
 
 pub use error::{Header, ParseError};
 pub use field::{Credentials, NameAddr};
+pub use framing::{next_frame, Frame, FrameError};
 pub use method::Method;
 pub use view::{is_keepalive, CSeq, SipView, StartLine};

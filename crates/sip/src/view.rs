@@ -247,13 +247,13 @@ impl<'a> Found<'a> {
 }
 
 /// Physical lines of the header block. A line ends at LF; a CR before it is not part of it.
-struct Lines<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Lines<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Lines<'a> {
-    fn next_line(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn next_line(&mut self) -> Option<&'a [u8]> {
         let rest = &self.buf[self.pos..];
         let lf = memchr::memchr(b'\n', rest)?;
         self.pos += lf + 1;
@@ -324,7 +324,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     )
 }
 
-fn parse_content_length(raw: &[u8]) -> Result<usize, ParseError> {
+pub(crate) fn parse_content_length(raw: &[u8]) -> Result<usize, ParseError> {
     parse_decimal(trim_lws(raw))
         .and_then(|n| usize::try_from(n).ok())
         .ok_or(ParseError::BadContentLength)

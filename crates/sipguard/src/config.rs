@@ -22,7 +22,7 @@ mod validate;
 pub use error::{ConfigErrors, Problem, ProblemKind};
 
 use sipguard_policy::PolicyConfig;
-use sipguard_relay::RelayConfig;
+use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +39,14 @@ pub const DEFAULT_ORIGIN: &str = "built-in default config";
 pub struct Config {
     /// UDP listeners, in the order given (port 0 allowed, for tests).
     pub listen_udp: Vec<SocketAddr>,
+    /// Plain TCP listeners (often the UDP addresses again); none turns TCP off.
+    pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listeners; when there are any, `tls` names the certificate.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Limits of TCP and TLS connections.
+    pub streams: StreamConfig,
+    /// The TLS certificate and key files, checked readable and usable by validation.
+    pub tls: Option<TlsFiles>,
     /// Relay settings.
     pub relay: RelayConfig,
     /// Policy settings.
@@ -57,7 +65,7 @@ impl Default for Config {
 /// Settings given on the command line; each replaces the file's value and is validated with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
-    /// `--listen`: when not empty, replaces `listen.udp`.
+    /// `--listen`: when not empty, replaces `listen.udp` and `listen.tcp`.
     pub listen_udp: Vec<String>,
     /// `--pbx`: replaces `pbx.address`.
     pub pbx: Option<String>,
@@ -266,6 +274,56 @@ mod tests {
     }
 
     #[test]
+    fn tcp_and_tls_keys_are_read_and_tcp_defaults_to_the_udp_port() {
+        let defaults = Config::default();
+        assert_eq!(defaults.listen_tcp, ["0.0.0.0:5060".parse().unwrap()]);
+        assert!(defaults.listen_tls.is_empty() && defaults.tls.is_none());
+        assert_eq!(defaults.streams.max_connections, 10_000);
+        assert_eq!(defaults.streams.max_connections_per_ip, 100);
+        assert_eq!(defaults.streams.idle_timeout, Duration::from_secs(7200));
+        assert_eq!(defaults.streams.message_timeout, Duration::from_secs(10));
+
+        let config = from_yaml(
+            "listen:\n  tcp: []\ntcp:\n  max_connections: 50\n  max_connections_per_ip: 5\n  \
+             idle_timeout: 5m\n  message_timeout: 3s\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(config.listen_tcp.is_empty(), "[] turns TCP off");
+        assert_eq!(
+            config.streams,
+            sipguard_relay::StreamConfig {
+                max_connections: 50,
+                max_connections_per_ip: 5,
+                idle_timeout: Duration::from_secs(300),
+                message_timeout: Duration::from_secs(3),
+            }
+        );
+    }
+
+    #[test]
+    fn tls_files_that_hold_no_certificate_or_key_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+        let file = dir.path().join("sipguard.yaml");
+        std::fs::write(
+            &file,
+            "listen:\n  tls: [\"127.0.0.1:5061\"]\ntls:\n  certificate: cert.pem\n  key: key.pem\n",
+        )
+        .unwrap();
+        let errors = load(&file).unwrap_err().to_string();
+        let cert = dir.path().join("cert.pem");
+        assert!(
+            errors.contains("tls.certificate")
+                && errors.contains(&format!("no PEM certificate in {}", cert.display())),
+            "{errors}"
+        );
+        // Without TLS listeners the section may stay out.
+        assert!(from_yaml("listen:\n  tls: []\n", "c.yaml").is_ok());
+    }
+
+    #[test]
     fn every_key_is_read_into_its_typed_value() {
         let config = from_yaml(
             "listen:\n  udp: [\"203.0.113.1:5060\", \"[2001:db8::1]:5060\"]\n\
@@ -340,7 +398,7 @@ mod tests {
     fn unknown_keys_at_every_depth_are_all_named_with_their_paths() {
         let found = problems(
             "metrics:\n  listen: 127.0.0.1:9464\n\
-             listen:\n  udp: [\"0.0.0.0:5060\"]\n  tcp: [\"0.0.0.0:5060\"]\n\
+             listen:\n  udp: [\"0.0.0.0:5060\"]\n  sctp: [\"0.0.0.0:5060\"]\n\
              pbx:\n  adress: 127.0.0.1:5080\n\
              sessions:\n  idle: 1h\n  max: 10\n",
         );
@@ -348,7 +406,7 @@ mod tests {
         let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["metrics", "listen.tcp", "pbx.adress", "sessions.idle"]
+            ["metrics", "listen.sctp", "pbx.adress", "sessions.idle"]
         );
         assert_eq!(
             found[2].to_string(),
@@ -357,7 +415,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for"
+             trust_for, tcp, tls"
         );
     }
 
@@ -368,7 +426,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for",
+                 allowlist, rules, trust_for, tcp, tls",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -441,7 +499,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for"
+             rules, trust_for, tcp, tls"
         );
     }
 
@@ -463,7 +521,7 @@ mod tests {
         assert!(from_yaml("pbx:\n  address: 192.0.2.10:5060\n", "c.yaml").is_ok());
         // `[::]` is IPv6-only, so it does not cover an IPv4 PBX.
         assert!(from_yaml(
-            "listen:\n  udp: [\"[::]:5060\"]\npbx:\n  address: 127.0.0.1:5060\n",
+            "listen:\n  udp: [\"[::]:5060\"]\n  tcp: []\npbx:\n  address: 127.0.0.1:5060\n",
             "c.yaml"
         )
         .is_ok());
@@ -535,6 +593,10 @@ mod tests {
             ["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()]
         );
         assert_eq!(config.relay.pbx, "127.0.0.1:5090".parse().unwrap());
+        assert_eq!(
+            config.listen_tcp, config.listen_udp,
+            "--listen is for UDP and TCP"
+        );
 
         let overrides = Overrides {
             listen_udp: vec!["127.0.0.1".into()],

@@ -5,17 +5,21 @@
 pub mod config;
 
 pub use config::Config;
+pub use sipguard_relay::{StreamConfig, TlsFiles};
 
 use anyhow::Context;
 use sipguard_policy::Policy;
+use sipguard_relay::{StreamListeners, TlsReload};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// The listening sockets, bound before `run` so callers learn the real addresses of port-0 binds.
+/// The listening sockets, bound before `run` so callers learn the real addresses of port-0 binds,
+/// and the TLS certificate, loaded before `run` so a bad file stops the start.
 #[derive(Debug)]
 pub struct Sockets {
     udp: Vec<std::net::UdpSocket>,
+    streams: StreamListeners,
 }
 
 impl Sockets {
@@ -26,6 +30,29 @@ impl Sockets {
             .filter_map(|s| s.local_addr().ok())
             .collect()
     }
+
+    /// The local addresses of the TCP listeners, in the order of `Config::listen_tcp`. Each is
+    /// bound on its own, so with port 0 it need not share the UDP listener's port.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        stream_addrs(&self.streams.tcp)
+    }
+
+    /// The local addresses of the TLS listeners, in the order of `Config::listen_tls`.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        stream_addrs(&self.streams.tls)
+    }
+
+    /// The handle that reloads the TLS certificate and key (on SIGHUP), when TLS is on.
+    pub fn tls_reload(&self) -> Option<TlsReload> {
+        self.streams.certificate.clone()
+    }
+}
+
+fn stream_addrs(listeners: &[std::net::TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .collect()
 }
 
 /// Binds every listener the config names (IPv6 sockets are IPv6-only so `0.0.0.0` and `[::]`
@@ -38,7 +65,26 @@ pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
             sipguard_relay::bind_udp(addr).with_context(|| format!("cannot bind UDP {addr}"))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Sockets { udp })
+    let bind_stream = |addrs: &[SocketAddr], what: &str| {
+        addrs
+            .iter()
+            .map(|&addr| {
+                sipguard_relay::bind_tcp(addr).with_context(|| format!("cannot bind {what} {addr}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let certificate = match &config.tls {
+        Some(files) if !config.listen_tls.is_empty() => {
+            Some(TlsReload::load(files.clone()).context("cannot use the TLS certificate")?)
+        }
+        _ => None,
+    };
+    let streams = StreamListeners {
+        tcp: bind_stream(&config.listen_tcp, "TCP")?,
+        tls: bind_stream(&config.listen_tls, "TLS")?,
+        certificate,
+    };
+    Ok(Sockets { udp, streams })
 }
 
 /// Builds the policy (its tables start empty) from the validated config.
@@ -65,7 +111,29 @@ pub async fn run_with_policy(
     policy: Arc<Policy>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    sipguard_relay::run(config.relay, sockets.udp, policy, shutdown)
-        .await
-        .context("relay failed")
+    // One shutdown, seen by both fronts.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let udp = sipguard_relay::run(
+        config.relay.clone(),
+        sockets.udp,
+        Arc::clone(&policy),
+        stopped(stop.subscribe()),
+    );
+    let streams = sipguard_relay::run_streams(
+        config.relay,
+        config.streams,
+        sockets.streams,
+        policy,
+        stopped(stop.subscribe()),
+    );
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        Ok(())
+    };
+    tokio::try_join!(udp, streams, signal).context("relay failed")?;
+    Ok(())
 }

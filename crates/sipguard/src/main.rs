@@ -43,7 +43,8 @@ struct RunArgs {
     /// YAML configuration file; the built-in default when left out.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// UDP address to listen on, as IP:PORT or [IPv6]:PORT; repeatable, replaces listen.udp.
+    /// Address to listen on for UDP and TCP, as IP:PORT or [IPv6]:PORT; repeatable, replaces
+    /// listen.udp and listen.tcp.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
     /// Where the PBX listens, as IP:PORT; replaces pbx.address.
@@ -110,7 +111,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         |p| p.display().to_string(),
     );
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "starting sipguard");
-    raise_open_file_limit(config.relay.max_sessions);
+    // One descriptor per UDP session; two per TCP/TLS connection (its own and the upstream's).
+    raise_open_file_limit(config.relay.max_sessions + 2 * config.streams.max_connections);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,6 +123,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let sockets = sipguard::bind(&config).context("cannot bind the listening sockets")?;
         for addr in sockets.udp_addrs() {
             tracing::info!(%addr, "listening on UDP");
+        }
+        for addr in sockets.tcp_addrs() {
+            tracing::info!(%addr, "listening on TCP");
+        }
+        for addr in sockets.tls_addrs() {
+            tracing::info!(%addr, "listening on TLS");
         }
         tracing::info!(pbx = %config.relay.pbx, "forwarding to the PBX");
         sipguard::run(config, sockets, shutdown).await
@@ -151,17 +159,17 @@ fn init_tracing(format: LogFormat) {
 /// client session (so the PBX sees each client as its own peer), and the usual soft limit of
 /// 1024 would cap it far below `sessions.max`. Failing is not fatal: the limit is logged, and
 /// the session table refuses new clients when sockets run out.
-fn raise_open_file_limit(max_sessions: usize) {
+fn raise_open_file_limit(descriptors: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            // Headroom for the listeners, the PBX-side TCP later, logs and the exporter.
-            let wanted = max_sessions as u64 + 64;
+            // Headroom for the listeners, logs and the exporter.
+            let wanted = descriptors as u64 + 64;
             if limit < wanted {
                 tracing::warn!(
                     limit,
-                    max_sessions,
-                    "open-file limit is below sessions.max; raise LimitNOFILE (systemd) or \
-                     ulimit -n, or lower sessions.max"
+                    wanted,
+                    "open-file limit is below what sessions.max and tcp.max_connections need; \
+                     raise LimitNOFILE (systemd) or ulimit -n, or lower those limits"
                 );
             } else {
                 tracing::debug!(limit, "open-file limit");

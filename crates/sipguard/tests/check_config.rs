@@ -126,6 +126,20 @@ fn run_with_an_invalid_config_exits_2_before_binding_anything() {
 }
 
 #[test]
+fn run_refuses_to_start_without_a_readable_tls_certificate_naming_the_file() {
+    let out = sipguard(&["run", "--config", "config/invalid/tls-and-connections.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("tls.certificate")
+            && stderr.contains("cannot read config/invalid/allowlists/no-such-certificate.pem"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tls.key"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
+
+#[test]
 fn run_flags_are_validated_with_the_file_and_named_in_problems() {
     let out = sipguard(&[
         "run",
@@ -222,6 +236,11 @@ fn run_logs_its_bound_addresses_and_stops_cleanly_on_sigterm() {
     assert!(
         !listening.contains("127.0.0.1:0 "),
         "should log the bound port: {listening}"
+    );
+    let tcp = log.iter().find(|l| l.contains("listening on TCP"));
+    assert!(
+        tcp.is_some_and(|l| l.contains("127.0.0.1:") && !l.contains("127.0.0.1:0 ")),
+        "--listen binds TCP too: {log:#?}"
     );
     assert!(
         log.iter()

@@ -8,14 +8,25 @@ mod process;
 mod sipguard;
 mod sipp;
 mod sipvicious;
+mod stunnel;
 mod wait;
+
+/// Test certificates, shared with the relay's TLS tests.
+#[path = "../../../crates/relay/tests/support/certs.rs"]
+pub mod certs;
+/// Counters read in-process, shared with the relay's tests.
+#[path = "../../../crates/relay/tests/support/metrics.rs"]
+pub mod metrics;
 
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use phone::Phone;
 pub use sipguard::Sipguard;
 pub use sipp::Sipp;
 pub use sipvicious::{SipVicious, Tool};
-pub use wait::{free_udp_addr, free_udp_port, poll_until, udp_port_bound};
+pub use stunnel::Stunnel;
+pub use wait::{
+    free_tcp_addr, free_udp_addr, free_udp_port, poll_until, tcp_port_listening, udp_port_bound,
+};
 
 use std::path::PathBuf;
 

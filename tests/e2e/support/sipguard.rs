@@ -15,6 +15,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Sipguard {
     addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     policy: Arc<Policy>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: mpsc::Receiver<anyhow::Result<()>>,
@@ -33,10 +35,16 @@ impl Sipguard {
         pbx: SocketAddr,
         tune: impl FnOnce(&mut sipguard::Config),
     ) -> anyhow::Result<Self> {
+        // Counters are recorded only once a recorder is installed: before the first start.
+        super::metrics::metrics();
         // The embedded default config, on port 0 and in front of this PBX.
         let defaults = sipguard::Config::default();
         let mut config = sipguard::Config {
             listen_udp: vec!["127.0.0.1:0".parse()?],
+            // TCP on a port of its own (port 0 picks one per socket); TLS only where a test
+            // brings a certificate.
+            listen_tcp: vec!["127.0.0.1:0".parse()?],
+            listen_tls: Vec::new(),
             relay: sipguard_relay::RelayConfig {
                 pbx,
                 upstream_bind: "127.0.0.1".parse()?,
@@ -51,6 +59,8 @@ impl Sipguard {
             .udp_addrs()
             .first()
             .context("sipguard bound no UDP listener")?;
+        let tcp_addr = sockets.tcp_addrs().first().copied();
+        let tls_addr = sockets.tls_addrs().first().copied();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = mpsc::channel();
         let running = Arc::clone(&policy);
@@ -76,6 +86,8 @@ impl Sipguard {
             })?;
         Ok(Sipguard {
             addr,
+            tcp_addr,
+            tls_addr,
             policy,
             shutdown: Some(shutdown),
             done,
@@ -85,6 +97,16 @@ impl Sipguard {
     /// The public UDP address clients send to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TCP address clients connect to.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr.expect("sipguard listens on TCP")
+    }
+
+    /// The TLS address clients connect to (when the test configured TLS).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr.expect("sipguard listens on TLS")
     }
 
     /// The policy sipguard runs with.

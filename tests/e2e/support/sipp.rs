@@ -81,6 +81,21 @@ impl Sipp {
         self
     }
 
+    /// SIP over one TCP connection (`-t t1`) instead of UDP.
+    pub fn tcp(mut self) -> Self {
+        self.args.extend(["-t".into(), "t1".into()]);
+        self
+    }
+
+    /// Call-IDs `<prefix>-<call number>` (`-cid_str`): a caller and a callee given the same
+    /// prefix share the Call-ID, so the callee's SIPp matches the incoming INVITE to the call
+    /// that registered it.
+    pub fn call_id_prefix(mut self, prefix: &str) -> Self {
+        self.args
+            .extend(["-cid_str".into(), format!("{prefix}-%u")]);
+        self
+    }
+
     /// SIPp's global timeout; reaching it fails the run.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

@@ -42,6 +42,25 @@ pub fn free_udp_addr(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
 /// Whether some process has a UDP socket bound to exactly `addr` (IPv4), read from
 /// /proc/net/udp so that checking never takes the port from the program about to bind it.
 pub fn udp_port_bound(addr: SocketAddr) -> bool {
+    proc_net_has("/proc/net/udp", addr, None)
+}
+
+/// A TCP port on `ip` that was free a moment ago (see [`free_udp_port`]).
+pub fn free_tcp_addr(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), 0))
+        .with_context(|| format!("cannot bind {ip}:0"))?;
+    Ok(listener.local_addr()?)
+}
+
+/// Whether some process listens on TCP at exactly `addr` (IPv4), read from /proc/net/tcp so
+/// that checking does not connect to it.
+pub fn tcp_port_listening(addr: SocketAddr) -> bool {
+    // State 0A is LISTEN.
+    proc_net_has("/proc/net/tcp", addr, Some("0A"))
+}
+
+/// Whether the socket table `table` has a line for local address `addr`, in `state` if given.
+fn proc_net_has(table: &str, addr: SocketAddr, state: Option<&str>) -> bool {
     let IpAddr::V4(ip) = addr.ip() else {
         return false;
     };
@@ -51,12 +70,13 @@ pub fn udp_port_bound(addr: SocketAddr) -> bool {
         u32::from_ne_bytes(ip.octets()),
         addr.port()
     );
-    std::fs::read_to_string("/proc/net/udp")
+    std::fs::read_to_string(table)
         .map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .any(|line| line.split_whitespace().nth(1) == Some(wanted.as_str()))
+            table.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(1) == Some(&wanted.as_str())
+                    && state.is_none_or(|state| fields.get(3) == Some(&state))
+            })
         })
         .unwrap_or(false)
 }

@@ -23,6 +23,8 @@ pub(crate) struct RawConfig {
     pub allowlist: Option<RawAllowlistRef>,
     pub rules: Option<RawRules>,
     pub trust_for: Option<String>,
+    pub tcp: Option<RawTcp>,
+    pub tls: Option<RawTls>,
     // Later sections (DESIGN.md section 5) go here, each an `Option<Raw..>` with its own entries
     // in `SCHEMA` and its own checks in validate.rs:
     //   metrics:   the Prometheus exporter address,
@@ -32,6 +34,24 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawListen {
     pub udp: Option<Vec<String>>,
+    pub tcp: Option<Vec<String>>,
+    pub tls: Option<Vec<String>>,
+}
+
+/// Limits of the TCP and TLS connections.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTcp {
+    pub max_connections: Option<String>,
+    pub max_connections_per_ip: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub message_timeout: Option<String>,
+}
+
+/// The TLS listeners' certificate.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTls {
+    pub certificate: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +176,22 @@ pub(crate) const SCHEMA: Schema = Schema(&[
         "listen.udp[]",
         "an address with a port, such as 0.0.0.0:5060",
     ),
+    (
+        "listen.tcp",
+        "a list of addresses with ports, such as [\"0.0.0.0:5060\"], or [] for no TCP",
+    ),
+    (
+        "listen.tcp[]",
+        "an address with a port, such as 0.0.0.0:5060",
+    ),
+    (
+        "listen.tls",
+        "a list of addresses with ports, such as [\"0.0.0.0:5061\"], or [] for no TLS",
+    ),
+    (
+        "listen.tls[]",
+        "an address with a port, such as 0.0.0.0:5061",
+    ),
     ("pbx", "a mapping"),
     (
         "pbx.address",
@@ -224,6 +260,26 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     ("rules.repeat_offenders.within", DURATION),
     ("rules.repeat_offenders.max_ban", DURATION),
     ("trust_for", DURATION),
+    ("tcp", "a mapping"),
+    (
+        "tcp.max_connections",
+        "a whole number greater than 0, such as 10000",
+    ),
+    (
+        "tcp.max_connections_per_ip",
+        "a whole number greater than 0, such as 100",
+    ),
+    ("tcp.idle_timeout", DURATION),
+    ("tcp.message_timeout", DURATION),
+    ("tls", "a mapping"),
+    (
+        "tls.certificate",
+        "a PEM file of the certificate chain, such as cert.pem (relative to this file's directory)",
+    ),
+    (
+        "tls.key",
+        "a PEM file of the private key, such as key.pem (relative to this file's directory)",
+    ),
 ]);
 
 /// The allowlist file: categories of the operator's naming, each a list of named groups.

@@ -10,11 +10,12 @@
 use super::error::{quote, Problem, ProblemKind};
 use super::raw::{
     self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
+    RawTcp, RawTls,
 };
 use super::{allowlist, read_text, Config, Overrides, ReadError};
 use ipnet::IpNet;
 use sipguard_policy::{AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
-use sipguard_relay::RelayConfig;
+use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles, TlsReload};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -22,12 +23,23 @@ use std::time::Duration;
 /// Where settings given as flags come from, in messages.
 pub(crate) const COMMAND_LINE: &str = "command line";
 
-const DEFAULT_LISTEN_UDP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060);
+/// UDP and TCP alike: SIP's port on every IPv4 address.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060);
 const DEFAULT_PBX: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5080);
 /// Two hours: far longer than any phone's re-registration interval (typically 1 h at most), so
 /// an idle registered phone keeps its session and stays reachable for incoming calls.
 const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 const DEFAULT_MAX_SESSIONS: usize = 20_000;
+/// Each client connection costs two descriptors (its own and its upstream's).
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// An office of TCP phones behind one NAT address fits; a single attacker's pile does not.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 100;
+/// Two hours, as for UDP sessions: a TCP registration lives as long as its connection, so the
+/// connection must outlast the phone's re-registration interval.
+const DEFAULT_CONNECTION_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// A phone writes a message in one go; ten seconds leave room for a slow link, not for a client
+/// that trickles bytes to hold a connection (Kamailio's tcp_msg_read_timeout is 20 s).
+const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024;
 /// Smaller than any real INVITE with SDP; a limit below it would drop legitimate calls.
 const MIN_MESSAGE_SIZE: usize = 512;
@@ -76,13 +88,29 @@ pub(crate) fn validate(
     let mut v = Validator { origin, problems };
     let defaults = PolicyConfig::default();
 
-    let listen_udp = v.listen_udp(raw.listen.and_then(|l| l.udp), &overrides.listen_udp);
+    let listen = raw.listen.unwrap_or_default();
+    let listen_udp = v.listen("udp", listen.udp, &overrides.listen_udp, &[DEFAULT_LISTEN]);
+    // `--listen` stands for UDP and TCP together: SIP's two transports on the same addresses.
+    let listen_tcp = if overrides.listen_udp.is_empty() {
+        v.listen("tcp", listen.tcp, &[], &[DEFAULT_LISTEN])
+    } else {
+        listen_udp.clone()
+    };
+    let listen_tls = v.listen("tls", listen.tls, &[], &[]);
+    v.tls_apart_from_tcp(&listen_tcp, &listen_tls);
     let pbx = raw.pbx.unwrap_or_default();
     let (pbx_key, pbx_text) = match &overrides.pbx {
         Some(text) => (v.flag("--pbx"), Some(text.clone())),
         None => (v.key("pbx.address"), pbx.address),
     };
-    let pbx_addr = v.pbx_address(&pbx_key, pbx_text.as_deref(), &listen_udp);
+    let every_listener: Vec<_> = [&listen_udp, &listen_tcp, &listen_tls]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let pbx_addr = v.pbx_address(&pbx_key, pbx_text.as_deref(), &every_listener);
+    let streams = v.streams(raw.tcp.unwrap_or_default());
+    let tls = v.tls(raw.tls.unwrap_or_default(), !listen_tls.is_empty(), dir);
     let upstream_bind = v.upstream_bind(pbx.upstream_bind.as_deref(), pbx_addr.as_ref());
 
     let sessions = raw.sessions.unwrap_or_default();
@@ -106,12 +134,17 @@ pub(crate) fn validate(
     if problems.len() > before {
         return None;
     }
-    let listen_udp: Option<Vec<SocketAddr>> =
-        listen_udp.into_iter().map(|(_, addr)| addr).collect();
+    let addrs = |listeners: Vec<(Key<'_>, Option<SocketAddr>)>| -> Option<Vec<SocketAddr>> {
+        listeners.into_iter().map(|(_, addr)| addr).collect()
+    };
     let rules = rules?;
     // Every field named: a setting added to PolicyConfig must be given a key here.
     Some(Config {
-        listen_udp: listen_udp?,
+        listen_udp: addrs(listen_udp)?,
+        listen_tcp: addrs(listen_tcp)?,
+        listen_tls: addrs(listen_tls)?,
+        streams: streams?,
+        tls: tls?,
         relay: RelayConfig {
             pbx: pbx_addr?,
             upstream_bind: upstream_bind?,
@@ -179,13 +212,17 @@ impl<'a> Validator<'a, '_> {
         self.problems.push(problem);
     }
 
-    /// Each listener with where it came from, for later messages; a `None` address has been
-    /// reported already.
-    fn listen_udp(
+    /// Each listener of `listen.<transport>` with where it came from, for later messages; a
+    /// `None` address has been reported already. UDP needs at least one listener; TCP and TLS
+    /// are off with an empty list.
+    fn listen(
         &mut self,
+        transport: &str,
         file: Option<Vec<String>>,
         flags: &[String],
+        default: &[SocketAddr],
     ) -> Vec<(Key<'a>, Option<SocketAddr>)> {
+        let at = format!("listen.{transport}");
         let entries: Vec<(Key<'a>, String)> = if !flags.is_empty() {
             flags
                 .iter()
@@ -193,9 +230,14 @@ impl<'a> Validator<'a, '_> {
                 .collect()
         } else {
             match file {
-                None => return vec![(self.key("listen.udp"), Some(DEFAULT_LISTEN_UDP))],
-                Some(list) if list.is_empty() => {
-                    let key = self.key("listen.udp");
+                None => {
+                    return default
+                        .iter()
+                        .map(|&addr| (self.key(at.clone()), Some(addr)))
+                        .collect()
+                }
+                Some(list) if list.is_empty() && transport == "udp" => {
+                    let key = self.key(at);
                     self.problem(Problem {
                         value: Some("[]".to_owned()),
                         ..key.invalid("", "at least one address, such as 0.0.0.0:5060")
@@ -205,7 +247,7 @@ impl<'a> Validator<'a, '_> {
                 Some(list) => list
                     .into_iter()
                     .enumerate()
-                    .map(|(i, text)| (self.key(format!("listen.udp[{i}]")), text))
+                    .map(|(i, text)| (self.key(format!("{at}[{i}]")), text))
                     .collect(),
             }
         };
@@ -348,18 +390,145 @@ impl<'a> Validator<'a, '_> {
     }
 
     fn max_sessions(&mut self, text: Option<&str>) -> Option<usize> {
+        self.count("sessions.max", text, DEFAULT_MAX_SESSIONS)
+    }
+
+    /// A whole number greater than 0 at `path`; `default` when left out.
+    fn count(&mut self, path: &str, text: Option<&str>, default: usize) -> Option<usize> {
         let Some(text) = text else {
-            return Some(DEFAULT_MAX_SESSIONS);
+            return Some(default);
         };
         match text.parse::<usize>() {
             Ok(max) if max > 0 => Some(max),
             _ => {
-                let key = self.key("sessions.max");
-                let expected = expected_at("sessions.max").unwrap_or_default();
+                let key = self.key(path);
+                let expected = expected_at(path).unwrap_or_default();
                 self.problem(key.invalid(text, expected));
                 None
             }
         }
+    }
+
+    /// A TLS listener on the same TCP address as a plain TCP listener could not be bound.
+    fn tls_apart_from_tcp(
+        &mut self,
+        tcp: &[(Key<'a>, Option<SocketAddr>)],
+        tls: &[(Key<'a>, Option<SocketAddr>)],
+    ) {
+        for (key, addr) in tls {
+            let Some(addr) = *addr else { continue };
+            let clash = tcp.iter().find_map(|(tcp_key, tcp_addr)| {
+                let tcp_addr = (*tcp_addr)?;
+                let clash = addr.port() != 0
+                    && (tcp_addr == addr || covers(tcp_addr, addr) || covers(addr, tcp_addr));
+                clash.then(|| (tcp_key.path.clone(), tcp_addr))
+            });
+            if let Some((tcp_path, tcp_addr)) = clash {
+                self.problem(key.invalid(
+                    &addr.to_string(),
+                    format_args!(
+                        "a TCP address apart from the plain TCP listener {tcp_path} ({tcp_addr}), \
+                         such as port 5061"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn streams(&mut self, raw: RawTcp) -> Option<StreamConfig> {
+        let max_connections = self.count(
+            "tcp.max_connections",
+            raw.max_connections.as_deref(),
+            DEFAULT_MAX_CONNECTIONS,
+        );
+        let max_connections_per_ip = self.count(
+            "tcp.max_connections_per_ip",
+            raw.max_connections_per_ip.as_deref(),
+            DEFAULT_MAX_CONNECTIONS_PER_IP,
+        );
+        let idle_timeout = self.duration(
+            "tcp.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            DEFAULT_CONNECTION_IDLE,
+        );
+        let message_timeout = self.duration(
+            "tcp.message_timeout",
+            raw.message_timeout.as_deref(),
+            DEFAULT_MESSAGE_TIMEOUT,
+        );
+        Some(StreamConfig {
+            max_connections: max_connections?,
+            max_connections_per_ip: max_connections_per_ip?,
+            idle_timeout: idle_timeout?,
+            message_timeout: message_timeout?,
+        })
+    }
+
+    /// The certificate and key, needed when TLS listeners are configured, and read here so that
+    /// `check-config` and a start both name the file that is missing or wrong. `Some(None)`:
+    /// no TLS.
+    fn tls(&mut self, raw: RawTls, listening: bool, dir: &Path) -> Option<Option<TlsFiles>> {
+        let before = self.problems.len();
+        let mut file = |name: &str, text: Option<String>| -> Option<std::path::PathBuf> {
+            let path = format!("tls.{name}");
+            match text {
+                Some(text) if !text.trim().is_empty() => {
+                    let file = dir.join(&text);
+                    if let Err(error) = std::fs::File::open(&file) {
+                        let key = self.key(path.as_str());
+                        self.problem(key.invalid(
+                            &text,
+                            format_args!(
+                                "a readable file: cannot read {}: {error}",
+                                file.display()
+                            ),
+                        ));
+                        return None;
+                    }
+                    Some(file)
+                }
+                Some(text) => {
+                    let key = self.key(path.as_str());
+                    self.problem(key.invalid(&text, expected_at(&path).unwrap_or_default()));
+                    None
+                }
+                None if listening => {
+                    let key = self.key(path.as_str());
+                    self.problem(Problem {
+                        value: None,
+                        ..key.invalid(
+                            "",
+                            format_args!(
+                                "{}: listen.tls is set, and TLS needs a certificate and its key",
+                                expected_at(&path).unwrap_or_default()
+                            ),
+                        )
+                    });
+                    None
+                }
+                None => None,
+            }
+        };
+        let certificate = file("certificate", raw.certificate);
+        let key = file("key", raw.key);
+        let (Some(certificate), Some(key)) = (certificate, key) else {
+            return (!listening && self.problems.len() == before).then_some(None);
+        };
+        let files = TlsFiles { certificate, key };
+        if let Err(error) = TlsReload::load(files.clone()) {
+            let (path, file) = match &error {
+                sipguard_relay::TlsError::Unreadable { kind: "key", .. }
+                | sipguard_relay::TlsError::NoKey(_) => ("tls.key", &files.key),
+                _ => ("tls.certificate", &files.certificate),
+            };
+            let key = self.key(path);
+            self.problem(key.invalid(
+                &file.display().to_string(),
+                format_args!("a usable PEM file: {error}"),
+            ));
+            return None;
+        }
+        Some(Some(files))
     }
 
     fn max_message_size(&mut self, text: Option<&str>) -> Option<usize> {

@@ -1,0 +1,142 @@
+//! Messages from TCP and TLS connections: the same pipeline as datagrams, except that the
+//! source address is proven, so trust earned by authenticating does not shield it from a ban
+//! for a scanner's signature (it still does from one for a burst of requests).
+
+use sipguard_policy::{
+    Action, AllowlistMode, DropReason, PendingRequests, Policy, PolicyConfig, RuleId, Timestamp,
+    Verdict,
+};
+use sipguard_sip::SipView;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const OFFICE: &str = "203.0.113.7";
+const CARRIER: &str = "198.51.100.9";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000) + Duration::from_secs(secs)
+}
+
+fn request(method: &str, cseq: u32, user_agent: &str, credentials: bool) -> String {
+    let auth = if credentials {
+        "Authorization: Digest username=\"1001\", realm=\"pbx\", nonce=\"n\", uri=\"sip:pbx\", response=\"r\"\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "{method} sip:pbx.example.com SIP/2.0\r\nVia: SIP/2.0/TCP 203.0.113.7;branch=z9hG4bK{cseq}\r\n\
+         From: <sip:1001@pbx.example.com>;tag=f\r\nTo: <sip:1001@pbx.example.com>\r\n\
+         Call-ID: c{cseq}\r\nCSeq: {cseq} {method}\r\nUser-Agent: {user_agent}\r\n{auth}\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Registers 1001 from `source` over a stream with credentials and a 200: the source is trusted.
+fn authenticate(policy: &Policy, source: IpAddr, now: Timestamp) {
+    let text = request("REGISTER", 1, "Yealink SIP-T46S", true);
+    let Verdict::Forward(view) = policy
+        .check_stream_message(text.as_bytes(), source, now)
+        .verdict
+    else {
+        panic!("a phone's REGISTER is forwarded");
+    };
+    let mut pending = PendingRequests::default();
+    pending.remember(policy.memo(&view).unwrap());
+    let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 203.0.113.7;branch=z9hG4bK1\r\n\
+              From: <sip:1001@pbx.example.com>;tag=f\r\nTo: <sip:1001@pbx.example.com>;tag=t\r\n\
+              Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    let response = SipView::parse(ok.as_bytes()).unwrap();
+    let _ = policy.observe_response(source, &response, &mut pending, now);
+}
+
+fn policy(tune: impl FnOnce(&mut PolicyConfig)) -> Policy {
+    let mut config = PolicyConfig::default();
+    tune(&mut config);
+    Policy::new(config).unwrap()
+}
+
+#[test]
+fn scanner_over_a_stream_bans_even_a_trusted_source() {
+    let p = policy(|_| {});
+    authenticate(&p, ip(OFFICE), at(0));
+    let scan = request("OPTIONS", 2, "friendly-scanner", false);
+    let checked = p.check_stream_message(scan.as_bytes(), ip(OFFICE), at(1));
+    assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
+    let event = checked.event.expect("a rule hit");
+    assert!(matches!(event.action, Action::Banned(_)), "{event:?}");
+    assert_eq!(event.rule, RuleId::Scanner);
+    assert!(p.is_banned(ip(OFFICE), at(2)));
+}
+
+#[test]
+fn the_same_scanner_datagram_from_a_trusted_source_only_drops() {
+    let p = policy(|_| {});
+    authenticate(&p, ip(OFFICE), at(0));
+    let scan = request("OPTIONS", 2, "friendly-scanner", false);
+    let checked = p.check_datagram(scan.as_bytes(), ip(OFFICE), at(1));
+    assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
+    assert!(!p.is_banned(ip(OFFICE), at(2)));
+}
+
+#[test]
+fn a_burst_over_a_stream_from_a_trusted_phone_is_dropped_without_ban() {
+    // A phone with forty BLF keys subscribes to all of them at boot.
+    let p = policy(|_| {});
+    authenticate(&p, ip(OFFICE), at(0));
+    let subscribe = request("SUBSCRIBE", 3, "Yealink", false);
+    let mut dropped = 0;
+    for _ in 0..40 {
+        let checked = p.check_stream_message(subscribe.as_bytes(), ip(OFFICE), at(1));
+        dropped += usize::from(checked.verdict == Verdict::Drop(DropReason::Flood));
+    }
+    assert!(dropped > 0, "the flood rule tripped");
+    assert!(!p.is_banned(ip(OFFICE), at(1)));
+}
+
+#[test]
+fn a_flood_over_a_stream_from_an_untrusted_source_bans_it() {
+    let p = policy(|_| {});
+    let options = request("OPTIONS", 3, "Yealink", false);
+    for _ in 0..40 {
+        let _ = p.check_stream_message(options.as_bytes(), ip(OFFICE), at(1));
+    }
+    assert!(p.is_banned(ip(OFFICE), at(1)));
+}
+
+#[test]
+fn allowlisted_sources_are_never_banned_over_a_stream() {
+    let p = policy(|c| c.allowlist = vec![ip(CARRIER).into()]);
+    let scan = request("OPTIONS", 2, "friendly-scanner", false);
+    let checked = p.check_stream_message(scan.as_bytes(), ip(CARRIER), at(1));
+    assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
+    assert!(!p.is_banned(ip(CARRIER), at(2)));
+}
+
+#[test]
+fn check_source_refuses_banned_denied_and_unlisted_sources() {
+    let p = policy(|c| {
+        c.deny = vec!["192.0.2.0/24".parse().unwrap()];
+        c.allowlist = vec![ip(CARRIER).into()];
+        c.allowlist_mode = AllowlistMode::Enforce;
+    });
+    assert_eq!(p.check_source(ip(CARRIER), at(0)), Ok(()));
+    assert_eq!(
+        p.check_source(ip("192.0.2.9"), at(0)),
+        Err(DropReason::Denied)
+    );
+    assert_eq!(
+        p.check_source(ip(OFFICE), at(0)),
+        Err(DropReason::NotAllowlisted)
+    );
+    let open = policy(|_| {});
+    open.ban_manually(ip(OFFICE), Duration::from_secs(60), at(0))
+        .unwrap();
+    assert_eq!(
+        open.check_source(ip(OFFICE), at(1)),
+        Err(DropReason::Banned)
+    );
+}

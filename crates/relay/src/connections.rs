@@ -1,0 +1,167 @@
+//! The registry of open client connections (TCP and TLS), by source IP.
+//!
+//! It enforces the limits on connections in total and per source address at accept time, and it
+//! is how a connection is told to close from outside its own task: the ban reaper walks the
+//! addresses here, asks the policy which are banned, and closes their connections. A connection
+//! is registered by an [`Admission`], which takes it out of the registry when dropped, so no
+//! path out of a connection task can leak a slot.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// Why a new connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Connections in total are at their maximum.
+    Total,
+    /// This source address holds its maximum already.
+    PerIp,
+}
+
+/// One open connection as the registry sees it.
+#[derive(Debug, Default)]
+pub(crate) struct Entry {
+    close: Notify,
+}
+
+impl Entry {
+    /// Completes once the registry has asked this connection to close (a permit is stored, so
+    /// a request made while the task was busy elsewhere is not lost).
+    pub async fn closed(&self) {
+        self.close.notified().await;
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    by_ip: Mutex<HashMap<IpAddr, Vec<Arc<Entry>>>>,
+    total: AtomicUsize,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+/// A connection's slot in the registry, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    registry: Arc<Registry>,
+    ip: IpAddr,
+    entry: Arc<Entry>,
+}
+
+impl Admission {
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut by_ip = self.registry.lock();
+        if let Some(entries) = by_ip.get_mut(&self.ip) {
+            entries.retain(|entry| !Arc::ptr_eq(entry, &self.entry));
+            if entries.is_empty() {
+                by_ip.remove(&self.ip);
+            }
+        }
+        self.registry.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Registry {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Registry {
+            by_ip: Mutex::default(),
+            total: AtomicUsize::new(0),
+            max_total,
+            max_per_ip,
+        }
+    }
+
+    /// Registers a new connection from `ip`, unless a limit is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let mut by_ip = self.lock();
+        if self.total.load(Ordering::Acquire) >= self.max_total {
+            return Err(Refusal::Total);
+        }
+        let entries = by_ip.entry(ip).or_default();
+        if entries.len() >= self.max_per_ip {
+            return Err(Refusal::PerIp);
+        }
+        let entry = Arc::new(Entry::default());
+        entries.push(Arc::clone(&entry));
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(Admission {
+            registry: Arc::clone(self),
+            ip,
+            entry,
+        })
+    }
+
+    /// Asks every connection from a source that `condemned` picks to close; returns how many
+    /// were asked. One lock and one call per distinct source address.
+    pub fn close_where(&self, mut condemned: impl FnMut(IpAddr) -> bool) -> usize {
+        let by_ip = self.lock();
+        let mut asked = 0;
+        for (ip, entries) in by_ip.iter() {
+            if condemned(*ip) {
+                for entry in entries {
+                    entry.close.notify_one();
+                }
+                asked += entries.len();
+            }
+        }
+        asked
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Vec<Arc<Entry>>>> {
+        self.by_ip.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_ip_and_total_limits_refuse_and_slots_come_back_on_drop() {
+        let registry = Arc::new(Registry::new(3, 2));
+        let a1 = registry.admit(ip("192.0.2.1")).unwrap();
+        let _a2 = registry.admit(ip("192.0.2.1")).unwrap();
+        assert_eq!(registry.admit(ip("192.0.2.1")).unwrap_err(), Refusal::PerIp);
+        let _b = registry.admit(ip("192.0.2.2")).unwrap();
+        assert_eq!(registry.admit(ip("192.0.2.3")).unwrap_err(), Refusal::Total);
+        drop(a1);
+        assert!(
+            registry.admit(ip("192.0.2.3")).is_ok(),
+            "a closed slot counts no more"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_where_reaches_every_connection_of_the_condemned_source() {
+        let registry = Arc::new(Registry::new(10, 10));
+        let banned = [
+            registry.admit(ip("192.0.2.66")).unwrap(),
+            registry.admit(ip("192.0.2.66")).unwrap(),
+        ];
+        let innocent = registry.admit(ip("192.0.2.7")).unwrap();
+        let asked = registry.close_where(|source| source == ip("192.0.2.66"));
+        assert_eq!(asked, 2);
+        for admission in &banned {
+            admission.entry().closed().await;
+        }
+        let untouched =
+            tokio::time::timeout(std::time::Duration::ZERO, innocent.entry().closed()).await;
+        assert!(
+            untouched.is_err(),
+            "an innocent connection was told to close"
+        );
+    }
+}
