@@ -8,8 +8,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use sipguard_policy::Ban;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+/// Receives every ban the relay issues (the ban journal, which makes it durable and then logs
+/// it). Called on the packet path: it must only queue the ban, never wait.
+pub trait BanSink: Send + Sync {
+    /// `source` was banned, or its ban extended.
+    fn banned(&self, source: IpAddr, ban: &Ban);
+}
 
 /// Validated relay settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,4 +39,4 @@ mod socket;
 mod udp;
 
 pub use socket::bind_udp;
-pub use udp::run;
+pub use udp::{run, run_with_sink};
