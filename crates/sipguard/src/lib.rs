@@ -2,7 +2,13 @@
 //! tests start a real instance on port 0 in-process (bind first, then run with a shutdown future).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod daemon;
+pub mod exporter;
+pub mod http;
+pub mod journal;
+pub mod reload;
 
 pub use config::Config;
 

@@ -23,10 +23,20 @@ pub(crate) struct RawConfig {
     pub allowlist: Option<RawAllowlistRef>,
     pub rules: Option<RawRules>,
     pub trust_for: Option<String>,
-    // Later sections (DESIGN.md section 5) go here, each an `Option<Raw..>` with its own entries
-    // in `SCHEMA` and its own checks in validate.rs:
-    //   metrics:   the Prometheus exporter address,
-    //   admin:     the loopback admin API address, and the ban journal path.
+    pub metrics: Option<RawListenOne>,
+    pub admin: Option<RawListenOne>,
+    pub journal: Option<RawJournal>,
+}
+
+/// A service on one TCP address (the metrics exporter, the admin API), or `off`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListenOne {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawJournal {
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +234,21 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     ("rules.repeat_offenders.within", DURATION),
     ("rules.repeat_offenders.max_ban", DURATION),
     ("trust_for", DURATION),
+    ("metrics", "a mapping"),
+    (
+        "metrics.listen",
+        "an address with a port, such as 127.0.0.1:9464, or off",
+    ),
+    ("admin", "a mapping"),
+    (
+        "admin.listen",
+        "a loopback address with a port, such as 127.0.0.1:9465, or off",
+    ),
+    ("journal", "a mapping"),
+    (
+        "journal.path",
+        "a file name, such as /var/lib/sipguard/bans.journal (relative to this file's directory)",
+    ),
 ]);
 
 /// The allowlist file: categories of the operator's naming, each a list of named groups.
