@@ -8,4 +8,5 @@ mod support;
 
 mod attacks;
 mod inspection;
+mod ops;
 mod relay;
