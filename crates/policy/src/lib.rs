@@ -307,7 +307,11 @@ impl Policy {
     /// through at once and starts from zero.
     pub fn lift(&self, source: IpAddr) -> Option<Ban> {
         self.sources.remove(&source);
-        self.users.retain(|(user_source, _)| *user_source != source);
+        // Keyed by (source, username): finding a source's entries takes a scan of the table,
+        // which an operator's lift can afford.
+        if self.users.len() > 0 {
+            self.users.retain(|(user_source, _)| *user_source != source);
+        }
         self.bans.lift(source)
     }
 

@@ -7,7 +7,7 @@
 use crate::admin::Admin;
 use crate::config::{Config, Overrides};
 use crate::journal::{BanEntry, Journal, Record};
-use crate::reload::Reloader;
+use crate::reload::{ReloadHook, Reloader};
 use crate::Sockets;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -70,6 +70,8 @@ pub struct Daemon {
     pub journal: PathBuf,
     /// The installed recorder, when metrics are on.
     pub metrics: Option<PrometheusHandle>,
+    /// What else to reload on SIGHUP and `POST /reload` (the TLS front's certificates).
+    pub reload_hooks: Vec<ReloadHook>,
 }
 
 /// Hands the relay's bans to the journal, which logs each once it is durable.
@@ -99,6 +101,7 @@ pub async fn serve(
         ops,
         journal,
         metrics,
+        reload_hooks,
     } = daemon;
     let policy = crate::policy(&config)?;
     let now = Timestamp::from_system(SystemTime::now());
@@ -134,6 +137,9 @@ pub async fn serve(
         config.clone(),
         Arc::clone(&policy),
     ));
+    for hook in reload_hooks {
+        reloader.on_reload(hook);
+    }
     let mut services = tokio::task::JoinSet::new();
     if let (Some(listener), Some(handle)) = (ops.metrics, metrics) {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");

@@ -211,6 +211,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ops,
             journal,
             metrics,
+            reload_hooks: Vec::new(),
         };
         sipguard::daemon::serve(daemon, hangups, shutdown).await
     })?;
