@@ -368,6 +368,20 @@ fn bans_cli_lists_adds_and_lifts_bans_of_a_running_instance() -> anyhow::Result<
         "{listed:?}"
     );
 
+    // A ban that runs out is let go with a line of its own.
+    const BRIEF: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 161);
+    let brief = guard.bans(&["add", &BRIEF.to_string(), "--for", "1s"])?;
+    ensure!(brief.status.success(), "{brief:?}");
+    let line = guard.wait_for_log(&format!("source={BRIEF} "), SETTLE)?;
+    ensure!(line.contains("banned"), "{line}");
+    poll_until("the brief ban's end to be logged", SETTLE, || {
+        guard.log().into_iter().find(|l| {
+            l.contains("unbanned")
+                && l.contains(&format!("source={BRIEF} "))
+                && l.contains("how=\"expired\"")
+        })
+    })?;
+
     let admin: SocketAddr = guard.admin();
     drop(guard);
     let down = bans_cli(admin, &["list"])?;

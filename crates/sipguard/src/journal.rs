@@ -17,12 +17,14 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// Records waiting for the writer beyond this are refused (and counted as journal errors): a
 /// burst of bans from a spoofed flood must not grow memory without bound.
 const QUEUE: usize = 65_536;
+/// How often the writer looks for bans that ran out, to log each one's end.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 /// Most records written per `fdatasync`.
 const GROUP: usize = 4096;
 /// The file is compacted once it holds this many records more than the live bans, and at least
@@ -275,7 +277,18 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, requests: mpsc::Receiver<Pending>) {
-        while let Ok(first) = requests.recv() {
+        let mut next_expiry = Instant::now() + EXPIRY_CHECK;
+        loop {
+            if Instant::now() >= next_expiry {
+                self.expire(now_millis());
+                next_expiry = Instant::now() + EXPIRY_CHECK;
+            }
+            let wait = next_expiry.saturating_duration_since(Instant::now());
+            let first = match requests.recv_timeout(wait) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let mut group = vec![first];
             group.extend(requests.try_iter().take(GROUP - 1));
             let text: String = group.iter().map(|w| w.record.encode()).collect();
@@ -309,6 +322,18 @@ impl Writer {
         }
     }
 
+    /// Logs and forgets the bans that ran out by `now` (the policy drops them on its own; nothing
+    /// is written, since a replay skips expired bans anyway).
+    fn expire(&mut self, now: u64) {
+        self.live.retain(|ip, entry| {
+            let live = entry.expires > now;
+            if !live {
+                tracing::info!(source = %ip, rule = %entry.rule, evidence = entry.evidence, offence = entry.offence, expired = %format_millis(entry.expires), how = "expired", "unbanned");
+            }
+            live
+        });
+    }
+
     /// Takes a durable record into the live set and logs it.
     fn apply(&mut self, record: &Record) {
         match record {
@@ -333,8 +358,7 @@ impl Writer {
     }
 
     fn compact(&mut self) {
-        let now = now_millis();
-        self.live.retain(|_, entry| entry.expires > now);
+        self.expire(now_millis());
         let result = compact(&self.path, self.live.values())
             .and_then(|()| OpenOptions::new().append(true).open(&self.path));
         match result {
