@@ -1,5 +1,7 @@
 //! The sipguard program as a library: validated configuration, socket binding, and `run`, so
 //! tests start a real instance on port 0 in-process (bind first, then run with a shutdown future).
+//! What is once per process (the ban journal, `/metrics`, the admin API, reload on SIGHUP) is
+//! in [`daemon::serve`], which the binary runs.
 #![forbid(unsafe_code)]
 
 pub mod admin;
