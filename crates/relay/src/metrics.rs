@@ -18,7 +18,9 @@ impl Sampler {
     /// The start time when this datagram is one to time.
     pub fn start(&mut self) -> Option<std::time::Instant> {
         self.0 = self.0.wrapping_add(1);
-        self.0.is_multiple_of(PROCESSING_SAMPLE).then(std::time::Instant::now)
+        self.0
+            .is_multiple_of(PROCESSING_SAMPLE)
+            .then(std::time::Instant::now)
     }
 }
 

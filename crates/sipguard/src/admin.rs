@@ -98,12 +98,14 @@ impl Admin {
     async fn add(&self, body: &[u8]) -> Reply {
         let request: AddBan = match serde_json::from_slice(body) {
             Ok(request) => request,
-            Err(err) => return Reply::error(
-                StatusCode::BAD_REQUEST,
-                format_args!(
+            Err(err) => {
+                return Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    format_args!(
                     "expected {{\"ip\": ADDRESS, \"duration\": \"1h\", \"reason\": TEXT}}: {err}"
                 ),
-            ),
+                )
+            }
         };
         let duration = match request.duration.as_deref().map(humantime::parse_duration) {
             None => DEFAULT_BAN,
