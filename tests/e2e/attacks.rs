@@ -159,7 +159,7 @@ fn answer(socket: &UdpSocket, call_id: &str, within: Duration) -> anyhow::Result
 }
 
 /// Sends one request from `socket` to `to` and waits up to `within` for its answer.
-fn ask(
+pub(crate) fn ask(
     socket: &UdpSocket,
     to: SocketAddr,
     method: &str,

@@ -10,5 +10,6 @@ mod support;
 mod attacks;
 mod deploy;
 mod inspection;
+mod ops;
 mod relay;
 mod tcp;

@@ -140,6 +140,23 @@ impl BanTable {
         )
     }
 
+    /// Puts back a ban as it was, with its offence count, so a later ban keeps doubling.
+    pub fn restore(&self, source: IpAddr, ban: Ban, now: Timestamp) {
+        let offences = Offences {
+            count: ban.offence,
+            forget_at: ban.expires + self.repeat.within,
+        };
+        self.offences
+            .upsert(source, now, || offences, |current| *current = offences);
+        self.bans
+            .upsert(source, now, || ban, |current| *current = ban);
+    }
+
+    /// Bans dropped because they ran out.
+    pub fn expired(&self) -> u64 {
+        self.bans.expired()
+    }
+
     /// Lifts a ban (and forgets past offences), returning it.
     pub fn lift(&self, source: IpAddr) -> Option<Ban> {
         self.offences.remove(&source);

@@ -28,6 +28,7 @@ pub(crate) struct BoundedMap<K, V> {
     hasher: RandomState,
     len: AtomicUsize,
     evictions: AtomicU64,
+    expired: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
@@ -40,6 +41,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 
@@ -58,6 +60,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
             Some(_) => {
                 shard.remove(key);
                 self.len.fetch_sub(1, Ordering::Relaxed);
+                self.expired.fetch_add(1, Ordering::Relaxed);
                 None
             }
             None => None,
@@ -76,6 +79,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
         if let Some(value) = shard.get_mut(&key) {
             if value.expired(now) {
                 *value = make();
+                self.expired.fetch_add(1, Ordering::Relaxed);
             }
             return f(value);
         }
@@ -102,7 +106,25 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
             let before = shard.len();
             shard.retain(|_, value| !value.expired(now));
             self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+            self.expired
+                .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Keeps only the entries whose key passes `keep` (a scan of every shard: for rare
+    /// operator actions, not the packet path).
+    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = shard.len();
+            shard.retain(|key, _| keep(key));
+            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Entries dropped because they had expired, since the map was made.
+    pub fn expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
     }
 
     /// Entries held, expired ones not yet swept included.
@@ -129,6 +151,8 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
     fn make_room(&self, shard: &mut HashMap<K, V>, now: Timestamp) {
         let before = shard.len();
         shard.retain(|_, value| !value.expired(now));
+        self.expired
+            .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
         let target = self.shard_cap - self.shard_cap.div_ceil(8);
         if shard.len() > target {
             let mut worths: Vec<u64> = shard.values().map(|value| value.worth(now)).collect();

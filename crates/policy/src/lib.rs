@@ -22,11 +22,12 @@ mod verdict;
 pub use bans::{Ban, RepeatConfig};
 pub use cidr::CidrSet;
 pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
-pub use response::{PendingRequests, RequestMemo};
+pub use response::{AuthMethod, Judged, PendingRequests, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
 pub use time::Timestamp;
 pub use verdict::{Action, DropReason, Event, RuleId, Verdict};
 
+use arc_swap::ArcSwap;
 use bans::{BanTable, Evidence};
 use bounded::BoundedMap;
 use scanner::ScannerSignatures;
@@ -34,6 +35,7 @@ use sipguard_sip::{is_keepalive, ParseError, SipView};
 use state::{SourceState, Trust, UserState};
 use std::hash::RandomState;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The outcome of [`Policy::check_datagram`]: what to do with the packet, and the rule hit
@@ -78,36 +80,23 @@ pub struct Stats {
     pub trusted: usize,
     /// Live entries evicted from any table to stay under its cap.
     pub evictions: u64,
+    /// Bans that ran out (dropped once expired) since the policy was made.
+    pub bans_expired: u64,
 }
 
-/// The pipeline, its configuration and its state. Shared by every relay task.
-pub struct Policy {
-    config: PolicyConfig,
-    deny: CidrSet,
-    allowlist: CidrSet,
+/// What a reload may change: the settings and what is compiled from them. Swapped whole, so a
+/// packet sees either the old rules or the new, never a mix.
+pub(crate) struct Rules {
+    pub config: PolicyConfig,
+    pub deny: CidrSet,
+    pub allowlist: CidrSet,
     signatures: ScannerSignatures,
-    bans: BanTable,
-    sources: BoundedMap<IpAddr, SourceState>,
-    users: BoundedMap<(IpAddr, u64), UserState>,
-    trust: BoundedMap<IpAddr, Trust>,
-    /// Keys username hashes, so a remote party cannot aim for collisions.
-    hasher: RandomState,
     /// The longest window of any rule: how long evidence is worth keeping.
-    horizon: Duration,
+    pub horizon: Duration,
 }
 
-impl std::fmt::Debug for Policy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Policy {
-    /// Builds the pipeline from validated settings.
-    pub fn new(config: PolicyConfig) -> Result<Self, BuildError> {
-        let cap = config.max_tracked_sources;
+impl Rules {
+    fn new(config: PolicyConfig) -> Result<Self, BuildError> {
         let horizon = [
             &config.register_failures,
             &config.invite_failures,
@@ -118,23 +107,70 @@ impl Policy {
         .map(|rule| rule.window)
         .max()
         .unwrap_or_default();
-        Ok(Policy {
+        Ok(Rules {
             deny: config.deny.iter().copied().collect(),
             allowlist: config.allowlist.iter().copied().collect(),
             signatures: ScannerSignatures::new(&config.scanner_user_agents)?,
-            bans: BanTable::new(cap, config.repeat),
-            sources: BoundedMap::new(cap),
-            users: BoundedMap::new(cap),
-            trust: BoundedMap::new(cap),
-            hasher: RandomState::new(),
             horizon,
             config,
         })
     }
+}
 
-    /// The settings this policy was built from.
-    pub fn config(&self) -> &PolicyConfig {
-        &self.config
+/// The pipeline, its configuration and its state. Shared by every relay task.
+///
+/// The rules sit behind an [`ArcSwap`], so [`Policy::reconfigure`] replaces them while packets
+/// flow (one atomic load per check) and the state tables (bans, evidence, trust) stay as they are.
+pub struct Policy {
+    rules: ArcSwap<Rules>,
+    bans: BanTable,
+    sources: BoundedMap<IpAddr, SourceState>,
+    users: BoundedMap<(IpAddr, u64), UserState>,
+    trust: BoundedMap<IpAddr, Trust>,
+    /// Keys username hashes, so a remote party cannot aim for collisions.
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("config", &self.rules.load().config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Builds the pipeline from validated settings.
+    pub fn new(config: PolicyConfig) -> Result<Self, BuildError> {
+        let cap = config.max_tracked_sources;
+        let repeat = config.repeat;
+        Ok(Policy {
+            rules: ArcSwap::from_pointee(Rules::new(config)?),
+            bans: BanTable::new(cap, repeat),
+            sources: BoundedMap::new(cap),
+            users: BoundedMap::new(cap),
+            trust: BoundedMap::new(cap),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// The settings the policy runs with now.
+    pub fn config(&self) -> PolicyConfig {
+        self.rules.load().config.clone()
+    }
+
+    /// Replaces the rules (allowlist, deny list, signatures, thresholds, modes) while traffic
+    /// flows; bans, evidence and trust are kept. The table caps (`max_tracked_sources`) and the
+    /// repeat-offender settings are fixed at construction and keep their running values.
+    pub fn reconfigure(&self, config: PolicyConfig) -> Result<(), BuildError> {
+        let running = self.rules.load();
+        let config = PolicyConfig {
+            max_tracked_sources: running.config.max_tracked_sources,
+            repeat: running.config.repeat,
+            ..config
+        };
+        self.rules.store(Arc::new(Rules::new(config)?));
+        Ok(())
     }
 
     /// Judges one datagram from `source`.
@@ -165,13 +201,18 @@ impl Policy {
     /// on the allowlist when that is enforced): the check a new connection gets before it is
     /// accepted, and the first step of every message check.
     pub fn check_source(&self, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
+        self.admit(&self.rules.load(), source, now)
+    }
+
+    fn admit(&self, rules: &Rules, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
         if self.bans.is_banned(source, now) {
             return Err(DropReason::Banned);
         }
-        if self.deny.contains(source) {
+        if rules.deny.contains(source) {
             return Err(DropReason::Denied);
         }
-        if self.config.allowlist_mode == AllowlistMode::Enforce && !self.allowlist.contains(source)
+        if rules.config.allowlist_mode == AllowlistMode::Enforce
+            && !rules.allowlist.contains(source)
         {
             return Err(DropReason::NotAllowlisted);
         }
@@ -185,11 +226,12 @@ impl Policy {
         transport: Transport,
         now: Timestamp,
     ) -> Checked<'a> {
-        if let Err(reason) = self.check_source(source, now) {
+        let rules = self.rules.load();
+        if let Err(reason) = self.admit(&rules, source, now) {
             return Verdict::Drop(reason).into();
         }
-        let allowlisted = self.allowlist.contains(source);
-        if datagram.len() > self.config.max_message_size {
+        let allowlisted = rules.allowlist.contains(source);
+        if datagram.len() > rules.config.max_message_size {
             return Verdict::Drop(DropReason::TooLarge).into();
         }
         if is_keepalive(datagram) {
@@ -203,7 +245,7 @@ impl Policy {
         if view.method().is_none() {
             return Verdict::Forward(view).into();
         }
-        if self.signatures.find(&view).is_some() {
+        if rules.signatures.find(&view).is_some() {
             let evidence = Evidence {
                 rule: RuleId::Scanner,
                 count: 1,
@@ -214,18 +256,18 @@ impl Policy {
                 source,
                 allowlisted,
                 transport,
-                &self.config.scanner,
+                &rules.config.scanner,
                 evidence,
                 DropReason::Scanner,
                 now,
             );
         }
         if !allowlisted {
-            let flood = self.config.flood;
+            let flood = rules.config.flood;
             let (count, first_seen) = self.sources.upsert(
                 source,
                 now,
-                || SourceState::new(self.horizon),
+                || SourceState::new(rules.horizon),
                 |state| (state.flood.hit(now, flood.window), state.flood.start),
             );
             if count > flood.threshold {
@@ -307,7 +349,7 @@ impl Policy {
 
     /// Bans `source` by hand for `duration` (an operator's ban), unless it is allowlisted.
     pub fn ban_manually(&self, source: IpAddr, duration: Duration, now: Timestamp) -> Option<Ban> {
-        if self.allowlist.contains(source) {
+        if self.rules.load().allowlist.contains(source) {
             return None;
         }
         let evidence = Evidence {
@@ -318,10 +360,26 @@ impl Policy {
         Some(self.bans.ban(source, evidence, duration, now))
     }
 
-    /// Lifts a ban and forgets the source's evidence, so it is let through at once.
+    /// Lifts a ban and forgets the source's evidence (per source and per username), so it is let
+    /// through at once and starts from zero.
     pub fn lift(&self, source: IpAddr) -> Option<Ban> {
         self.sources.remove(&source);
+        // Keyed by (source, username): finding a source's entries takes a scan of the table,
+        // which an operator's lift can afford.
+        if self.users.len() > 0 {
+            self.users.retain(|(user_source, _)| *user_source != source);
+        }
         self.bans.lift(source)
+    }
+
+    /// Puts back a ban read from the journal, with its expiry and offence count as they were.
+    /// Returns false, restoring nothing, when it has expired or the source is now allowlisted.
+    pub fn restore(&self, source: IpAddr, ban: Ban, now: Timestamp) -> bool {
+        if now >= ban.expires || self.rules.load().allowlist.contains(source) {
+            return false;
+        }
+        self.bans.restore(source, ban, now);
+        true
     }
 
     /// Whether `source` is banned at `now`.
@@ -349,6 +407,7 @@ impl Policy {
             sources: self.sources.len(),
             users: self.users.len(),
             trusted: self.trust.len(),
+            bans_expired: self.bans.expired(),
             evictions: self.bans.evictions()
                 + self.sources.evictions()
                 + self.users.evictions()

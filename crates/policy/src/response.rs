@@ -8,7 +8,7 @@
 
 use crate::bans::Evidence;
 use crate::state::{SourceState, Trust, UserState};
-use crate::{Action, Event, Mode, Policy, Rule, RuleId, Timestamp};
+use crate::{Action, Event, Mode, Policy, Rule, RuleId, Rules, Timestamp};
 use sipguard_sip::{Method, SipView};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -19,6 +19,42 @@ enum Kind {
     Register,
     Invite,
     Other,
+}
+
+/// The method of a request whose credentials the PBX refused. A metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// A REGISTER.
+    Register,
+    /// An INVITE.
+    Invite,
+    /// Any other request.
+    Other,
+}
+
+impl AuthMethod {
+    /// Every method, for pre-registering metrics.
+    pub const ALL: [AuthMethod; 3] = [AuthMethod::Register, AuthMethod::Invite, AuthMethod::Other];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Register => "register",
+            AuthMethod::Invite => "invite",
+            AuthMethod::Other => "other",
+        }
+    }
+}
+
+/// What [`Policy::judge_response`] found in a response.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Judged {
+    /// The rule that tripped, if one did.
+    pub event: Option<Event>,
+    /// Set when the PBX refused credentials: a 401/407 to a request that carried them, or a
+    /// 403. A bare first challenge is not a failure.
+    pub auth_failure: Option<AuthMethod>,
 }
 
 /// What the response path needs to know of a forwarded request.
@@ -120,30 +156,61 @@ impl Policy {
         pending: &mut PendingRequests,
         now: Timestamp,
     ) -> Option<Event> {
-        let code = response.status()?;
-        if code < 200 || self.allowlist.contains(client) {
-            return None;
+        self.judge_response(client, response, pending, now).event
+    }
+
+    /// [`Policy::observe_response`], also saying whether the response refused credentials (for
+    /// the auth failure counters; allowlisted sources' failures are reported too, and never
+    /// counted against them).
+    pub fn judge_response(
+        &self,
+        client: IpAddr,
+        response: &SipView<'_>,
+        pending: &mut PendingRequests,
+        now: Timestamp,
+    ) -> Judged {
+        let Some(code) = response.status().filter(|&code| code >= 200) else {
+            return Judged::default();
+        };
+        let Some(memo) = pending.answer(self.transaction(response)) else {
+            return Judged::default();
+        };
+        let refused = matches!(code, 401 | 407 if memo.credentialed) || code == 403;
+        let auth_failure = refused.then_some(match memo.kind {
+            Kind::Register => AuthMethod::Register,
+            Kind::Invite => AuthMethod::Invite,
+            Kind::Other => AuthMethod::Other,
+        });
+        let rules = self.rules.load();
+        if rules.allowlist.contains(client) {
+            return Judged {
+                event: None,
+                auth_failure,
+            };
         }
-        let memo = pending.answer(self.transaction(response))?;
-        match code {
+        let event = match code {
             200..=299 => {
-                self.succeeded(client, memo, now);
+                self.succeeded(&rules, client, memo, now);
                 None
             }
             401 | 407 if memo.credentialed => self
-                .failed(client, memo, now)
-                .or_else(|| self.probed(client, memo, now)),
-            401 | 407 | 404 => self.probed(client, memo, now),
+                .failed(&rules, client, memo, now)
+                .or_else(|| self.probed(&rules, client, memo, now)),
+            401 | 407 | 404 => self.probed(&rules, client, memo, now),
             403 => self
-                .failed(client, memo, now)
-                .or_else(|| self.probed(client, memo, now)),
+                .failed(&rules, client, memo, now)
+                .or_else(|| self.probed(&rules, client, memo, now)),
             _ => None,
+        };
+        Judged {
+            event,
+            auth_failure,
         }
     }
 
-    fn succeeded(&self, client: IpAddr, memo: RequestMemo, now: Timestamp) {
+    fn succeeded(&self, rules: &Rules, client: IpAddr, memo: RequestMemo, now: Timestamp) {
         if memo.kind == Kind::Register && memo.credentialed {
-            let until = now + self.config.trust_for;
+            let until = now + rules.config.trust_for;
             self.trust
                 .upsert(client, now, || Trust { until }, |trust| trust.until = until);
         }
@@ -157,12 +224,18 @@ impl Policy {
     }
 
     /// A REGISTER or INVITE that failed with credentials, or got a 403.
-    fn failed(&self, client: IpAddr, memo: RequestMemo, now: Timestamp) -> Option<Event> {
+    fn failed(
+        &self,
+        rules: &Rules,
+        client: IpAddr,
+        memo: RequestMemo,
+        now: Timestamp,
+    ) -> Option<Event> {
         match memo.kind {
             Kind::Register => {
-                let rule = self.config.register_failures;
+                let rule = rules.config.register_failures;
                 let user = memo.user?;
-                let horizon = self.horizon;
+                let horizon = rules.horizon;
                 let (count, first_seen) = self.users.upsert(
                     (client, user),
                     now,
@@ -202,11 +275,11 @@ impl Policy {
                 Some(self.enforce(client, &rule, evidence, now))
             }
             Kind::Invite => {
-                let rule = self.config.invite_failures;
+                let rule = rules.config.invite_failures;
                 let (count, first_seen) = self.sources.upsert(
                     client,
                     now,
-                    || SourceState::new(self.horizon),
+                    || SourceState::new(rules.horizon),
                     |state| {
                         (
                             state.invite_failures.hit(now, rule.window),
@@ -233,17 +306,23 @@ impl Policy {
 
     /// A username challenged or refused. A trusted source's bare challenges are the normal
     /// first step of authenticating and do not count.
-    fn probed(&self, client: IpAddr, memo: RequestMemo, now: Timestamp) -> Option<Event> {
+    fn probed(
+        &self,
+        rules: &Rules,
+        client: IpAddr,
+        memo: RequestMemo,
+        now: Timestamp,
+    ) -> Option<Event> {
         let user = memo.user?;
         if !memo.credentialed && self.is_trusted(client, now) {
             return None;
         }
-        let rule = self.config.enumeration;
+        let rule = rules.config.enumeration;
         let cap = usize::try_from(rule.threshold).unwrap_or(usize::MAX);
         let (distinct, first_seen) = self.sources.upsert(
             client,
             now,
-            || SourceState::new(self.horizon),
+            || SourceState::new(rules.horizon),
             |state| {
                 (
                     state.probes.add(user, now, rule.window, cap),

@@ -622,6 +622,169 @@ fn retransmissions_of_one_failed_register_count_as_one_failure() {
     assert!(!p.is_banned(ip(OFFICE), at(11)));
 }
 
+#[test]
+fn reconfigure_swaps_the_rules_and_keeps_bans_and_evidence() {
+    let p = policy(|_| {});
+    let mut scanner = Client::new(&p, ATTACKER);
+    scanner.exchange(&options("friendly-scanner"), 200, at(0));
+    assert!(p.is_banned(ip(ATTACKER), at(1)));
+    let mut cracker = Client::new(&p, "192.0.2.67");
+    for i in 0..4 {
+        cracker.exchange(&register("1001", true), 401, at(i));
+    }
+
+    let mut config = PolicyConfig::default();
+    config.register_failures.threshold = 6;
+    config.max_tracked_sources = 5_000;
+    p.reconfigure(config.clone()).unwrap();
+    assert_eq!(p.config().register_failures.threshold, 6);
+    assert_eq!(
+        p.config().max_tracked_sources,
+        PolicyConfig::default().max_tracked_sources,
+        "table caps are fixed at construction"
+    );
+    // The four failures from before the reload still count: the sixth bans, with evidence 6.
+    let (_, events) = cracker.exchange(&register("1001", true), 401, at(5));
+    assert_eq!(banned_by(&events), None);
+    let (_, events) = cracker.exchange(&register("1001", true), 401, at(6));
+    assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    assert_eq!(
+        p.bans(at(6))
+            .iter()
+            .find(|(s, _)| *s == ip("192.0.2.67"))
+            .unwrap()
+            .1
+            .evidence,
+        6
+    );
+
+    config.allowlist = vec!["203.0.113.0/24".parse().unwrap()];
+    config.allowlist_mode = AllowlistMode::Enforce;
+    p.reconfigure(config).unwrap();
+    assert!(p.is_banned(ip(ATTACKER), at(7)), "a reload lifted a ban");
+    assert_eq!(
+        Client::new(&p, CARRIER)
+            .exchange(&register("1001", false), 401, at(7))
+            .0,
+        Some(DropReason::NotAllowlisted)
+    );
+    assert_eq!(
+        Client::new(&p, OFFICE)
+            .exchange(&register("1001", false), 401, at(7))
+            .0,
+        None
+    );
+}
+
+#[test]
+fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
+    let p = policy(|_| {});
+    let ban = sipguard_policy::Ban {
+        rule: RuleId::Scanner,
+        evidence: 1,
+        first_seen: at(0),
+        last_seen: at(0),
+        expires: at(3600),
+        offence: 2,
+    };
+    assert!(p.restore(ip(ATTACKER), ban, at(10)));
+    assert_eq!(p.bans(at(10)), [(ip(ATTACKER), ban)]);
+    assert!(
+        !p.restore(ip(OFFICE), ban, at(3600)),
+        "an expired ban was restored"
+    );
+    let listed = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    assert!(!listed.restore(ip(CARRIER), ban, at(10)));
+
+    // Its third offence: the scanner rule's hour, doubled twice.
+    let (_, events) = Client::new(&p, ATTACKER).exchange(&options("sipvicious"), 200, at(4000));
+    let Some(Action::Banned(third)) = events.first().map(|e| e.action) else {
+        panic!("not banned again: {events:?}");
+    };
+    assert_eq!(third.offence, 3);
+    assert_eq!(third.expires, at(4000) + Duration::from_secs(4 * 3600));
+}
+
+#[test]
+fn lifting_a_ban_lets_the_source_through_and_clears_its_counters() {
+    let p = policy(|_| {});
+    let mut cracker = Client::new(&p, ATTACKER);
+    for i in 0..4 {
+        cracker.exchange(&register("1001", true), 401, at(i));
+    }
+    assert!(p
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), at(5))
+        .is_some());
+    assert_eq!(
+        cracker.exchange(&register("1001", true), 401, at(6)).0,
+        Some(DropReason::Banned)
+    );
+    assert!(p.lift(ip(ATTACKER)).is_some());
+    // Four more failures from zero do not ban; the fifth does.
+    for i in 0..4 {
+        let (dropped, events) = cracker.exchange(&register("1001", true), 401, at(10 + i));
+        assert_eq!(
+            (dropped, banned_by(&events)),
+            (None, None),
+            "failure {}",
+            i + 1
+        );
+    }
+    let (_, events) = cracker.exchange(&register("1001", true), 401, at(20));
+    assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+}
+
+#[test]
+fn judge_response_reports_refused_credentials_by_method_and_never_a_bare_challenge() {
+    use sipguard_policy::AuthMethod;
+    let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let cases = [
+        (ATTACKER, register("1001", false), 401, None),
+        (
+            ATTACKER,
+            register("1001", true),
+            401,
+            Some(AuthMethod::Register),
+        ),
+        (ATTACKER, register("1001", true), 200, None),
+        (
+            ATTACKER,
+            invite("1001", true),
+            407,
+            Some(AuthMethod::Invite),
+        ),
+        (ATTACKER, options("Yealink"), 403, Some(AuthMethod::Other)),
+        (
+            CARRIER,
+            register("1001", true),
+            401,
+            Some(AuthMethod::Register),
+        ),
+    ];
+    for (n, (source, request, code, expected)) in cases.into_iter().enumerate() {
+        let call_id = format!("judge-{n}");
+        let text = request.text(1, &call_id);
+        let Verdict::Forward(view) = p.check_datagram(text.as_bytes(), ip(source), at(0)).verdict
+        else {
+            panic!("case {n} dropped");
+        };
+        let mut pending = PendingRequests::default();
+        pending.remember(p.memo(&view).unwrap());
+        let response = format!(
+            "SIP/2.0 {code} X\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n",
+            via = String::from_utf8_lossy(view.via),
+            m = request.method,
+        );
+        let response = SipView::parse(response.as_bytes()).unwrap();
+        let judged = p.judge_response(ip(source), &response, &mut pending, at(0));
+        assert_eq!(judged.auth_failure, expected, "case {n}");
+        // A retransmitted answer is the same failure, reported once.
+        let again = p.judge_response(ip(source), &response, &mut pending, at(0));
+        assert_eq!(again.auth_failure, None, "case {n} again");
+    }
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

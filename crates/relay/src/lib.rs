@@ -11,8 +11,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use sipguard_policy::Ban;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+/// Receives every ban the relay issues (the ban journal, which makes it durable and then logs
+/// it). Called on the packet path: it must only queue the ban, never wait.
+pub trait BanSink: Send + Sync {
+    /// `source` was banned, or its ban extended.
+    fn banned(&self, source: IpAddr, ban: &Ban);
+}
 
 /// Validated relay settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,4 +48,4 @@ mod udp;
 pub use socket::bind_udp;
 pub use stream::{bind_tcp, run_streams, StreamConfig, StreamListeners, REAP_EVERY};
 pub use tls::{TlsError, TlsFiles, TlsReload};
-pub use udp::run;
+pub use udp::{run, run_with_sink};

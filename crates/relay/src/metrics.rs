@@ -1,9 +1,30 @@
 //! The relay's counters, registered once at start so the per-packet cost is an atomic add.
 //! Labels are bounded: transport, direction and a drop reason from a fixed set.
 
-use metrics::{counter, gauge, Counter, Gauge};
-use sipguard_policy::{Action, DropReason, Event, RuleId, Stats};
+use crate::BanSink;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use sipguard_policy::{Action, AuthMethod, DropReason, Event, RuleId, Stats};
+use std::sync::Arc;
 use tracing::{debug, info};
+
+/// One received datagram in this many has its processing time recorded: two clock reads and a
+/// histogram sample on every packet would cost more than the cheapest drops they measure, and
+/// the exporter holds samples between scrapes.
+pub(crate) const PROCESSING_SAMPLE: u32 = 16;
+
+/// Picks the datagrams whose processing time is recorded: every [`PROCESSING_SAMPLE`]-th.
+#[derive(Debug, Default)]
+pub(crate) struct Sampler(u32);
+
+impl Sampler {
+    /// The start time when this datagram is one to time.
+    pub fn start(&mut self) -> Option<std::time::Instant> {
+        self.0 = self.0.wrapping_add(1);
+        self.0
+            .is_multiple_of(PROCESSING_SAMPLE)
+            .then(std::time::Instant::now)
+    }
+}
 
 /// Why the relay itself (not the policy) dropped a datagram.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +60,11 @@ pub(crate) struct UdpMetrics {
     sources_tracked: Gauge,
     evictions: Counter,
     evictions_seen: std::sync::atomic::AtomicU64,
+    auth_failures: Vec<(AuthMethod, Counter)>,
+    bans_expired: Counter,
+    bans_expired_seen: std::sync::atomic::AtomicU64,
+    /// Policy and forwarding time of one received datagram, for one in [`PROCESSING_SAMPLE`].
+    pub processing: Histogram,
     session_limit: Counter,
     upstream_unavailable: Counter,
 }
@@ -68,6 +94,13 @@ impl UdpMetrics {
             sources_tracked: gauge!("sipguard_sources_tracked"),
             evictions: counter!("sipguard_state_evictions_total"),
             evictions_seen: Default::default(),
+            auth_failures: AuthMethod::ALL
+                .iter()
+                .map(|&method| (method, counter!("sipguard_auth_failures_total", "method" => method.as_str())))
+                .collect(),
+            bans_expired: counter!("sipguard_unbans_total", "how" => "expired"),
+            bans_expired_seen: Default::default(),
+            processing: histogram!("sipguard_packet_processing_seconds", "transport" => "udp"),
             session_limit: dropped(RelayDrop::SessionLimit.as_str()),
             upstream_unavailable: dropped(RelayDrop::UpstreamUnavailable.as_str()),
         }
@@ -79,8 +112,25 @@ impl UdpMetrics {
         }
     }
 
-    /// Counts a rule hit and logs it: one info line per ban (source, rule, evidence, expiry).
-    pub fn rule_event(&self, event: &Event) {
+    /// Counts credentials the PBX refused.
+    pub fn auth_failure(&self, method: AuthMethod) {
+        if let Some((_, counter)) = self.auth_failures.iter().find(|(m, _)| *m == method) {
+            counter.increment(1);
+        }
+    }
+
+    /// Counts and logs a rule hit, whatever the transport, and hands a ban to `bans` (the
+    /// journal, which logs it once it is durable); without a sink the ban is logged here.
+    pub fn report(&self, event: &Event, bans: Option<&Arc<dyn BanSink>>) {
+        self.rule_event(event, bans.is_none());
+        if let (Some(sink), Action::Banned(ban)) = (bans, &event.action) {
+            sink.banned(event.source, ban);
+        }
+    }
+
+    /// Counts a rule hit and logs it: one info line per ban (source, rule, evidence, expiry),
+    /// unless `log_bans` is false because a ban sink logs each ban once it is durable.
+    pub fn rule_event(&self, event: &Event, log_bans: bool) {
         let Some((_, counters)) = self
             .rule_actions
             .iter()
@@ -92,6 +142,9 @@ impl UdpMetrics {
         match event.action {
             Action::Banned(ban) => {
                 counters[0].increment(1);
+                if !log_bans {
+                    return;
+                }
                 info!(
                     source = %event.source, rule, evidence = ban.evidence, offence = ban.offence,
                     expires_in_s = ban.expires.since(ban.last_seen).as_secs(), "banned"
@@ -121,6 +174,11 @@ impl UdpMetrics {
             .swap(stats.evictions, std::sync::atomic::Ordering::Relaxed);
         self.evictions
             .increment(stats.evictions.saturating_sub(before));
+        let before = self
+            .bans_expired_seen
+            .swap(stats.bans_expired, std::sync::atomic::Ordering::Relaxed);
+        self.bans_expired
+            .increment(stats.bans_expired.saturating_sub(before));
     }
 
     pub fn relay_drop(&self, drop: RelayDrop) {

@@ -24,7 +24,7 @@ use crate::connections::{Admission, Refusal, Registry};
 use crate::metrics::UdpMetrics;
 use crate::stream_metrics::{Closed, Refused, StreamMetrics};
 use crate::tls::TlsReload;
-use crate::RelayConfig;
+use crate::{BanSink, RelayConfig};
 use sipguard_policy::{Action, DropReason, PendingRequests, Policy, Timestamp, Verdict};
 use sipguard_sip::{next_frame, Frame, SipView};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -102,8 +102,10 @@ struct Front {
     registry: Arc<Registry>,
     tcp: StreamMetrics,
     tls: StreamMetrics,
-    /// For rule hits and bans, which carry no transport label.
+    /// For rule hits, bans and auth failures, which carry no transport label.
     rules: UdpMetrics,
+    /// Where bans go to be journalled.
+    bans: Option<Arc<dyn BanSink>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -113,6 +115,7 @@ pub async fn run_streams(
     limits: StreamConfig,
     listeners: StreamListeners,
     policy: Arc<Policy>,
+    bans: Option<Arc<dyn BanSink>>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     if !listeners.tls.is_empty() && listeners.certificate.is_none() {
@@ -133,6 +136,7 @@ pub async fn run_streams(
         tcp: StreamMetrics::new("tcp"),
         tls: StreamMetrics::new("tls"),
         rules: UdpMetrics::new(),
+        bans,
         shutdown: stopped,
     });
     let mut tasks = JoinSet::new();
@@ -416,7 +420,7 @@ impl Connection<'_> {
             .as_ref()
             .is_some_and(|event| matches!(event.action, Action::Banned(_)));
         if let Some(event) = &checked.event {
-            front.rules.rule_event(event);
+            front.rules.report(event, front.bans.as_ref());
         }
         match checked.verdict {
             Verdict::Forward(view) => self.forward(&view).await,
@@ -555,12 +559,15 @@ impl Connection<'_> {
             return;
         }
         let front = self.front;
-        let event =
+        let judged =
             front
                 .policy
-                .observe_response(self.client.ip(), &response, &mut self.pending, now());
-        if let Some(event) = event {
-            front.rules.rule_event(&event);
+                .judge_response(self.client.ip(), &response, &mut self.pending, now());
+        if let Some(method) = judged.auth_failure {
+            front.rules.auth_failure(method);
+        }
+        if let Some(event) = judged.event {
+            front.rules.report(&event, front.bans.as_ref());
         }
     }
 }

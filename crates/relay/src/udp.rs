@@ -5,11 +5,11 @@
 //! (they wait for readiness and read into a per-thread one), so an idle session costs a socket
 //! and a parked task, not 64 KiB.
 
-use crate::metrics::{RelayDrop, UdpMetrics};
+use crate::metrics::{RelayDrop, Sampler, UdpMetrics};
 use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::connect_upstream;
-use crate::RelayConfig;
-use sipguard_policy::{Policy, Timestamp, Verdict};
+use crate::{BanSink, RelayConfig};
+use sipguard_policy::{Event, Policy, Timestamp, Verdict};
 use sipguard_sip::SipView;
 use std::cell::RefCell;
 use std::future::Future;
@@ -42,6 +42,7 @@ struct Relay {
     policy: Arc<Policy>,
     sessions: SessionTable,
     metrics: UdpMetrics,
+    bans: Option<Arc<dyn BanSink>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -52,12 +53,24 @@ pub async fn run(
     policy: Arc<Policy>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    run_with_sink(config, listeners, policy, None, shutdown).await
+}
+
+/// Like [`run`], handing every ban the relay issues to `bans` (which then logs it).
+pub async fn run_with_sink(
+    config: RelayConfig,
+    listeners: Vec<std::net::UdpSocket>,
+    policy: Arc<Policy>,
+    bans: Option<Arc<dyn BanSink>>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let relay = Arc::new(Relay {
         sessions: SessionTable::new(config.max_sessions),
         config,
         policy,
         metrics: UdpMetrics::new(),
+        bans,
         shutdown: stopped,
     });
     let mut fronts = JoinSet::new();
@@ -75,6 +88,7 @@ pub async fn run(
 impl Relay {
     async fn front(self: Arc<Self>, listener: Arc<UdpSocket>) {
         let mut buf = vec![0; MAX_DATAGRAM];
+        let mut sampler = Sampler::default();
         loop {
             let (len, client) = match listener.recv_from(&mut buf).await {
                 Ok(received) => received,
@@ -84,10 +98,11 @@ impl Relay {
                 }
             };
             self.metrics.received.increment(1);
+            let started = sampler.start();
             let now = Timestamp::from_system(SystemTime::now());
             let checked = self.policy.check_datagram(&buf[..len], client.ip(), now);
             if let Some(event) = &checked.event {
-                self.metrics.rule_event(event);
+                self.rule_event(event);
             }
             match checked.verdict {
                 Verdict::Forward(view) => self.forward(&view, client, &listener).await,
@@ -102,7 +117,15 @@ impl Relay {
                     debug!(%client, reason = reason.as_str(), len, "dropped");
                 }
             }
+            if let Some(started) = started {
+                self.metrics.processing.record(started.elapsed());
+            }
         }
+    }
+
+    /// Counts and logs a rule hit, and hands a ban to the sink.
+    fn rule_event(&self, event: &Event) {
+        self.metrics.report(event, self.bans.as_ref());
     }
 
     async fn forward(
@@ -207,14 +230,14 @@ impl Relay {
             return;
         }
         let now = Timestamp::from_system(SystemTime::now());
-        let event = self.policy.observe_response(
-            session.client.ip(),
-            &response,
-            &mut session.pending(),
-            now,
-        );
-        if let Some(event) = event {
-            self.metrics.rule_event(&event);
+        let judged =
+            self.policy
+                .judge_response(session.client.ip(), &response, &mut session.pending(), now);
+        if let Some(method) = judged.auth_failure {
+            self.metrics.auth_failure(method);
+        }
+        if let Some(event) = judged.event {
+            self.rule_event(&event);
         }
     }
 

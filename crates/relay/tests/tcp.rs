@@ -105,6 +105,7 @@ async fn start_with(tune: impl FnOnce(&mut StreamConfig), tls: Option<TlsReload>
         limits,
         listeners,
         Arc::clone(&policy),
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -25,7 +25,7 @@ use sipguard_policy::PolicyConfig;
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The built-in configuration, used when no file is given; `config/default.yaml` in the source.
 pub const DEFAULT_YAML: &str = include_str!("../../../config/default.yaml");
@@ -51,6 +51,20 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Policy settings.
     pub policy: PolicyConfig,
+    /// The metrics exporter, the admin API and the ban journal.
+    pub ops: OpsConfig,
+}
+
+/// Where the operator's services are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// Where `/metrics` is served; `None` when `off`.
+    pub metrics: Option<SocketAddr>,
+    /// Where the admin API listens, always a loopback address; `None` when `off`.
+    pub admin: Option<SocketAddr>,
+    /// The ban journal; `None` for the default place, which depends on the environment the
+    /// program starts in (`journal::default_path`), so it is found at start, not here.
+    pub journal: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +83,12 @@ pub struct Overrides {
     pub listen_udp: Vec<String>,
     /// `--pbx`: replaces `pbx.address`.
     pub pbx: Option<String>,
+    /// `--metrics`: replaces `metrics.listen`.
+    pub metrics: Option<String>,
+    /// `--admin`: replaces `admin.listen`.
+    pub admin: Option<String>,
+    /// `--journal`: replaces `journal.path` (relative to the working directory).
+    pub journal: Option<String>,
 }
 
 /// Reads and validates the file at `path`.
@@ -397,7 +417,7 @@ mod tests {
     #[test]
     fn unknown_keys_at_every_depth_are_all_named_with_their_paths() {
         let found = problems(
-            "metrics:\n  listen: 127.0.0.1:9464\n\
+            "telemetry:\n  listen: 127.0.0.1:9464\n\
              listen:\n  udp: [\"0.0.0.0:5060\"]\n  sctp: [\"0.0.0.0:5060\"]\n\
              pbx:\n  adress: 127.0.0.1:5080\n\
              sessions:\n  idle: 1h\n  max: 10\n",
@@ -406,7 +426,7 @@ mod tests {
         let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["metrics", "listen.sctp", "pbx.adress", "sessions.idle"]
+            ["telemetry", "listen.sctp", "pbx.adress", "sessions.idle"]
         );
         assert_eq!(
             found[2].to_string(),
@@ -415,7 +435,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls"
+             trust_for, tcp, tls, metrics, admin, journal"
         );
     }
 
@@ -426,7 +446,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -499,7 +519,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls"
+             rules, trust_for, tcp, tls, metrics, admin, journal"
         );
     }
 
@@ -586,6 +606,7 @@ mod tests {
         let overrides = Overrides {
             listen_udp: vec!["127.0.0.1:0".into(), "[::1]:0".into()],
             pbx: Some("127.0.0.1:5090".into()),
+            ..Overrides::default()
         };
         let config = from_yaml_with(file, "c.yaml", &overrides).unwrap();
         assert_eq!(
@@ -601,6 +622,7 @@ mod tests {
         let overrides = Overrides {
             listen_udp: vec!["127.0.0.1".into()],
             pbx: Some("127.0.0.1".into()),
+            ..Overrides::default()
         };
         let errors = from_yaml_with(file, "c.yaml", &overrides).unwrap_err();
         assert_eq!(
@@ -623,11 +645,68 @@ mod tests {
     fn flags_apply_to_the_built_in_default_too() {
         let overrides = Overrides {
             listen_udp: vec!["127.0.0.1:0".into()],
-            pbx: None,
+            ..Overrides::default()
         };
         let config = load_with(None, &overrides).unwrap();
         assert_eq!(config.listen_udp, ["127.0.0.1:0".parse().unwrap()]);
         assert_eq!(config.relay, Config::default().relay);
+    }
+
+    #[test]
+    fn ops_defaults_are_loopback_and_the_journal_place_is_left_to_start() {
+        let config = Config::default();
+        assert_eq!(config.ops.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.ops.admin, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(config.ops.journal, None);
+    }
+
+    #[test]
+    fn ops_services_can_be_off_and_the_journal_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sipguard.yaml");
+        std::fs::write(
+            &file,
+            "metrics:\n  listen: off\nadmin:\n  listen: \"[::1]:9000\"\njournal:\n  path: state/bans.journal\n",
+        )
+        .unwrap();
+        let config = load(&file).unwrap();
+        assert_eq!(config.ops.metrics, None);
+        assert_eq!(config.ops.admin, Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(
+            config.ops.journal,
+            Some(dir.path().join("state/bans.journal"))
+        );
+    }
+
+    #[test]
+    fn admin_api_refuses_a_non_loopback_address() {
+        assert_eq!(
+            lines("admin:\n  listen: 0.0.0.0:9465\nmetrics:\n  listen: localhost:9464\njournal:\n  path: \"\"\n"),
+            [
+                ": metrics.listen: \"localhost:9464\": expected an IP address with a port, such as \
+                 127.0.0.1:9464; host names are not looked up, or off",
+                ": admin.listen: \"0.0.0.0:9465\": expected a loopback address such as \
+                 127.0.0.1:9465, or off: the admin API has no authentication and must not be \
+                 reachable from the network",
+                ": journal.path: \"\": expected a file name, such as \
+                 /var/lib/sipguard/bans.journal (relative to this file's directory)",
+            ]
+        );
+    }
+
+    #[test]
+    fn ops_flags_replace_the_file_values() {
+        let overrides = Overrides {
+            metrics: Some("127.0.0.1:0".into()),
+            admin: Some("off".into()),
+            journal: Some("j/bans".into()),
+            ..Overrides::default()
+        };
+        let config =
+            from_yaml_with("admin:\n  listen: 127.0.0.1:1\n", "c.yaml", &overrides).unwrap();
+        assert_eq!(config.ops.metrics, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config.ops.admin, None);
+        assert_eq!(config.ops.journal, Some(PathBuf::from("j/bans")));
     }
 
     #[test]

@@ -1,15 +1,23 @@
 //! The sipguard program as a library: validated configuration, socket binding, and `run`, so
 //! tests start a real instance on port 0 in-process (bind first, then run with a shutdown future).
+//! What is once per process (the ban journal, `/metrics`, the admin API, reload on SIGHUP) is
+//! in [`daemon::serve`], which the binary runs.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod daemon;
+pub mod exporter;
+pub mod http;
+pub mod journal;
+pub mod reload;
 
 pub use config::Config;
 pub use sipguard_relay::{StreamConfig, TlsFiles};
 
 use anyhow::Context;
 use sipguard_policy::Policy;
-use sipguard_relay::{StreamListeners, TlsReload};
+use sipguard_relay::{BanSink, StreamListeners, TlsReload};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,15 +119,27 @@ pub async fn run_with_policy(
     policy: Arc<Policy>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with_sink(config, sockets, policy, None, shutdown).await
+}
+
+/// Like [`run_with_policy`], handing every ban either front issues to `bans` (the journal).
+pub async fn run_with_sink(
+    config: Config,
+    sockets: Sockets,
+    policy: Arc<Policy>,
+    bans: Option<Arc<dyn BanSink>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // One shutdown, seen by both fronts.
     let (stop, _) = tokio::sync::watch::channel(false);
     let stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let udp = sipguard_relay::run(
+    let udp = sipguard_relay::run_with_sink(
         config.relay.clone(),
         sockets.udp,
         Arc::clone(&policy),
+        bans.clone(),
         stopped(stop.subscribe()),
     );
     let streams = sipguard_relay::run_streams(
@@ -127,6 +147,7 @@ pub async fn run_with_policy(
         config.streams,
         sockets.streams,
         policy,
+        bans,
         stopped(stop.subscribe()),
     );
     let signal = async move {

@@ -1,12 +1,15 @@
-//! The `sipguard` command: `run` the proxy, or `check-config` a file.
+//! The `sipguard` command: `run` the proxy, `check-config` a file, or `bans list|add|remove`
+//! against a running instance's admin API.
 //!
 //! This file owns the process: arguments, logging, the open-file limit, signals and exit codes.
 //! Everything else is in the library, which tests drive in-process: here the config is loaded,
 //! the sockets bound (so bind errors surface before any traffic), and `run` is handed a shutdown
-//! future that completes on SIGINT or SIGTERM.
+//! future that completes on SIGINT or SIGTERM. The Prometheus recorder is installed here, once
+//! per process; SIGHUP reloads the configuration.
 //!
 //! Exit codes: 0 success; 1 failure at run time, or a config file that cannot be read; 2 an
-//! invalid configuration (every problem printed, one per line) or bad command-line usage.
+//! invalid configuration (every problem printed, one per line) or bad command-line usage; 3 for
+//! `bans` when no sipguard answers at the admin address.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -29,8 +32,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy until SIGINT or SIGTERM.
+    /// Run the proxy until SIGINT or SIGTERM; SIGHUP reloads the config and allowlist.
     Run(RunArgs),
+    /// List, add or lift bans of a running sipguard (over its admin API).
+    Bans(BansArgs),
     /// Validate a configuration file: print every problem, or `FILE: ok`.
     CheckConfig {
         /// The YAML configuration file.
@@ -50,9 +55,62 @@ struct RunArgs {
     /// Where the PBX listens, as IP:PORT; replaces pbx.address.
     #[arg(long, value_name = "ADDR")]
     pbx: Option<String>,
+    /// Where to serve /metrics, as IP:PORT, or off; replaces metrics.listen.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Where the admin API listens (loopback), as IP:PORT, or off; replaces admin.listen.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// The ban journal file; replaces journal.path.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<String>,
     /// Log line format. The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+struct BansArgs {
+    /// The admin API's address; default: admin.listen of --config, else 127.0.0.1:9465.
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin: Option<String>,
+    /// The config file whose admin.listen to use.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    action: BansAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum BansAction {
+    /// Every ban in force, as a table (or JSON with --json).
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban a source by hand.
+    Add {
+        /// The address to ban.
+        ip: std::net::IpAddr,
+        /// How long, e.g. 30m, 2h, 7d.
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
+        duration: String,
+        /// Why, shown in listings.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban: the source is let through at once, its counters cleared.
+    Remove {
+        /// The banned address.
+        ip: std::net::IpAddr,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +127,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
+        Command::Bans(args) => return bans::command(args.admin, args.config, args.action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +163,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen_udp: args.listen,
         pbx: args.pbx,
+        metrics: args.metrics,
+        admin: args.admin,
+        journal: args.journal,
     };
     let config = config::load_with(args.config.as_deref(), &overrides)?;
     let origin = args.config.as_deref().map_or_else(
@@ -113,6 +175,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "starting sipguard");
     // One descriptor per UDP session; two per TCP/TLS connection (its own and the upstream's).
     raise_open_file_limit(config.relay.max_sessions + 2 * config.streams.max_connections);
+    let journal = match &config.ops.journal {
+        Some(path) => path.clone(),
+        None => sipguard::journal::default_path().context(
+            "no place for the ban journal: set journal.path (or --journal), or HOME, \
+             XDG_STATE_HOME or STATE_DIRECTORY",
+        )?,
+    };
+    // Process-wide, so here and not in the library's `run`.
+    let metrics = match config.ops.metrics {
+        Some(_) => {
+            Some(sipguard::exporter::install().context("cannot install the metrics recorder")?)
+        }
+        None => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,7 +196,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
         let sockets = sipguard::bind(&config).context("cannot bind the listening sockets")?;
+        let ops =
+            sipguard::daemon::bind_ops(&config).context("cannot bind the listening sockets")?;
         for addr in sockets.udp_addrs() {
             tracing::info!(%addr, "listening on UDP");
         }
@@ -131,7 +211,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "listening on TLS");
         }
         tracing::info!(pbx = %config.relay.pbx, "forwarding to the PBX");
-        sipguard::run(config, sockets, shutdown).await
+        let daemon = sipguard::daemon::Daemon {
+            config,
+            config_path: args.config,
+            overrides,
+            sockets,
+            ops,
+            journal,
+            metrics,
+            reload_hooks: Vec::new(),
+        };
+        sipguard::daemon::serve(daemon, hangups, shutdown).await
     })?;
     tracing::info!("stopped");
     Ok(())
@@ -192,4 +282,171 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         };
         tracing::info!(signal = name, "shutting down");
     })
+}
+
+/// `sipguard bans`: a client of the admin API.
+mod bans {
+    use super::BansAction;
+    use hyper::{Method, StatusCode};
+    use serde_json::Value;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+
+    /// Exit code when no sipguard answers at the admin address.
+    const EXIT_NOT_RUNNING: u8 = 3;
+    const DEFAULT_ADMIN: &str = "127.0.0.1:9465";
+
+    pub fn command(admin: Option<String>, config: Option<PathBuf>, action: BansAction) -> ExitCode {
+        let addr = match admin_addr(admin, config) {
+            Ok(addr) => addr,
+            Err(message) => {
+                eprintln!("sipguard: {message}");
+                return ExitCode::from(super::EXIT_INVALID_CONFIG);
+            }
+        };
+        let (method, path, body, json) = match &action {
+            BansAction::List { json } => (Method::GET, "/bans".to_owned(), None, *json),
+            BansAction::Add {
+                ip,
+                duration,
+                reason,
+                json,
+            } => (
+                Method::POST,
+                "/bans".to_owned(),
+                Some(
+                    serde_json::json!({ "ip": ip, "duration": duration, "reason": reason })
+                        .to_string(),
+                ),
+                *json,
+            ),
+            BansAction::Remove { ip, json } => (Method::DELETE, format!("/bans/{ip}"), None, *json),
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                eprintln!("sipguard: error: cannot start the async runtime: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let reply = runtime.block_on(sipguard::http::request(addr, method, &path, body));
+        let (status, text) = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                eprintln!("sipguard: no sipguard answers at {addr} (is it running, with admin.listen there?): {err:#}");
+                return ExitCode::from(EXIT_NOT_RUNNING);
+            }
+        };
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let message = value
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            eprintln!("sipguard: {message} ({status})");
+            return ExitCode::FAILURE;
+        }
+        if json {
+            println!("{value}");
+            return ExitCode::SUCCESS;
+        }
+        match action {
+            BansAction::List { .. } => {
+                let bans = value
+                    .get("bans")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                print!("{}", table(&bans));
+            }
+            BansAction::Add { .. } => {
+                println!(
+                    "banned {} until {}",
+                    field(&value, "ip"),
+                    field(&value, "expires")
+                );
+            }
+            BansAction::Remove { .. } => {
+                if status == StatusCode::OK {
+                    println!("lifted the ban on {}", field(&value, "ip"));
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    }
+
+    fn admin_addr(flag: Option<String>, config: Option<PathBuf>) -> Result<SocketAddr, String> {
+        if let Some(text) = flag {
+            return text.parse().map_err(|_| {
+                format!(
+                    "--admin: {text:?}: expected an address with a port, such as {DEFAULT_ADMIN}"
+                )
+            });
+        }
+        if let Some(path) = config {
+            let config = sipguard::config::load(&path).map_err(|errors| errors.to_string())?;
+            return config
+                .ops
+                .admin
+                .ok_or_else(|| format!("{}: admin.listen is off", path.display()));
+        }
+        Ok(DEFAULT_ADMIN.parse().expect("a valid address"))
+    }
+
+    fn field(value: &Value, key: &str) -> String {
+        match value.get(key) {
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        }
+    }
+
+    const COLUMNS: [&str; 8] = [
+        "ip",
+        "rule",
+        "reason",
+        "evidence",
+        "offence",
+        "first_seen",
+        "last_seen",
+        "expires",
+    ];
+
+    /// The bans as an aligned table with a header; a line saying so when there are none.
+    fn table(bans: &[Value]) -> String {
+        if bans.is_empty() {
+            return "no bans\n".to_owned();
+        }
+        let rows: Vec<Vec<String>> =
+            std::iter::once(COLUMNS.iter().map(|c| c.to_uppercase()).collect())
+                .chain(
+                    bans.iter()
+                        .map(|ban| COLUMNS.iter().map(|c| field(ban, c)).collect()),
+                )
+                .collect();
+        let widths: Vec<usize> = (0..COLUMNS.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|row| row[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, &width)| format!("{cell:width$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
 }

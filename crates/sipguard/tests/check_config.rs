@@ -174,8 +174,19 @@ fn bad_usage_exits_2() {
 /// sends `signal`, and returns the exit status and the whole log.
 fn run_until_signal(args: &[&str], signal: &str) -> (std::process::ExitStatus, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    // Services on port 0 and a journal of its own, so runs in parallel do not collide.
+    let state = tempfile::tempdir().unwrap();
+    let journal = state.path().join("bans.journal");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sipguard"))
         .arg("run")
+        .args([
+            "--metrics",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--journal",
+        ])
+        .arg(&journal)
         .args(args)
         .current_dir(repo_root())
         .env("RUST_LOG", "info")

@@ -1,7 +1,8 @@
 //! What the end-to-end tests stand on: free ports, waiting with a deadline, child processes
 //! stopped on drop, and the peers (Kamailio, SIPp, sipvicious, an in-process sipguard, a phone
-//! that keeps registering).
+//! that keeps registering, the sipguard binary as a child process with a /metrics scraper).
 
+mod daemon;
 mod kamailio;
 mod phone;
 mod process;
@@ -18,6 +19,7 @@ pub mod certs;
 #[path = "../../../crates/relay/tests/support/metrics.rs"]
 pub mod metrics;
 
+pub use daemon::{bans_cli, Daemon, DaemonConfig, Scrape};
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use phone::Phone;
 pub use sipguard::Sipguard;

@@ -53,6 +53,18 @@ impl Guarded {
         }
     }
 
+    /// Takes the child's stderr, if it was piped.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Sends `signal` to the process (not its group) while it runs.
+    pub fn signal(&mut self, signal_number: libc::c_int) {
+        if matches!(self.try_wait(), Ok(None)) {
+            signal(self.child.id() as libc::pid_t, signal_number);
+        }
+    }
+
     /// Sends SIGINT to the process (not its group), as Ctrl-C would: tools that catch it (the
     /// sipvicious scripts) print their results before they exit.
     pub fn interrupt(&mut self) {

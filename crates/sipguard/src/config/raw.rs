@@ -25,10 +25,20 @@ pub(crate) struct RawConfig {
     pub trust_for: Option<String>,
     pub tcp: Option<RawTcp>,
     pub tls: Option<RawTls>,
-    // Later sections (DESIGN.md section 5) go here, each an `Option<Raw..>` with its own entries
-    // in `SCHEMA` and its own checks in validate.rs:
-    //   metrics:   the Prometheus exporter address,
-    //   admin:     the loopback admin API address, and the ban journal path.
+    pub metrics: Option<RawListenOne>,
+    pub admin: Option<RawListenOne>,
+    pub journal: Option<RawJournal>,
+}
+
+/// A service on one TCP address (the metrics exporter, the admin API), or `off`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawListenOne {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawJournal {
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +289,21 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     (
         "tls.key",
         "a PEM file of the private key, such as key.pem (relative to this file's directory)",
+    ),
+    ("metrics", "a mapping"),
+    (
+        "metrics.listen",
+        "an address with a port, such as 127.0.0.1:9464, or off",
+    ),
+    ("admin", "a mapping"),
+    (
+        "admin.listen",
+        "a loopback address with a port, such as 127.0.0.1:9465, or off",
+    ),
+    ("journal", "a mapping"),
+    (
+        "journal.path",
+        "a file name, such as /var/lib/sipguard/bans.journal (relative to this file's directory)",
     ),
 ]);
 

@@ -12,7 +12,7 @@ use super::raw::{
     self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
     RawTcp, RawTls,
 };
-use super::{allowlist, read_text, Config, Overrides, ReadError};
+use super::{allowlist, read_text, Config, OpsConfig, Overrides, ReadError};
 use ipnet::IpNet;
 use sipguard_policy::{AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles, TlsReload};
@@ -53,6 +53,8 @@ const MIN_TRACKED_SOURCES: usize = 1000;
 const MAX_USER_AGENT_BYTES: usize = 256;
 /// Most scanner patterns an operator may add to the built-in list.
 const MAX_USER_AGENTS: usize = 1000;
+const DEFAULT_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
 
 /// Where one setting came from: the file and key, or the flag that replaced it.
 #[derive(Clone)]
@@ -130,6 +132,7 @@ pub(crate) fn validate(
     let (allowlist, allowlist_mode) = v.allowlist(raw.allowlist.unwrap_or_default(), dir);
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
+    let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
 
     if problems.len() > before {
         return None;
@@ -166,6 +169,7 @@ pub(crate) fn validate(
             trust_for: trust_for?,
             max_tracked_sources: max_tracked_sources?,
         },
+        ops: ops?,
     })
 }
 
@@ -886,6 +890,90 @@ impl<'a> Validator<'a, '_> {
             within: within?,
             max_ban,
         })
+    }
+}
+
+impl<'a> Validator<'a, '_> {
+    /// The `metrics`, `admin` and `journal` sections, each replaceable by its flag.
+    fn ops(
+        &mut self,
+        metrics: &Option<raw::RawListenOne>,
+        admin: &Option<raw::RawListenOne>,
+        journal: &Option<raw::RawJournal>,
+        dir: &Path,
+        overrides: &Overrides,
+    ) -> Option<OpsConfig> {
+        let metrics = self.service(
+            ("metrics.listen", "--metrics"),
+            metrics.as_ref().and_then(|m| m.listen.clone()),
+            overrides.metrics.clone(),
+            DEFAULT_METRICS,
+            false,
+        );
+        let admin = self.service(
+            ("admin.listen", "--admin"),
+            admin.as_ref().and_then(|a| a.listen.clone()),
+            overrides.admin.clone(),
+            DEFAULT_ADMIN,
+            true,
+        );
+        let file = journal.as_ref().and_then(|j| j.path.clone());
+        let (key, text, dir) = match &overrides.journal {
+            Some(text) => (self.flag("--journal"), Some(text.clone()), Path::new("")),
+            None => (self.key("journal.path"), file, dir),
+        };
+        let journal = match text {
+            None => Some(None),
+            Some(text) if text.trim().is_empty() => {
+                self.problem(key.invalid(&text, expected_at("journal.path").unwrap_or_default()));
+                None
+            }
+            Some(text) => Some(Some(dir.join(text))),
+        };
+        Some(OpsConfig {
+            metrics: metrics?,
+            admin: admin?,
+            journal: journal?,
+        })
+    }
+
+    /// A TCP service's address from `(key, flag)`, `off` for none; `loopback_only` for one that
+    /// must never be reachable from the network.
+    fn service(
+        &mut self,
+        (path, flag): (&str, &str),
+        file: Option<String>,
+        flag_value: Option<String>,
+        default: SocketAddr,
+        loopback_only: bool,
+    ) -> Option<Option<SocketAddr>> {
+        let (key, text) = match flag_value {
+            Some(text) => (self.flag(flag), text),
+            None => match file {
+                Some(text) => (self.key(path), text),
+                None => return Some(Some(default)),
+            },
+        };
+        if text == "off" {
+            return Some(None);
+        }
+        match parse_socket_addr(&text, default.port()) {
+            Ok(addr) if loopback_only && !addr.ip().is_loopback() => {
+                self.problem(key.invalid(
+                    &text,
+                    format_args!(
+                        "a loopback address such as {default}, or off: the admin API has no \
+                         authentication and must not be reachable from the network"
+                    ),
+                ));
+                None
+            }
+            Ok(addr) => Some(Some(addr)),
+            Err(expected) => {
+                self.problem(key.invalid(&text, format_args!("{expected}, or off")));
+                None
+            }
+        }
     }
 }
 
