@@ -2,11 +2,15 @@
 //! config, the alert rules with their unit tests and the dashboard's queries; and every metric the
 //! dashboard and the rules name is one sipguard exports.
 
+use crate::attacks::ask;
+use crate::support::{poll_until, Daemon, DaemonConfig, Kamailio};
 use anyhow::{bail, ensure, Context};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const UNIT: &str = "deploy/systemd/sipguard.service";
 const PROMETHEUS_CONFIG: &str = "deploy/prometheus/prometheus.yml";
@@ -14,48 +18,47 @@ const ALERT_RULES: &str = "deploy/prometheus/sipguard-alerts.yml";
 const ALERT_TESTS: &str = "deploy/prometheus/sipguard-alerts.test.yml";
 const DASHBOARD: &str = "deploy/grafana/sipguard-dashboard.json";
 
+/// How long the live instance gets to show every metric, and each OPTIONS to be answered.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(20);
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
 /// Where the unit expects the binary.
 const INSTALLED_BINARY: &str = "/usr/local/bin/sipguard";
 
-/// The metric families of the shared contract: counters and gauges, then histograms.
-const EXPORTED_COUNTERS_AND_GAUGES: &[&str] = &[
-    "sipguard_packets_received_total",
-    "sipguard_packets_forwarded_total",
-    "sipguard_packets_dropped_total",
-    "sipguard_keepalives_total",
-    "sipguard_upstream_errors_total",
-    "sipguard_client_send_errors_total",
-    "sipguard_sessions_active",
-    "sipguard_sessions_expired_total",
-    "sipguard_connections_active",
-    "sipguard_connections_total",
-    "sipguard_connections_refused_total",
-    "sipguard_connections_closed_total",
-    "sipguard_bans_total",
-    "sipguard_bans_active",
-    "sipguard_unbans_total",
-    "sipguard_rule_hits_total",
-    "sipguard_auth_failures_total",
-    "sipguard_sources_tracked",
-    "sipguard_state_evictions_total",
-    "sipguard_config_reloads_total",
-    "sipguard_journal_errors_total",
-];
-const EXPORTED_HISTOGRAMS: &[&str] = &["sipguard_packet_processing_seconds"];
-
-/// The names of the series sipguard exposes on /metrics, as a query selects them: a counter or
-/// gauge by its name, a histogram by its `_bucket`, `_sum` and `_count` series (it has no series
-/// under its bare name). Taken from the contract; the names on a live scrape's sample lines are
-/// the same set.
-fn exported_metric_names() -> BTreeSet<String> {
-    let histogram_series = EXPORTED_HISTOGRAMS
-        .iter()
-        .flat_map(|family| ["_bucket", "_sum", "_count"].map(|suffix| format!("{family}{suffix}")));
-    EXPORTED_COUNTERS_AND_GAUGES
-        .iter()
-        .map(|name| name.to_string())
-        .chain(histogram_series)
-        .collect()
+/// The names of the series a running sipguard exposes on /metrics, as a query selects them: a
+/// counter or gauge by its name, a histogram by its `_bucket`, `_sum` and `_count` series. The
+/// instance answers OPTIONS through Kamailio from a few addresses (under the flood rule's
+/// threshold each) until the sampled processing-time histogram has series too.
+fn exported_metric_names() -> anyhow::Result<BTreeSet<String>> {
+    let pbx = Kamailio::start()?;
+    let dir = tempfile::tempdir()?;
+    let guard = Daemon::start(&DaemonConfig::in_dir(dir.path(), "", pbx.addr())?)?;
+    let sockets = (40..48)
+        .map(|host| UdpSocket::bind((Ipv4Addr::new(127, 0, 3, host), 0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sent = sockets.iter().cycle().take(8 * 8);
+    let scrape = poll_until(
+        "the processing-time histogram on /metrics",
+        SCRAPE_TIMEOUT,
+        || {
+            if let Some(socket) = sent.next() {
+                let _ = ask(
+                    socket,
+                    guard.addr(),
+                    "OPTIONS",
+                    "1001",
+                    "sipguard-e2e-deploy",
+                    ANSWER_WITHIN,
+                );
+            }
+            guard.scrape().ok().filter(|scrape| {
+                scrape
+                    .text
+                    .contains("sipguard_packet_processing_seconds_bucket")
+            })
+        },
+    )?;
+    Ok(scrape.series_names())
 }
 
 /// Every sipguard metric name in `text` (PromQL, or a whole file): identifiers that start with
@@ -294,7 +297,7 @@ fn dashboard_shows_the_metrics_operators_need() -> anyhow::Result<()> {
 
 #[test]
 fn dashboard_and_alerts_name_only_metrics_sipguard_exports() -> anyhow::Result<()> {
-    let exported = exported_metric_names();
+    let exported = exported_metric_names()?;
     let mut unknown = Vec::new();
     for file in [DASHBOARD, ALERT_RULES, ALERT_TESTS, PROMETHEUS_CONFIG] {
         let text = read(file)?;

@@ -305,6 +305,14 @@ impl Scrape {
             .collect()
     }
 
+    /// The name of every sample line (a histogram's as its `_bucket`, `_sum` and `_count`).
+    pub fn series_names(&self) -> std::collections::BTreeSet<String> {
+        self.samples
+            .iter()
+            .map(|(name, _, _)| name.clone())
+            .collect()
+    }
+
     /// Every label value of every sample.
     pub fn label_values(&self) -> impl Iterator<Item = &str> {
         self.samples
