@@ -2,7 +2,7 @@
 
 use crate::error::{Header, ParseError};
 use crate::field::{
-    first_value, is_lws, is_token, is_token_byte, param, trim_lws, Credentials, NameAddr,
+    find_byte, first_value, is_lws, is_token, is_token_byte, param, trim_lws, Credentials, NameAddr,
 };
 use crate::method::Method;
 
@@ -298,7 +298,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, ParseError> {
         }
         return Ok(StartLine::Response { code });
     }
-    let first_sp = memchr::memchr(b' ', line).ok_or(ParseError::NotSip)?;
+    let first_sp = find_byte(b' ', line).ok_or(ParseError::NotSip)?;
     let last_sp = memchr::memrchr(b' ', line).ok_or(ParseError::NotSip)?;
     let method = &line[..first_sp];
     let version = &line[last_sp + 1..];
