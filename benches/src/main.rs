@@ -4,7 +4,8 @@
 //! latency at half load, floods of scanner and banned-source packets under clean traffic, and
 //! sipguard's memory under a million spoofed sources. It prints Markdown tables of medians.
 //! `sipguard-bench relay LISTEN PBX` is the bare relay the runner starts as its own process;
-//! `sipguard-bench flood TARGET SECONDS` sends the scanner flood alone, to profile an edge by hand.
+//! `load TARGET RATE SECONDS` and `flood TARGET SECONDS` send clean traffic or the scanner flood
+//! alone, to profile an edge by hand.
 
 mod load;
 mod peers;
@@ -120,6 +121,20 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("relay") if args.len() == 3 => relay::run(args[1].parse()?, args[2].parse()?),
+        Some("load") if args.len() == 4 => {
+            // For profiling an edge by hand: clean transactions at a fixed rate.
+            let (rate, seconds) = (args[2].parse()?, args[3].parse()?);
+            let client = Client::new()?;
+            let report = clean_load(&client, args[1].parse()?, CLEAN, rate, Duration::from_secs(seconds), TIMEOUT)?;
+            println!(
+                "{} sent, {:.3}% answered, p50 {:.1} us, p99 {:.1} us",
+                report.sent,
+                report.success() * 100.0,
+                report.latency_us(0.5),
+                report.latency_us(0.99)
+            );
+            Ok(())
+        }
         Some("flood") if args.len() == 3 => {
             // For profiling an edge by hand: scanner packets from spoofed sources for N seconds.
             let duration = Duration::from_secs(args[2].parse()?);
@@ -153,7 +168,7 @@ fn main() -> anyhow::Result<()> {
             run(&settings)
         }
         _ => bail!(
-            "usage: sipguard-bench run [--quick] [--runs N] | relay LISTEN PBX | flood TARGET SECONDS"
+            "usage: sipguard-bench run [--quick] [--runs N] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
         ),
     }
 }
