@@ -32,8 +32,7 @@ impl RecvBatch {
     /// Takes up to [`RECV_BATCH`] datagrams that are already queued on `socket` (non-blocking:
     /// `WouldBlock` when none is). Returns how many; read them with [`RecvBatch::get`].
     pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
-        let count = recv_batch(socket.as_raw_fd(), &mut self.buffers, &mut self.received)?;
-        Ok(count)
+        recv_batch(socket.as_raw_fd(), &mut self.buffers, &mut self.received)
     }
 
     /// Datagram `i` of the last batch and its sender (`None` for an address family the relay
