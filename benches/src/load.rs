@@ -131,7 +131,9 @@ pub fn clean_load(
     let mut payloads: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
     let mut seq = 0u64;
     let interval_ns = 1e9 / f64::from(rate);
-    while seq < total {
+    let send_deadline = duration * 2 + timeout;
+    let mut failure = None;
+    'sending: while seq < total {
         let due = ((start.elapsed().as_nanos() as f64 / interval_ns) as u64 + 1).min(total);
         if due <= seq {
             let next = Duration::from_nanos((seq as f64 * interval_ns) as u64);
@@ -162,18 +164,25 @@ pub fn clean_load(
             })
             .collect();
         let mut offset = 0;
-        while offset < n {
+        // A batch the kernel keeps refusing past this point counts as sent and unanswered.
+        while offset < n && start.elapsed() < send_deadline {
             match send_batch(&socket, &batch[offset..]) {
                 Ok(k) => offset += k.max(1),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(error) => return Err(error),
+                Err(error) => {
+                    failure = Some(error);
+                    break 'sending;
+                }
             }
         }
         seq += n as u64;
     }
     sending_done.store(true, Ordering::Release);
     let (answered, latency) = receiver.join().expect("receiver thread panicked");
+    if let Some(error) = failure {
+        return Err(error);
+    }
     Ok(LoadReport {
         sent: total,
         answered,
