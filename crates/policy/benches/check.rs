@@ -9,31 +9,9 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Duration;
 
-const REGISTER: &[u8] = b"REGISTER sip:pbx.example.com SIP/2.0\r\n\
-Via: SIP/2.0/UDP 203.0.113.7:5060;branch=z9hG4bK-524287-1---a1b2c3d4;rport\r\n\
-Max-Forwards: 70\r\n\
-Contact: <sip:1001@203.0.113.7:5060;rinstance=8f2a>\r\n\
-To: <sip:1001@pbx.example.com>\r\n\
-From: <sip:1001@pbx.example.com>;tag=5f3c2b1a\r\n\
-Call-ID: 4f7d2a9c81e0b3d5@203.0.113.7\r\n\
-CSeq: 2 REGISTER\r\n\
-Expires: 3600\r\n\
-Allow: INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, MESSAGE, OPTIONS, INFO, SUBSCRIBE\r\n\
-User-Agent: Yealink SIP-T46S 66.86.0.15\r\n\
-Authorization: Digest username=\"1001\", realm=\"pbx\", nonce=\"6a7b8c9d\", uri=\"sip:pbx.example.com\", response=\"0123456789abcdef0123456789abcdef\", algorithm=MD5\r\n\
-Content-Length: 0\r\n\r\n";
+const REGISTER: &[u8] = include_bytes!("../../sip/benches/datagrams/register.sip");
 
-const SCANNER: &[u8] = b"OPTIONS sip:100@198.51.100.1 SIP/2.0\r\n\
-Via: SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bK-2874018223;rport\r\n\
-Max-Forwards: 70\r\n\
-To: \"sipvicious\"<sip:100@1.1.1.1>\r\n\
-From: \"sipvicious\"<sip:100@1.1.1.1>;tag=6631326230376239\r\n\
-User-Agent: friendly-scanner\r\n\
-Call-ID: 612379384913283927181\r\n\
-Contact: sip:100@192.0.2.66:5060\r\n\
-CSeq: 1 OPTIONS\r\n\
-Accept: application/sdp\r\n\
-Content-Length: 0\r\n\r\n";
+const SCANNER: &[u8] = include_bytes!("../../sip/benches/datagrams/scanner.sip");
 
 fn bench(c: &mut Criterion) {
     // A hundred user-agent patterns: the automaton's cost must not grow with them.

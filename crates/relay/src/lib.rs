@@ -8,7 +8,7 @@
 //!
 //! The stream front ([`run_streams`]) does the same for SIP over TCP and TLS: one upstream TCP
 //! connection per client connection, living as long as it does.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 use sipguard_policy::Ban;
@@ -36,6 +36,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
 }
 
+#[allow(unsafe_code)]
+mod batch;
 mod connections;
 mod metrics;
 mod session;

@@ -9,12 +9,15 @@ use std::net::{SocketAddr, UdpSocket};
 const LISTENER_RECV_BUFFER: usize = 4 << 20;
 
 /// Binds a UDP listener. IPv6 listeners are IPv6-only, so `0.0.0.0:5060` and `[::]:5060` can be
-/// bound side by side and each client keeps the address family it used.
+/// bound side by side and each client keeps the address family it used. Listeners are bound
+/// with SO_REUSEPORT, so the relay can open more sockets on the same address and have the kernel
+/// spread clients over them by address hash, one receive loop per core (see `udp::run`).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    socket.set_reuse_port(true)?;
     // Best effort: a smaller buffer is a tuning problem, not a reason to refuse to start.
     let _ = socket.set_recv_buffer_size(LISTENER_RECV_BUFFER);
     socket.set_nonblocking(true)?;

@@ -1,13 +1,15 @@
-//! The UDP front: one receive loop per listener, and one task per client session that carries
-//! what the PBX sends back.
+//! The UDP front: receive loops on each listener (one per core, on sibling SO_REUSEPORT sockets),
+//! and one task per client session that carries what the PBX sends back.
 //!
-//! The front loop owns the only large receive buffer; session tasks hold no buffer of their own
+//! The front loop owns the only large receive buffers (one batch for `recvmmsg`, see
+//! [`crate::batch`]); session tasks hold no buffer of their own
 //! (they wait for readiness and read into a per-thread one), so an idle session costs a socket
 //! and a parked task, not 64 KiB.
 
+use crate::batch::RecvBatch;
 use crate::metrics::{RelayDrop, Sampler, UdpMetrics};
 use crate::session::{Refusal, Session, SessionTable};
-use crate::socket::connect_upstream;
+use crate::socket::{bind_udp, connect_upstream};
 use crate::{BanSink, RelayConfig};
 use sipguard_policy::{Event, Policy, Timestamp, Verdict};
 use sipguard_sip::SipView;
@@ -17,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -74,9 +77,19 @@ pub async fn run_with_sink(
         shutdown: stopped,
     });
     let mut fronts = JoinSet::new();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     for listener in listeners {
-        let listener = Arc::new(UdpSocket::from_std(listener)?);
-        fronts.spawn(Arc::clone(&relay).front(listener));
+        // Siblings on the same address (SO_REUSEPORT): the kernel hashes each client to one of
+        // them, so a flood is drained by every core while a client's packets stay in order.
+        let address = listener.local_addr()?;
+        let mut sockets = vec![listener];
+        for _ in 1..workers {
+            sockets.push(bind_udp(address)?);
+        }
+        for socket in sockets {
+            let socket = Arc::new(UdpSocket::from_std(socket)?);
+            fronts.spawn(Arc::clone(&relay).front(socket));
+        }
     }
     fronts.spawn(Arc::clone(&relay).sweep());
     shutdown.await;
@@ -87,38 +100,58 @@ pub async fn run_with_sink(
 
 impl Relay {
     async fn front(self: Arc<Self>, listener: Arc<UdpSocket>) {
-        let mut buf = vec![0; MAX_DATAGRAM];
+        let mut batch = RecvBatch::new(MAX_DATAGRAM);
         let mut sampler = Sampler::default();
         loop {
-            let (len, client) = match listener.recv_from(&mut buf).await {
-                Ok(received) => received,
+            if let Err(error) = listener.readable().await {
+                debug!(%error, "udp listener failed");
+                continue;
+            }
+            let count = match listener.try_io(Interest::READABLE, || batch.recv(&*listener)) {
+                Ok(count) => count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => {
                     debug!(%error, "udp receive failed");
                     continue;
                 }
             };
-            self.metrics.received.increment(1);
-            let started = sampler.start();
+            self.metrics.received.increment(count as u64);
+            // One clock read per batch: its datagrams were all queued when it was taken.
             let now = Timestamp::from_system(SystemTime::now());
-            let checked = self.policy.check_datagram(&buf[..len], client.ip(), now);
-            if let Some(event) = &checked.event {
-                self.rule_event(event);
-            }
-            match checked.verdict {
-                Verdict::Forward(view) => self.forward(&view, client, &listener).await,
-                Verdict::Keepalive => {
-                    self.metrics.keepalives.increment(1);
-                    if let Some(session) = self.sessions.get(&client) {
-                        self.sessions.touch(&session);
+            for i in 0..count {
+                if let (datagram, Some(client)) = batch.get(i) {
+                    let started = sampler.start();
+                    self.judge_request(datagram, client, now, &listener).await;
+                    if let Some(started) = started {
+                        self.metrics.processing.record(started.elapsed());
                     }
                 }
-                Verdict::Drop(reason) => {
-                    self.metrics.policy_drop(reason);
-                    debug!(%client, reason = reason.as_str(), len, "dropped");
+            }
+        }
+    }
+
+    async fn judge_request(
+        self: &Arc<Self>,
+        datagram: &[u8],
+        client: SocketAddr,
+        now: Timestamp,
+        listener: &Arc<UdpSocket>,
+    ) {
+        let checked = self.policy.check_datagram(datagram, client.ip(), now);
+        if let Some(event) = &checked.event {
+            self.rule_event(event);
+        }
+        match checked.verdict {
+            Verdict::Forward(view) => self.forward(&view, client, listener).await,
+            Verdict::Keepalive => {
+                self.metrics.keepalives.increment(1);
+                if let Some(session) = self.sessions.get(&client) {
+                    self.sessions.touch(&session);
                 }
             }
-            if let Some(started) = started {
-                self.metrics.processing.record(started.elapsed());
+            Verdict::Drop(reason) => {
+                self.metrics.policy_drop(reason);
+                debug!(%client, reason = reason.as_str(), len = datagram.len(), "dropped");
             }
         }
     }

@@ -3,16 +3,32 @@
 
 use crate::error::{Header, ParseError};
 
+/// Bytes that may appear in a SIP token (RFC 3261 section 25.1), one table lookup per byte.
+const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 /// Whether `b` may appear in a SIP token (RFC 3261 section 25.1).
 pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN_BYTES[usize::from(b)]
 }
 
 pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_token_byte(b))
 }
 
-fn is_lws(b: u8) -> bool {
+pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
@@ -33,30 +49,67 @@ pub(crate) fn trim_lws(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// Below this length a plain loop finds a byte faster than `memchr`, whose vector search costs
+/// more to set up than it saves; most parameters and URI parts are this short.
+const SHORT: usize = 16;
+
+/// `memchr` for the short slices header values are made of.
+#[inline]
+pub(crate) fn find_byte(needle: u8, s: &[u8]) -> Option<usize> {
+    if s.len() < SHORT {
+        s.iter().position(|&b| b == needle)
+    } else {
+        memchr::memchr(needle, s)
+    }
+}
+
+/// `memchr3` for short slices, as [`find_byte`].
+#[inline]
+fn find_any3(a: u8, b: u8, c: u8, s: &[u8]) -> Option<usize> {
+    if s.len() < SHORT {
+        s.iter().position(|&x| x == a || x == b || x == c)
+    } else {
+        memchr::memchr3(a, b, c, s)
+    }
+}
+
 /// Index of the first `needle` in `s` that is outside a quoted string and outside `<...>`.
+/// Jumps from one significant byte to the next with `memchr`: quotes open a quoted string
+/// (backslash escapes inside), `<` opens an angle section that only `>` closes, and a quote
+/// inside it still opens a quoted string. An unclosed quote or angle hides the rest.
 fn find_unquoted(s: &[u8], needle: u8) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut in_angle = false;
-    let mut escaped = false;
-    for (i, &b) in s.iter().enumerate() {
-        if in_quotes {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_quotes = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_quotes = true,
-            b'<' => in_angle = true,
-            b'>' => in_angle = false,
-            _ if b == needle && !in_angle => return Some(i),
-            _ => {}
+    let mut i = 0;
+    loop {
+        i += find_any3(needle, b'"', b'<', &s[i..])?;
+        match s[i] {
+            b'"' => i = after_quoted(s, i)?,
+            b'<' => loop {
+                i += 1 + memchr::memchr2(b'"', b'>', &s[i + 1..])?;
+                if s[i] == b'>' {
+                    i += 1;
+                    break;
+                }
+                i = after_quoted(s, i)? - 1;
+            },
+            _ => return Some(i),
         }
     }
-    None
+}
+
+/// For a quoted string opening at `s[open]`, the index just past its closing quote.
+fn after_quoted(s: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', &s[i..])?;
+        if s[i] == b'"' {
+            return Some(i + 1);
+        }
+        // An escaped byte, whatever it is (a quote included), does not end the string.
+        i += 2;
+        if i > s.len() {
+            return None;
+        }
+    }
 }
 
 /// The first value of a comma-separated header such as Via.
@@ -70,7 +123,7 @@ pub(crate) fn param<'a>(mut params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     while !params.is_empty() {
         let end = find_unquoted(params, b';').unwrap_or(params.len());
         let item = &params[..end];
-        let (key, value) = match item.iter().position(|&b| b == b'=') {
+        let (key, value) = match find_byte(b'=', item) {
             Some(eq) => (trim_lws(&item[..eq]), trim_lws(&item[eq + 1..])),
             None => (trim_lws(item), &item[item.len()..]),
         };
@@ -106,18 +159,18 @@ impl<'a> NameAddr<'a> {
             let close = closing_quote(rest).ok_or(bad)?;
             rest = &rest[close + 1..];
         }
-        let (uri, params) = match rest.iter().position(|&b| b == b'<') {
+        let (uri, params) = match find_byte(b'<', rest) {
             Some(open) => {
                 let inner = &rest[open + 1..];
-                let close = inner.iter().position(|&b| b == b'>').ok_or(bad)?;
+                let close = find_byte(b'>', inner).ok_or(bad)?;
                 (trim_lws(&inner[..close]), &inner[close + 1..])
             }
             None => {
-                let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+                let end = find_byte(b';', rest).unwrap_or(rest.len());
                 (trim_lws(&rest[..end]), &rest[end..])
             }
         };
-        let colon = uri.iter().position(|&b| b == b':').ok_or(bad)?;
+        let colon = find_byte(b':', uri).ok_or(bad)?;
         if !is_token(&uri[..colon]) {
             return Err(bad);
         }
@@ -136,32 +189,20 @@ impl<'a> NameAddr<'a> {
 
 /// Index of the quote closing the quoted string that starts at `s[0]`.
 fn closing_quote(s: &[u8]) -> Option<usize> {
-    let mut escaped = false;
-    for (i, &b) in s.iter().enumerate().skip(1) {
-        match (escaped, b) {
-            (true, _) => escaped = false,
-            (false, b'\\') => escaped = true,
-            (false, b'"') => return Some(i),
-            _ => {}
-        }
-    }
-    None
+    after_quoted(s, 0).map(|end| end - 1)
 }
 
 fn uri_user<'a>(scheme: &[u8], rest: &'a [u8]) -> Option<&'a [u8]> {
     if scheme.eq_ignore_ascii_case(b"tel") {
-        let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+        let end = find_byte(b';', rest).unwrap_or(rest.len());
         return Some(&rest[..end]).filter(|user| !user.is_empty());
     }
     if !(scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips")) {
         return None;
     }
-    let at = rest.iter().position(|&b| b == b'@')?;
+    let at = find_byte(b'@', rest)?;
     let userinfo = &rest[..at];
-    let user = &userinfo[..userinfo
-        .iter()
-        .position(|&b| b == b':')
-        .unwrap_or(userinfo.len())];
+    let user = &userinfo[..find_byte(b':', userinfo).unwrap_or(userinfo.len())];
     Some(user).filter(|user| !user.is_empty())
 }
 
@@ -183,7 +224,7 @@ impl<'a> Credentials<'a> {
         while !params.is_empty() {
             let stop = find_unquoted(params, b',').unwrap_or(params.len());
             let item = &params[..stop];
-            if let Some(eq) = item.iter().position(|&b| b == b'=') {
+            if let Some(eq) = find_byte(b'=', item) {
                 if trim_lws(&item[..eq]).eq_ignore_ascii_case(b"username") {
                     username = Some(unquote(trim_lws(&item[eq + 1..])));
                     break;

@@ -1,0 +1,139 @@
+//! The processes the harness starts and measures: Kamailio (as the PBX and as an edge), the bare
+//! relay, and sipguard. Each runs in its own process group, so its CPU time can be summed over
+//! the group and it is stopped by that group's id, never by name.
+
+use anyhow::{bail, Context};
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// A started peer, stopped (SIGTERM to its group, then SIGKILL) when dropped.
+pub struct Peer {
+    pub name: &'static str,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Peer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds used by the peer's process group so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        crate::procfs::group_cpu_seconds(self.pid())
+    }
+
+    fn spawn(name: &'static str, mut command: Command, dir: TempDir) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Peer {
+            name,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until an OPTIONS sent to `addr` is answered, for at most ten seconds.
+    pub fn wait_answering(&mut self, addr: SocketAddrV4) -> anyhow::Result<()> {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let port = socket.local_addr()?.port();
+        let mut request = Vec::new();
+        crate::sip::clean_request(&mut request, 0, [127, 0, 0, 1].into(), port, addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self._dir.path().join("stderr.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "{} exited with {status} before answering: {tail:?}",
+                    self.name
+                );
+            }
+            socket.send_to(&request, addr)?;
+            if socket.recv(&mut buf).is_ok() {
+                return Ok(());
+            }
+        }
+        bail!("{} did not answer OPTIONS on {addr} within 10 s", self.name)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) with a negative pid signals the process group this harness created.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A free UDP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Kamailio from the config template at `template`, placeholders filled in.
+pub fn kamailio(
+    name: &'static str,
+    template: &Path,
+    listen: SocketAddrV4,
+    pbx: Option<SocketAddrV4>,
+) -> anyhow::Result<Peer> {
+    let dir = tempfile::tempdir()?;
+    let config = std::fs::read_to_string(template)
+        .with_context(|| format!("reading {}", template.display()))?
+        .replace("@ADDR@", &listen.ip().to_string())
+        .replace("@PORT@", &listen.port().to_string())
+        .replace("@PBX@", &pbx.map(|p| p.to_string()).unwrap_or_default())
+        .replace("@RUNDIR@", &dir.path().display().to_string());
+    let path = dir.path().join("kamailio.cfg");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new("kamailio");
+    command.args(["-DD", "-E", "-f"]).arg(&path);
+    Peer::spawn(name, command, dir)
+}
+
+/// The bare relay: this same binary's `relay` subcommand, as its own process.
+pub fn bare_relay(listen: SocketAddrV4, pbx: SocketAddrV4) -> anyhow::Result<Peer> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["relay", &listen.to_string(), &pbx.to_string()]);
+    Peer::spawn("bare relay", command, tempfile::tempdir()?)
+}
+
+/// sipguard with its default rules, listening on `listen` in front of `pbx`.
+pub fn sipguard(binary: &Path, listen: SocketAddrV4, pbx: SocketAddrV4) -> anyhow::Result<Peer> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sipguard.yaml");
+    std::fs::write(
+        &path,
+        format!("listen:\n  udp: [\"{listen}\"]\npbx:\n  address: {pbx}\n"),
+    )?;
+    let mut command = Command::new(binary);
+    command
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn");
+    Peer::spawn("sipguard", command, dir)
+}
