@@ -9,7 +9,7 @@
 use crate::batch::RecvBatch;
 use crate::metrics::{RelayDrop, Sampler, UdpMetrics};
 use crate::session::{Refusal, Session, SessionTable};
-use crate::socket::{bind_udp, connect_upstream};
+use crate::socket::{bind_udp_sibling, connect_upstream};
 use crate::{BanSink, RelayConfig};
 use sipguard_policy::{Event, Policy, Timestamp, Verdict};
 use sipguard_sip::SipView;
@@ -84,7 +84,7 @@ pub async fn run_with_sink(
         let address = listener.local_addr()?;
         let mut sockets = vec![listener];
         for _ in 1..workers {
-            sockets.push(bind_udp(address)?);
+            sockets.push(bind_udp_sibling(address)?);
         }
         for socket in sockets {
             let socket = Arc::new(UdpSocket::from_std(socket)?);

@@ -284,3 +284,12 @@ async fn pbx_challenges_to_credentialed_registers_ban_the_source_after_five() {
         "the sixth REGISTER from the banned source must not reach the PBX"
     );
 }
+
+/// Regression: with SO_REUSEPORT on the listeners, a second instance on the same port bound
+/// without error and took half the clients. A taken port must be refused as by a plain bind.
+#[tokio::test]
+async fn a_second_listener_on_a_taken_port_is_refused() {
+    let running = start(|_| {}).await;
+    let error = bind_udp(running.addr).expect_err("a taken port was bound again");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+}
