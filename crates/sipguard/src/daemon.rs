@@ -105,7 +105,7 @@ pub async fn serve(
     } = daemon;
     let policy = crate::policy(&config)?;
     let now = Timestamp::from_system(SystemTime::now());
-    let (journal, replay) = Journal::open(&journal, now)
+    let (journal, replay) = Journal::open(&journal, now, config.policy.max_tracked_sources)
         .with_context(|| format!("cannot open the ban journal {}", journal.display()))?;
     if replay.torn_tail {
         tracing::warn!(path = %journal.path().display(), "the ban journal's last record was cut short (a crash mid-write) and is skipped");

@@ -8,6 +8,11 @@
 //! ban survives `kill -9`. The thread keeps the live set too, and now and then (and at every
 //! start) rewrites the file to just the bans in force: a temporary file, fsync, rename, fsync of
 //! the directory, so a crash at any point leaves either the old file or the new one.
+//!
+//! A flood from spoofed addresses can ban a new source with every packet, so the journal is
+//! bounded like the policy's tables: its live set keeps at most the policy's cap (the bans with
+//! the longest to run), and the ban and unban lines are logged one by one up to
+//! [`LOG_PER_SECOND`] a second, the rest summed up in one line per second.
 
 use serde::{Deserialize, Serialize};
 use sipguard_policy::{Ban, RuleId, Timestamp};
@@ -27,6 +32,8 @@ const QUEUE: usize = 65_536;
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 /// Most records written per `fdatasync`.
 const GROUP: usize = 4096;
+/// Ban and unban lines logged one by one per second; beyond that they are counted and summed up.
+pub const LOG_PER_SECOND: u32 = 100;
 /// The file is compacted once it holds this many records more than the live bans, and at least
 /// twice as many.
 const COMPACT_SLACK: usize = 10_000;
@@ -199,7 +206,8 @@ pub enum JournalError {
 impl Journal {
     /// Opens (or creates) the journal at `path`, replays it, rewrites it to the bans still in
     /// force, and starts the writer thread. The replay says what the caller should restore.
-    pub fn open(path: &Path, now: Timestamp) -> io::Result<(Journal, Replay)> {
+    /// At most `cap` bans are kept live (the policy's `max_tracked_sources`).
+    pub fn open(path: &Path, now: Timestamp, cap: usize) -> io::Result<(Journal, Replay)> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
@@ -222,6 +230,8 @@ impl Journal {
             file,
             written: live.len(),
             live,
+            cap,
+            log: LogBudget::default(),
         };
         std::thread::Builder::new()
             .name("ban-journal".to_owned())
@@ -273,6 +283,56 @@ struct Writer {
     live: HashMap<IpAddr, BanEntry>,
     /// Records in the file now.
     written: usize,
+    /// Most bans kept in `live`.
+    cap: usize,
+    log: LogBudget,
+}
+
+/// Lets [`LOG_PER_SECOND`] ban and unban lines a second through and counts the rest.
+#[derive(Debug)]
+struct LogBudget {
+    second_started: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            second_started: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether one more line may be logged now.
+    fn allow(&mut self) -> bool {
+        self.roll();
+        if self.logged < LOG_PER_SECOND {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Starts a new second once the last one is over, summing up what it did not log.
+    fn roll(&mut self) {
+        if self.second_started.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::info!(
+                not_logged = self.suppressed,
+                per_second = LOG_PER_SECOND,
+                "more bans and unbans than are logged one by one; `sipguard bans list` and sipguard_bans_total have them all"
+            );
+        }
+        *self = LogBudget::default();
+    }
 }
 
 impl Writer {
@@ -316,18 +376,23 @@ impl Writer {
                     });
                 }
             }
+            if self.live.len() > self.cap + self.cap / 8 {
+                self.keep_longest(now_millis());
+            }
             if self.written > (self.live.len() * 2).max(self.live.len() + COMPACT_SLACK) {
                 self.compact();
             }
+            self.log.roll();
         }
     }
 
     /// Logs and forgets the bans that ran out by `now` (the policy drops them on its own; nothing
     /// is written, since a replay skips expired bans anyway).
     fn expire(&mut self, now: u64) {
+        let log = &mut self.log;
         self.live.retain(|ip, entry| {
             let live = entry.expires > now;
-            if !live {
+            if !live && log.allow() {
                 tracing::info!(source = %ip, rule = %entry.rule, evidence = entry.evidence, offence = entry.offence, expired = %format_millis(entry.expires), how = "expired", "unbanned");
             }
             live
@@ -338,7 +403,8 @@ impl Writer {
     fn apply(&mut self, record: &Record) {
         match record {
             Record::Ban(entry) => {
-                tracing::info!(
+                if self.log.allow() {
+                    tracing::info!(
                     source = %entry.ip,
                     rule = %entry.rule,
                     evidence = entry.evidence,
@@ -347,13 +413,31 @@ impl Writer {
                     expires_in_s = entry.expires.saturating_sub(now_millis()) / 1000,
                     reason = entry.reason.as_deref().unwrap_or(""),
                     "banned"
-                );
+                    );
+                }
                 self.live.insert(entry.ip, entry.clone());
             }
             Record::Unban { ip } => {
-                tracing::info!(source = %ip, how = "manual", "unbanned");
+                if self.log.allow() {
+                    tracing::info!(source = %ip, how = "manual", "unbanned");
+                }
                 self.live.remove(ip);
             }
+        }
+    }
+
+    /// Brings the live set back to the cap once it is an eighth over it (so the cost is spread
+    /// over that many bans): expired bans go first, then those with the least time to run, as
+    /// the policy's table evicts them.
+    fn keep_longest(&mut self, now: u64) {
+        self.expire(now);
+        let dropped = keep_longest(&mut self.live, self.cap);
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                kept = self.live.len(),
+                "ban journal at its cap: the shortest bans are no longer kept"
+            );
         }
     }
 
@@ -375,6 +459,28 @@ impl Writer {
             }
         }
     }
+}
+
+/// Keeps the `cap` bans of `live` with the longest to run (exactly `cap`, ties at the cut
+/// included as they come); returns how many were dropped.
+fn keep_longest(live: &mut HashMap<IpAddr, BanEntry>, cap: usize) -> usize {
+    let Some(cut) = live.len().checked_sub(cap).filter(|&cut| cut > 0) else {
+        return 0;
+    };
+    let mut expiries: Vec<u64> = live.values().map(|entry| entry.expires).collect();
+    let (_, &mut threshold, longer) = expiries.select_nth_unstable(cut);
+    let mut ties_kept = cap - longer.iter().filter(|&&e| e > threshold).count();
+    let before = live.len();
+    live.retain(|_, entry| match entry.expires.cmp(&threshold) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal if ties_kept > 0 => {
+            ties_kept -= 1;
+            true
+        }
+        std::cmp::Ordering::Equal => false,
+    });
+    before - live.len()
 }
 
 /// Rewrites the journal at `path` to hold just `bans`: a temporary file beside it, fsync,
@@ -459,6 +565,33 @@ mod tests {
             offence: 2,
             reason: None,
         }
+    }
+
+    #[test]
+    fn the_live_set_keeps_the_longest_bans_up_to_the_cap_even_with_ties() {
+        let mut live: HashMap<IpAddr, BanEntry> = (0..200u32)
+            .map(|i| {
+                // 100 bans with 60 s to run, then 100 with 61 s..160 s.
+                let ip = format!("198.51.{}.{}", i / 256, i % 256);
+                let seconds = if i < 100 { 60 } else { u64::from(i) - 39 };
+                let entry = entry(&ip, seconds);
+                (entry.ip, entry)
+            })
+            .collect();
+        assert_eq!(keep_longest(&mut live, 150), 50);
+        assert_eq!(live.len(), 150);
+        let shortest = live.values().map(|e| e.expires).min().unwrap();
+        assert_eq!(
+            shortest,
+            NOW.as_millis() + 60_000,
+            "ties at the cut fill the cap"
+        );
+        assert_eq!(
+            live.values().filter(|e| e.expires > shortest).count(),
+            100,
+            "every longer ban is kept"
+        );
+        assert_eq!(keep_longest(&mut live, 150), 0);
     }
 
     fn text(records: &[Record]) -> String {
@@ -589,7 +722,7 @@ mod tests {
         old.push_str("0badc0de {\"op\":\"ba");
         std::fs::write(&path, old).unwrap();
 
-        let (journal, replay) = Journal::open(&path, NOW).unwrap();
+        let (journal, replay) = Journal::open(&path, NOW, 1000).unwrap();
         assert_eq!(replay.bans, [entry("192.0.2.1", 600)]);
         assert!(replay.torn_tail);
         let compacted = std::fs::read_to_string(&path).unwrap();
@@ -614,7 +747,7 @@ mod tests {
     async fn the_writer_compacts_once_the_file_outgrows_the_live_bans() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bans.journal");
-        let (journal, _) = Journal::open(&path, NOW).unwrap();
+        let (journal, _) = Journal::open(&path, NOW, 1000).unwrap();
         let ip = "192.0.2.1".parse().unwrap();
         // Far in the future, so the compaction (which reads the real clock) keeps it.
         let mut ban = entry("192.0.2.1", 0);
