@@ -131,6 +131,17 @@ pub struct Policy {
     hasher: RandomState,
 }
 
+/// The deny list, and the allowlist when it is enforced: whether an unbanned source is admitted.
+fn screen(rules: &Rules, source: IpAddr) -> Result<(), DropReason> {
+    if rules.deny.contains(source) {
+        return Err(DropReason::Denied);
+    }
+    if rules.config.allowlist_mode == AllowlistMode::Enforce && !rules.allowlist.contains(source) {
+        return Err(DropReason::NotAllowlisted);
+    }
+    Ok(())
+}
+
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
@@ -201,22 +212,10 @@ impl Policy {
     /// on the allowlist when that is enforced): the check a new connection gets before it is
     /// accepted, and the first step of every message check.
     pub fn check_source(&self, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
-        self.admit(&self.rules.load(), source, now)
-    }
-
-    fn admit(&self, rules: &Rules, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
         if self.bans.is_banned(source, now) {
             return Err(DropReason::Banned);
         }
-        if rules.deny.contains(source) {
-            return Err(DropReason::Denied);
-        }
-        if rules.config.allowlist_mode == AllowlistMode::Enforce
-            && !rules.allowlist.contains(source)
-        {
-            return Err(DropReason::NotAllowlisted);
-        }
-        Ok(())
+        screen(&self.rules.load(), source)
     }
 
     fn check<'a>(
@@ -226,8 +225,13 @@ impl Policy {
         transport: Transport,
         now: Timestamp,
     ) -> Checked<'a> {
+        // The ban first, before even the rules are loaded: it is what a flood from banned
+        // sources costs.
+        if self.bans.is_banned(source, now) {
+            return Verdict::Drop(DropReason::Banned).into();
+        }
         let rules = self.rules.load();
-        if let Err(reason) = self.admit(&rules, source, now) {
+        if let Err(reason) = screen(&rules, source) {
             return Verdict::Drop(reason).into();
         }
         let allowlisted = rules.allowlist.contains(source);
