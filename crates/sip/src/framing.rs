@@ -78,6 +78,11 @@ pub fn next_frame(buf: &[u8], max_message: usize) -> Result<Option<Frame>, Frame
             }
             return Ok(None);
         };
+        // A line that ends beyond the limit is too large whatever it says, as it would have
+        // been had it arrived in pieces: the verdict must not depend on how bytes were split.
+        if lines.pos > max_message {
+            return Err(FrameError::TooLarge);
+        }
         if line.is_empty() {
             break lines.pos;
         }
@@ -88,11 +93,6 @@ pub fn next_frame(buf: &[u8], max_message: usize) -> Result<Option<Frame>, Frame
             }
         }
     };
-    // A header block beyond the limit is too large whatever it says, as it would have been
-    // had it arrived in pieces (the verdict must not depend on how the bytes were split).
-    if body_start > max_message {
-        return Err(FrameError::TooLarge);
-    }
     let length = content_length.ok_or(FrameError::MissingContentLength)?;
     let total = body_start
         .checked_add(length)
@@ -124,14 +124,17 @@ mod tests {
     }
 
     /// Regression (found by the `frame` fuzz target): a header block longer than the limit
-    /// and without Content-Length was `MissingContentLength` when it arrived whole but
-    /// `TooLarge` when it arrived in pieces, so the drop was counted under either reason.
+    /// and without Content-Length (or with a bad one) was `MissingContentLength` (or
+    /// `BadContentLength`) when it arrived whole but `TooLarge` when it arrived in pieces, so
+    /// the drop was counted under either reason.
     #[test]
     fn an_oversized_header_block_is_too_large_however_it_arrives() {
         let text = b"OPTIONS sip:a@b SIP/2.0\r\nSubject: x\r\n\r\n";
         let max = text.len() - 5;
         assert_eq!(next_frame(text, max), Err(FrameError::TooLarge));
         assert_eq!(next_frame(&text[..max + 1], max), Err(FrameError::TooLarge));
+        let bad_length = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(next_frame(bad_length, 10), Err(FrameError::TooLarge));
     }
 
     #[test]
