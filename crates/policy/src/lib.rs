@@ -35,6 +35,7 @@ use sipguard_sip::{is_keepalive, ParseError, SipView};
 use state::{SourceState, Trust, UserState};
 use std::hash::RandomState;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +127,9 @@ pub struct Policy {
     bans: BanTable,
     sources: BoundedMap<IpAddr, SourceState>,
     users: BoundedMap<(IpAddr, u64), UserState>,
+    /// When the last username block ends (ms since the epoch): past it no username is blocked,
+    /// and the check skips the username's hash and lookup on every request.
+    blocks_end: AtomicU64,
     trust: BoundedMap<IpAddr, Trust>,
     /// Keys username hashes, so a remote party cannot aim for collisions.
     hasher: RandomState,
@@ -160,6 +164,7 @@ impl Policy {
             bans: BanTable::new(cap, repeat),
             sources: BoundedMap::new(cap),
             users: BoundedMap::new(cap),
+            blocks_end: AtomicU64::new(0),
             trust: BoundedMap::new(cap),
             hasher: RandomState::new(),
         })
@@ -343,6 +348,9 @@ impl Policy {
     }
 
     fn is_user_blocked(&self, view: &SipView<'_>, source: IpAddr, now: Timestamp) -> bool {
+        if now.as_millis() >= self.blocks_end.load(Ordering::Relaxed) {
+            return false;
+        }
         let Some(user) = self.username(view) else {
             return false;
         };

@@ -266,6 +266,8 @@ impl Policy {
                     let until = now + rule.ban_for;
                     self.users
                         .get(&(client, user), now, |state| state.blocked_until = until);
+                    self.blocks_end
+                        .fetch_max(until.as_millis(), std::sync::atomic::Ordering::Relaxed);
                     return Some(Event {
                         source: client,
                         rule: evidence.rule,
