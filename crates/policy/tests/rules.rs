@@ -9,17 +9,12 @@ use sipguard_sip::SipView;
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod support;
+use support::{at, ip, policy};
+
 const ATTACKER: &str = "192.0.2.66";
 const OFFICE: &str = "203.0.113.7";
 const CARRIER: &str = "198.51.100.9";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn at(secs: u64) -> Timestamp {
-    Timestamp::from_millis(1_700_000_000_000) + Duration::from_secs(secs)
-}
 
 /// One client as the relay sees it: its requests, their memos, the PBX's responses.
 struct Client<'p> {
@@ -148,12 +143,6 @@ CSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n",
         assert_eq!(self.exchange(&register(user, false), 401, now).0, None);
         assert_eq!(self.exchange(&register(user, true), 200, now).0, None);
     }
-}
-
-fn policy(tune: impl FnOnce(&mut PolicyConfig)) -> Policy {
-    let mut config = PolicyConfig::default();
-    tune(&mut config);
-    Policy::new(config).unwrap()
 }
 
 fn banned_by(events: &[Event]) -> Option<RuleId> {

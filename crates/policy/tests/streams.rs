@@ -3,23 +3,17 @@
 //! for a scanner's signature (it still does from one for a burst of requests).
 
 use sipguard_policy::{
-    Action, AllowlistMode, DropReason, PendingRequests, Policy, PolicyConfig, RuleId, Timestamp,
-    Verdict,
+    Action, AllowlistMode, DropReason, PendingRequests, Policy, RuleId, Timestamp, Verdict,
 };
 use sipguard_sip::SipView;
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod support;
+use support::{at, ip, policy};
+
 const OFFICE: &str = "203.0.113.7";
 const CARRIER: &str = "198.51.100.9";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn at(secs: u64) -> Timestamp {
-    Timestamp::from_millis(1_700_000_000_000) + Duration::from_secs(secs)
-}
 
 fn request(method: &str, cseq: u32, user_agent: &str, credentials: bool) -> String {
     let auth = if credentials {
@@ -51,12 +45,6 @@ fn authenticate(policy: &Policy, source: IpAddr, now: Timestamp) {
               Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
     let response = SipView::parse(ok.as_bytes()).unwrap();
     let _ = policy.observe_response(source, &response, &mut pending, now);
-}
-
-fn policy(tune: impl FnOnce(&mut PolicyConfig)) -> Policy {
-    let mut config = PolicyConfig::default();
-    tune(&mut config);
-    Policy::new(config).unwrap()
 }
 
 #[test]
