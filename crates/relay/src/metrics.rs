@@ -44,16 +44,49 @@ impl RelayDrop {
     }
 }
 
-pub(crate) struct UdpMetrics {
+/// The packet counters every transport has, labelled with it.
+pub(crate) struct PacketCounters {
     pub received: Counter,
     pub forwarded_to_pbx: Counter,
     pub forwarded_to_client: Counter,
     pub keepalives: Counter,
     pub upstream_errors: Counter,
     pub client_send_errors: Counter,
+    policy_drops: Vec<(DropReason, Counter)>,
+}
+
+/// `sipguard_packets_dropped_total` for one transport and reason.
+pub(crate) fn dropped(transport: &'static str, reason: &'static str) -> Counter {
+    counter!("sipguard_packets_dropped_total", "transport" => transport, "reason" => reason)
+}
+
+impl PacketCounters {
+    pub fn new(transport: &'static str) -> Self {
+        PacketCounters {
+            received: counter!("sipguard_packets_received_total", "transport" => transport),
+            forwarded_to_pbx: counter!("sipguard_packets_forwarded_total", "transport" => transport, "direction" => "to_pbx"),
+            forwarded_to_client: counter!("sipguard_packets_forwarded_total", "transport" => transport, "direction" => "to_client"),
+            keepalives: counter!("sipguard_keepalives_total", "transport" => transport),
+            upstream_errors: counter!("sipguard_upstream_errors_total", "transport" => transport),
+            client_send_errors: counter!("sipguard_client_send_errors_total", "transport" => transport),
+            policy_drops: DropReason::ALL
+                .iter()
+                .map(|&reason| (reason, dropped(transport, reason.as_str())))
+                .collect(),
+        }
+    }
+
+    pub fn policy_drop(&self, reason: DropReason) {
+        if let Some((_, counter)) = self.policy_drops.iter().find(|(r, _)| *r == reason) {
+            counter.increment(1);
+        }
+    }
+}
+
+pub(crate) struct UdpMetrics {
+    pub packets: PacketCounters,
     pub sessions_active: Gauge,
     pub sessions_expired: Counter,
-    policy_drops: Vec<(DropReason, Counter)>,
     /// Per rule: bans issued, observe-mode hits, drops without a ban, usernames blocked.
     rule_actions: Vec<(RuleId, [Counter; 4])>,
     bans_active: Gauge,
@@ -71,17 +104,10 @@ pub(crate) struct UdpMetrics {
 
 impl UdpMetrics {
     pub fn new() -> Self {
-        let dropped = |reason: &'static str| counter!("sipguard_packets_dropped_total", "transport" => "udp", "reason" => reason);
         UdpMetrics {
-            received: counter!("sipguard_packets_received_total", "transport" => "udp"),
-            forwarded_to_pbx: counter!("sipguard_packets_forwarded_total", "transport" => "udp", "direction" => "to_pbx"),
-            forwarded_to_client: counter!("sipguard_packets_forwarded_total", "transport" => "udp", "direction" => "to_client"),
-            keepalives: counter!("sipguard_keepalives_total", "transport" => "udp"),
-            upstream_errors: counter!("sipguard_upstream_errors_total", "transport" => "udp"),
-            client_send_errors: counter!("sipguard_client_send_errors_total", "transport" => "udp"),
+            packets: PacketCounters::new("udp"),
             sessions_active: gauge!("sipguard_sessions_active", "transport" => "udp"),
             sessions_expired: counter!("sipguard_sessions_expired_total", "transport" => "udp"),
-            policy_drops: DropReason::ALL.iter().map(|&reason| (reason, dropped(reason.as_str()))).collect(),
             rule_actions: RuleId::ALL
                 .iter()
                 .map(|&rule| {
@@ -101,14 +127,8 @@ impl UdpMetrics {
             bans_expired: counter!("sipguard_unbans_total", "how" => "expired"),
             bans_expired_seen: Default::default(),
             processing: histogram!("sipguard_packet_processing_seconds", "transport" => "udp"),
-            session_limit: dropped(RelayDrop::SessionLimit.as_str()),
-            upstream_unavailable: dropped(RelayDrop::UpstreamUnavailable.as_str()),
-        }
-    }
-
-    pub fn policy_drop(&self, reason: DropReason) {
-        if let Some((_, counter)) = self.policy_drops.iter().find(|(r, _)| *r == reason) {
-            counter.increment(1);
+            session_limit: dropped("udp", RelayDrop::SessionLimit.as_str()),
+            upstream_unavailable: dropped("udp", RelayDrop::UpstreamUnavailable.as_str()),
         }
     }
 

@@ -375,7 +375,7 @@ impl Connection<'_> {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break Ok(frames),
                 Err(error) => {
-                    self.metrics.received.increment(1);
+                    self.metrics.packets.received.increment(1);
                     self.metrics.framing_drop(error);
                     debug!(client = %self.client, %error, "stream cannot be framed");
                     break Err(match error {
@@ -390,7 +390,7 @@ impl Connection<'_> {
             match frame {
                 Frame::Blank => {}
                 Frame::Ping => {
-                    self.metrics.keepalives.increment(1);
+                    self.metrics.packets.keepalives.increment(1);
                     if let Err(closed) = self.write_to_client(client_write, b"\r\n").await {
                         break Err(closed);
                     }
@@ -412,7 +412,7 @@ impl Connection<'_> {
 
     async fn on_message(&mut self, message: &[u8]) -> Result<(), Closed> {
         let front = self.front;
-        self.metrics.received.increment(1);
+        self.metrics.packets.received.increment(1);
         let source = self.client.ip();
         let checked = front.policy.check_stream_message(message, source, now());
         let banned_now = checked
@@ -425,11 +425,11 @@ impl Connection<'_> {
         match checked.verdict {
             Verdict::Forward(view) => self.forward(&view).await,
             Verdict::Keepalive => {
-                self.metrics.keepalives.increment(1);
+                self.metrics.packets.keepalives.increment(1);
                 Ok(())
             }
             Verdict::Drop(reason) => {
-                self.metrics.policy_drop(reason);
+                self.metrics.packets.policy_drop(reason);
                 debug!(client = %self.client, reason = reason.as_str(), "dropped");
                 if banned_now || reason == DropReason::Banned {
                     return Err(Closed::Banned);
@@ -449,11 +449,11 @@ impl Connection<'_> {
         let upstream = self.upstream.as_mut().ok_or(Closed::UpstreamUnavailable)?;
         match upstream.write_all(view.message).await {
             Ok(()) => {
-                self.metrics.forwarded_to_pbx.increment(1);
+                self.metrics.packets.forwarded_to_pbx.increment(1);
                 Ok(())
             }
             Err(error) => {
-                self.metrics.upstream_errors.increment(1);
+                self.metrics.packets.upstream_errors.increment(1);
                 debug!(client = %self.client, %error, "send to pbx failed");
                 Err(Closed::Upstream)
             }
@@ -478,7 +478,7 @@ impl Connection<'_> {
                 Ok(stream)
             }
             failed => {
-                self.metrics.upstream_errors.increment(1);
+                self.metrics.packets.upstream_errors.increment(1);
                 debug!(client = %self.client, ?failed, "no upstream connection");
                 Err(Closed::UpstreamUnavailable)
             }
@@ -505,7 +505,7 @@ impl Connection<'_> {
                 Ok(None) => break Ok(()),
                 Err(error) => {
                     // sipguard no longer knows where the PBX's messages end.
-                    self.metrics.upstream_errors.increment(1);
+                    self.metrics.packets.upstream_errors.increment(1);
                     debug!(client = %self.client, %error, "the PBX's stream cannot be framed");
                     break Err(Closed::Upstream);
                 }
@@ -520,7 +520,7 @@ impl Connection<'_> {
                 break Err(closed);
             }
             if is_message {
-                self.metrics.forwarded_to_client.increment(1);
+                self.metrics.packets.forwarded_to_client.increment(1);
             }
         };
         buf.drain(..consumed);
@@ -541,11 +541,11 @@ impl Connection<'_> {
         match tokio::time::timeout(limit, client_write.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
-                self.metrics.client_send_errors.increment(1);
+                self.metrics.packets.client_send_errors.increment(1);
                 Err(Closed::Client)
             }
             Err(_) => {
-                self.metrics.client_send_errors.increment(1);
+                self.metrics.packets.client_send_errors.increment(1);
                 Err(Closed::WriteTimeout)
             }
         }

@@ -2,6 +2,7 @@
 //! per-message cost is an atomic add. Rule hits and bans carry no transport label and are
 //! counted by the UDP front's [`UdpMetrics::rule_event`](crate::metrics::UdpMetrics::rule_event).
 
+use crate::metrics::{dropped, PacketCounters};
 use metrics::{counter, gauge, Counter, Gauge};
 use sipguard_policy::DropReason;
 use sipguard_sip::FrameError;
@@ -75,15 +76,9 @@ impl Closed {
 }
 
 pub(crate) struct StreamMetrics {
-    pub received: Counter,
-    pub forwarded_to_pbx: Counter,
-    pub forwarded_to_client: Counter,
-    pub keepalives: Counter,
-    pub upstream_errors: Counter,
-    pub client_send_errors: Counter,
+    pub packets: PacketCounters,
     pub connections_active: Gauge,
     pub connections_total: Counter,
-    policy_drops: Vec<(DropReason, Counter)>,
     framing_drops: [Counter; 3],
     refused_limit: [Counter; 2],
     refused_source: Vec<(DropReason, Counter)>,
@@ -93,20 +88,13 @@ pub(crate) struct StreamMetrics {
 impl StreamMetrics {
     /// The counters labelled `transport` ("tcp" or "tls").
     pub fn new(transport: &'static str) -> Self {
-        let dropped = |reason: &'static str| counter!("sipguard_packets_dropped_total", "transport" => transport, "reason" => reason);
         let refused = |reason: &'static str| counter!("sipguard_connections_refused_total", "transport" => transport, "reason" => reason);
         StreamMetrics {
-            received: counter!("sipguard_packets_received_total", "transport" => transport),
-            forwarded_to_pbx: counter!("sipguard_packets_forwarded_total", "transport" => transport, "direction" => "to_pbx"),
-            forwarded_to_client: counter!("sipguard_packets_forwarded_total", "transport" => transport, "direction" => "to_client"),
-            keepalives: counter!("sipguard_keepalives_total", "transport" => transport),
-            upstream_errors: counter!("sipguard_upstream_errors_total", "transport" => transport),
-            client_send_errors: counter!("sipguard_client_send_errors_total", "transport" => transport),
+            packets: PacketCounters::new(transport),
             connections_active: gauge!("sipguard_connections_active", "transport" => transport),
             connections_total: counter!("sipguard_connections_total", "transport" => transport),
-            policy_drops: DropReason::ALL.iter().map(|&reason| (reason, dropped(reason.as_str()))).collect(),
             framing_drops: [FrameError::MissingContentLength, FrameError::BadContentLength, FrameError::TooLarge]
-                .map(|error| dropped(error.as_str())),
+                .map(|error| dropped(transport, error.as_str())),
             refused_limit: [refused("connection_limit"), refused("per_ip_limit")],
             refused_source: [DropReason::Banned, DropReason::Denied, DropReason::NotAllowlisted]
                 .iter()
@@ -116,12 +104,6 @@ impl StreamMetrics {
                 .iter()
                 .map(|&reason| (reason, counter!("sipguard_connections_closed_total", "transport" => transport, "reason" => reason.as_str())))
                 .collect(),
-        }
-    }
-
-    pub fn policy_drop(&self, reason: DropReason) {
-        if let Some((_, counter)) = self.policy_drops.iter().find(|(r, _)| *r == reason) {
-            counter.increment(1);
         }
     }
 

@@ -115,7 +115,7 @@ impl Relay {
                     continue;
                 }
             };
-            self.metrics.received.increment(count as u64);
+            self.metrics.packets.received.increment(count as u64);
             // One clock read per batch: its datagrams were all queued when it was taken.
             let now = Timestamp::from_system(SystemTime::now());
             for i in 0..count {
@@ -144,13 +144,13 @@ impl Relay {
         match checked.verdict {
             Verdict::Forward(view) => self.forward(&view, client, listener).await,
             Verdict::Keepalive => {
-                self.metrics.keepalives.increment(1);
+                self.metrics.packets.keepalives.increment(1);
                 if let Some(session) = self.sessions.get(&client) {
                     self.sessions.touch(&session);
                 }
             }
             Verdict::Drop(reason) => {
-                self.metrics.policy_drop(reason);
+                self.metrics.packets.policy_drop(reason);
                 debug!(%client, reason = reason.as_str(), len = datagram.len(), "dropped");
             }
         }
@@ -181,9 +181,9 @@ impl Relay {
         // Awaited rather than tried: a new socket's write readiness is only known after the
         // reactor's next turn, and a send to loopback does not otherwise wait.
         match session.upstream.send(view.message).await {
-            Ok(_) => self.metrics.forwarded_to_pbx.increment(1),
+            Ok(_) => self.metrics.packets.forwarded_to_pbx.increment(1),
             Err(error) => {
-                self.metrics.upstream_errors.increment(1);
+                self.metrics.packets.upstream_errors.increment(1);
                 debug!(%client, %error, "send to pbx failed");
             }
         }
@@ -296,7 +296,7 @@ impl Relay {
                     // An ICMP error from an earlier send (the PBX not listening): counted, and
                     // the session stays, since the PBX may come back.
                     Err(error) => {
-                        self.metrics.upstream_errors.increment(1);
+                        self.metrics.packets.upstream_errors.increment(1);
                         debug!(client = %session.client, %error, "upstream receive failed");
                         continue;
                     }
@@ -304,7 +304,7 @@ impl Relay {
                 self.sessions.touch(session);
                 self.judge_response(session, &buf[..len]);
                 match listener.try_send_to(&buf[..len], session.client) {
-                    Ok(_) => self.metrics.forwarded_to_client.increment(1),
+                    Ok(_) => self.metrics.packets.forwarded_to_client.increment(1),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         return Some(buf[..len].to_vec());
                     }
@@ -315,14 +315,14 @@ impl Relay {
         });
         if let Some(datagram) = blocked {
             match listener.send_to(&datagram, session.client).await {
-                Ok(_) => self.metrics.forwarded_to_client.increment(1),
+                Ok(_) => self.metrics.packets.forwarded_to_client.increment(1),
                 Err(error) => self.client_send_failed(session, &error),
             }
         }
     }
 
     fn client_send_failed(&self, session: &Session, error: &io::Error) {
-        self.metrics.client_send_errors.increment(1);
+        self.metrics.packets.client_send_errors.increment(1);
         debug!(client = %session.client, %error, "send to client failed");
     }
 }
