@@ -25,8 +25,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How often the bystander phones re-register.
-const PHONE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a condition the test causes (a ban, a registration) may take to show.
 const SETTLE: Duration = Duration::from_secs(20);
 /// How long a client waits for an answer that must not come (sipguard drops silently); a
@@ -174,23 +172,6 @@ pub(crate) fn ask(
     Ok((id, reply))
 }
 
-/// The legitimate phone every attack test keeps registering beside the attacker.
-fn legit_phone(
-    pbx: &Kamailio,
-    guard: &Sipguard,
-    ip: Ipv4Addr,
-    user: &str,
-) -> anyhow::Result<Phone> {
-    Phone::start(
-        pbx,
-        guard.addr(),
-        free_udp_addr(ip)?,
-        user,
-        password(user),
-        PHONE_INTERVAL,
-    )
-}
-
 #[test]
 fn svmap_finds_nothing_and_its_source_is_banned() -> anyhow::Result<()> {
     const SCANNER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 20);
@@ -198,7 +179,7 @@ fn svmap_finds_nothing_and_its_source_is_banned() -> anyhow::Result<()> {
     const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 60);
     let pbx = Kamailio::start()?;
     let guard = Sipguard::start(pbx.addr())?;
-    let phone = legit_phone(&pbx, &guard, PHONE, "1001")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1001")?;
     let before = phone.successes();
 
     let scan = SipVicious::new(Tool::Svmap, SCANNER, guard.addr(), pbx.dir()).run()?;
@@ -286,7 +267,7 @@ fn svwar_is_banned_at_the_enumeration_threshold() -> anyhow::Result<()> {
     let guard = Sipguard::start(pbx.addr())?;
     let rule = guard.policy().config().enumeration;
     let threshold = usize::try_from(rule.threshold)?;
-    let phone = legit_phone(&pbx, &guard, PHONE, "1003")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1003")?;
     let before = phone.successes();
 
     // -t 0.2: the next extension after 200 ms with nothing to read, under the flood rule.
@@ -366,7 +347,7 @@ fn svcrack_is_banned_after_five_wrong_passwords() -> anyhow::Result<()> {
     let pbx = Kamailio::start()?;
     let guard = Sipguard::start(pbx.addr())?;
     let rule = guard.policy().config().register_failures;
-    let phone = legit_phone(&pbx, &guard, PHONE, "1003")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1003")?;
     let before = phone.successes();
 
     // 49 wrong passwords, the right one 50th.
@@ -442,7 +423,7 @@ fn office_nat_stale_password_does_not_ban_the_address() -> anyhow::Result<()> {
     let guard = Sipguard::start(pbx.addr())?;
     let rule = guard.policy().config().register_failures;
     // 1002 registers first: the office's address is now trusted.
-    let phone = legit_phone(&pbx, &guard, OFFICE, "1002")?;
+    let phone = Phone::legit(&pbx, guard.addr(), OFFICE, "1002")?;
     // 1001 on another phone behind the same address keeps trying a stale password. 700 ms
     // apart, so the office stays well under the flood rule (which, for a trusted source, would
     // drop 1002's registrations too).
@@ -510,7 +491,7 @@ fn enforced_allowlist_admits_only_listed_sources() -> anyhow::Result<()> {
         config.policy.allowlist = vec![ipnet::IpNet::from(IpAddr::from(LISTED))];
         config.policy.allowlist_mode = AllowlistMode::Enforce;
     })?;
-    let phone = legit_phone(&pbx, &guard, LISTED, "1001")?;
+    let phone = Phone::legit(&pbx, guard.addr(), LISTED, "1001")?;
     let before = phone.successes();
 
     let outsider = UdpSocket::bind((OUTSIDER, 0))?;
@@ -550,7 +531,7 @@ fn allowlisted_carrier_with_failing_registers_is_never_banned() -> anyhow::Resul
     let guard = Sipguard::start_with(pbx.addr(), |config| {
         config.policy.allowlist = vec![ipnet::IpNet::from(IpAddr::from(CARRIER))];
     })?;
-    let phone = legit_phone(&pbx, &guard, PHONE, "1003")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1003")?;
     let before = phone.successes();
 
     // 100 registrations with a wrong password, 50 a second: each must get its second 401.
@@ -598,7 +579,7 @@ fn spoofed_scanner_packet_does_not_ban_an_authenticated_phone() -> anyhow::Resul
     const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 51);
     let pbx = Kamailio::start()?;
     let guard = Sipguard::start(pbx.addr())?;
-    let phone = legit_phone(&pbx, &guard, PHONE, "1005")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1005")?;
     let before = phone.successes();
 
     // What a scanner spoofing the phone's address gets through: from the phone's IP, another

@@ -5,8 +5,8 @@
 
 use crate::attacks::ask;
 use crate::support::{
-    bans_cli, free_udp_addr, password, poll_until, Daemon, DaemonConfig, Kamailio, Phone, Scrape,
-    SipVicious, Tool,
+    bans_cli, free_udp_addr, poll_until, Daemon, DaemonConfig, Kamailio, Phone, Scrape, SipVicious,
+    Tool,
 };
 use anyhow::{ensure, Context};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -19,17 +19,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// loopback in milliseconds.
 const SILENCE: Duration = Duration::from_millis(1500);
 const PHONE_INTERVAL: Duration = Duration::from_secs(1);
-
-fn phone(pbx: &Kamailio, guard: &Daemon, ip: Ipv4Addr, user: &str) -> anyhow::Result<Phone> {
-    Phone::start(
-        pbx,
-        guard.addr(),
-        free_udp_addr(ip)?,
-        user,
-        password(user),
-        PHONE_INTERVAL,
-    )
-}
 
 /// Whether an OPTIONS from `socket` through sipguard is answered within `within`.
 fn answered(socket: &UdpSocket, guard: &Daemon, within: Duration) -> anyhow::Result<bool> {
@@ -76,7 +65,7 @@ fn metrics_count_traffic_and_an_attack_with_bounded_labels_and_pass_promtool() -
     let pbx = Kamailio::start()?;
     let dir = tempfile::tempdir()?;
     let guard = Daemon::start(&DaemonConfig::in_dir(dir.path(), "", pbx.addr())?)?;
-    let phone = phone(&pbx, &guard, PHONE, "1001")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1001")?;
     let stale = Phone::with_stale_password(
         &pbx,
         guard.addr(),
@@ -414,7 +403,7 @@ fn sighup_applies_an_allowlist_change_without_dropping_sessions_and_refuses_a_ba
     let yaml = "allowlist:\n  file: allowlist.yaml\n  mode: enforce\n";
     let config = DaemonConfig::in_dir(dir.path(), yaml, pbx.addr())?;
     let mut guard = Daemon::start(&config)?;
-    let phone = phone(&pbx, &guard, PHONE, "1001")?;
+    let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1001")?;
     let newcomer = UdpSocket::bind((NEWCOMER, 0))?;
     ensure!(
         !answered(&newcomer, &guard, SILENCE)?,

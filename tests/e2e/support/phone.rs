@@ -6,9 +6,9 @@
 //! legitimate phone, register_rejected.xml (challenge, credentials, 401) for a stale one. A run
 //! that fails is kept with its SIPp logs.
 
-use super::{Kamailio, Sipp};
+use super::{free_udp_addr, password, Kamailio, Sipp};
 use anyhow::{anyhow, bail, Context};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +20,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(8);
 /// The same for a phone with a stale password, whose attempts are expected to go unanswered
 /// once sipguard blocks it: short, so that each blocked attempt ends soon.
 const STALE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often [`Phone::legit`] registers again.
+const LEGIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A phone re-registering every `interval` until stopped.
 #[derive(Debug)]
@@ -33,6 +35,18 @@ pub struct Phone {
 }
 
 impl Phone {
+    /// The legitimate phone the attack and operations tests keep registering beside whatever
+    /// they do: `user` with its own password, from a free port on `ip`, every second.
+    pub fn legit(
+        pbx: &Kamailio,
+        guard: SocketAddr,
+        ip: Ipv4Addr,
+        user: &str,
+    ) -> anyhow::Result<Self> {
+        let addr = free_udp_addr(ip)?;
+        Self::start(pbx, guard, addr, user, password(user), LEGIT_INTERVAL)
+    }
+
     /// Registers `user` from `addr` through `guard` once (an error if that fails), then keeps
     /// registering again every `interval` on a background thread.
     pub fn start(
