@@ -4,7 +4,6 @@
 //! connection whatever transport the evidence came over.
 
 use crate::support::certs::{TestCa, SERVER_NAME};
-use crate::support::metrics::counter;
 use crate::support::{free_udp_addr, password, poll_until, Kamailio, Sipguard, Sipp, Stunnel};
 use anyhow::{ensure, Context};
 use std::io::{Read, Write};
@@ -147,7 +146,7 @@ fn sipp_registers_and_takes_a_call_over_tls_through_sipguard() -> anyhow::Result
         "tls-call",
     )
     .with_context(|| format!("stunnel's log:\n{}", phone_tls.log()))?;
-    let accepted = counter("sipguard_connections_total", &["transport=\"tls\""]);
+    let accepted = guard.counter("sipguard_connections_total", &["transport=\"tls\""]);
     ensure!(accepted >= 2.0, "TLS connections counted: {accepted}");
     guard.stop()
 }
@@ -165,8 +164,6 @@ fn slowloris_from_one_address_does_not_stop_a_tcp_phone_from_registering() -> an
     rlimit::increase_nofile_limit(u64::MAX)?;
     let refused = ["reason=\"per_ip_limit\"", "transport=\"tcp\""];
     let timed_out = ["reason=\"message_timeout\"", "transport=\"tcp\""];
-    let refused_before = counter("sipguard_connections_refused_total", &refused);
-    let timed_out_before = counter("sipguard_connections_closed_total", &timed_out);
 
     let pbx = Kamailio::start()?;
     let guard = Sipguard::start_with(pbx.addr(), |config| {
@@ -192,7 +189,7 @@ fn slowloris_from_one_address_does_not_stop_a_tcp_phone_from_registering() -> an
         "the per-address refusals to be counted",
         Duration::from_secs(10),
         || {
-            let refusals = counter("sipguard_connections_refused_total", &refused) - refused_before;
+            let refusals = guard.counter("sipguard_connections_refused_total", &refused);
             (refusals >= expected_refusals).then_some(())
         },
     )?;
@@ -227,8 +224,7 @@ fn slowloris_from_one_address_does_not_stop_a_tcp_phone_from_registering() -> an
         "the slowloris connections to time out",
         MESSAGE_TIMEOUT + Duration::from_secs(5),
         || {
-            let closed =
-                counter("sipguard_connections_closed_total", &timed_out) - timed_out_before;
+            let closed = guard.counter("sipguard_connections_closed_total", &timed_out);
             (closed >= PER_IP as f64).then_some(())
         },
     )?;

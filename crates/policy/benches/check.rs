@@ -3,7 +3,7 @@
 //! inspection alone (`SipView::parse`), so the figure for the rules is the difference.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sipguard_policy::{Policy, PolicyConfig, Timestamp};
+use sipguard_policy::{Policy, PolicyConfig, Timestamp, Transport};
 use sipguard_sip::SipView;
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
     let phone: IpAddr = "203.0.113.7".parse().unwrap();
     let banned: IpAddr = "203.0.113.200".parse().unwrap();
     let carrier: IpAddr = "198.51.100.9".parse().unwrap();
-    policy.ban_manually(banned, Duration::from_secs(3600), now);
+    policy.ban_manually(banned, Duration::from_secs(3600), None, now);
     let scanners: Vec<IpAddr> = (0..=255u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
 
     let mut group = c.benchmark_group("policy");
@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("clean REGISTER", |b| {
         b.iter(|| {
             policy
-                .check_datagram(black_box(REGISTER), phone, now)
+                .check(black_box(REGISTER), phone, Transport::Datagram, now)
                 .verdict
         })
     });
@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
             let source = scanners[i % scanners.len()];
             i += 1;
             let verdict = policy
-                .check_datagram(black_box(SCANNER), source, now)
+                .check(black_box(SCANNER), source, Transport::Datagram, now)
                 .verdict;
             policy.lift(source);
             verdict
@@ -57,14 +57,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("banned source", |b| {
         b.iter(|| {
             policy
-                .check_datagram(black_box(REGISTER), banned, now)
+                .check(black_box(REGISTER), banned, Transport::Datagram, now)
                 .verdict
         })
     });
     group.bench_function("allowlisted carrier", |b| {
         b.iter(|| {
             policy
-                .check_datagram(black_box(REGISTER), carrier, now)
+                .check(black_box(REGISTER), carrier, Transport::Datagram, now)
                 .verdict
         })
     });

@@ -1,16 +1,24 @@
-//! The ban table and the memory of past offences that makes repeat bans longer.
+//! The ban table, the memory of past offences that makes repeat bans longer, and the events
+//! that tell the rest of sipguard what changed.
+//!
+//! The policy is the one owner of ban state: the journal, the admin API's listing, the stream
+//! front's connection reaper and the metrics learn of bans only through [`BanEvent`]s, published
+//! to every [`BanObserver`] as the change is made.
 
 use crate::bounded::{BoundedMap, Expiring};
 use crate::time::Timestamp;
 use crate::verdict::RuleId;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One banned source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
     /// The rule that banned it.
     pub rule: RuleId,
+    /// The operator's words for a manual ban; rule bans are explained by `rule` and `evidence`.
+    pub note: Option<Arc<str>>,
     /// How many pieces of evidence tripped the rule (failures, requests, distinct users).
     pub evidence: u32,
     /// When the evidence started.
@@ -34,6 +42,50 @@ impl Expiring for Ban {
             .as_secs()
             .saturating_mul(u64::from(self.offence))
     }
+}
+
+/// A change to the ban table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanEvent {
+    /// `source` was banned (a new ban, or the operator's ban replacing one).
+    Banned {
+        /// The banned source.
+        source: IpAddr,
+        /// The ban as it stands.
+        ban: Ban,
+    },
+    /// The operator lifted the ban early.
+    Lifted {
+        /// The source let through again.
+        source: IpAddr,
+        /// The ban that was lifted.
+        ban: Ban,
+    },
+    /// The ban ran out.
+    Expired {
+        /// The source let through again.
+        source: IpAddr,
+        /// The ban that ran out.
+        ban: Ban,
+    },
+}
+
+impl BanEvent {
+    /// The source the event is about.
+    pub fn source(&self) -> IpAddr {
+        match self {
+            BanEvent::Banned { source, .. }
+            | BanEvent::Lifted { source, .. }
+            | BanEvent::Expired { source, .. } => *source,
+        }
+    }
+}
+
+/// Follows the ban table: the journal, the connection reaper, the metrics. Called on the packet
+/// path while the change is made, so it must only queue or notify, never wait.
+pub trait BanObserver: Send + Sync {
+    /// One change to the ban table.
+    fn ban_event(&self, event: &BanEvent);
 }
 
 /// Bans issued to a source recently: each new ban within the window doubles.
@@ -96,13 +148,53 @@ impl BanTable {
     /// True while `source` is banned; notes the drop as the ban's last sighting.
     pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
         self.bans
-            .get(&source, now, |ban| ban.last_seen = now)
+            .get_live(&source, now, |ban| ban.last_seen = now)
             .is_some()
     }
 
     /// Bans `source` for `base`, doubled for each earlier ban that ended less than the repeat
-    /// window ago (or has not ended), up to the maximum.
-    pub fn ban(&self, source: IpAddr, evidence: Evidence, base: Duration, now: Timestamp) -> Ban {
+    /// window ago, up to the maximum. A source already banned is not banned again: evidence that
+    /// arrives during a ban (late answers to requests sent before it) is no new offence, so
+    /// `None` is returned and nothing changes.
+    pub fn ban(
+        &self,
+        source: IpAddr,
+        evidence: Evidence,
+        base: Duration,
+        now: Timestamp,
+    ) -> Option<Ban> {
+        if self.bans.get_live(&source, now, |_| ()).is_some() {
+            return None;
+        }
+        Some(self.impose(source, evidence, None, base, true, now))
+    }
+
+    /// The operator's ban: replaces any ban in force, and counts as an offence like any other.
+    pub fn ban_manually(
+        &self,
+        source: IpAddr,
+        note: Option<Arc<str>>,
+        duration: Duration,
+        now: Timestamp,
+    ) -> Ban {
+        let evidence = Evidence {
+            rule: RuleId::Manual,
+            count: 0,
+            first_seen: now,
+        };
+        // The operator's length stands as given, doubled for no one.
+        self.impose(source, evidence, note, duration, false, now)
+    }
+
+    fn impose(
+        &self,
+        source: IpAddr,
+        evidence: Evidence,
+        note: Option<Arc<str>>,
+        base: Duration,
+        grow: bool,
+        now: Timestamp,
+    ) -> Ban {
         let RepeatConfig { within, max_ban } = self.repeat;
         let (offence, expires) = self.offences.upsert(
             source,
@@ -114,13 +206,18 @@ impl BanTable {
             |offences| {
                 offences.count = offences.count.saturating_add(1);
                 let doubling = 1u32.checked_shl(offences.count - 1).unwrap_or(u32::MAX);
-                let expires = now + base.saturating_mul(doubling).min(max_ban.max(base));
+                let expires = if grow {
+                    now + base.saturating_mul(doubling).min(max_ban.max(base))
+                } else {
+                    now + base
+                };
                 offences.forget_at = expires + within;
                 (offences.count, expires)
             },
         );
         let ban = Ban {
             rule: evidence.rule,
+            note,
             evidence: evidence.count,
             first_seen: evidence.first_seen,
             last_seen: now,
@@ -130,14 +227,10 @@ impl BanTable {
         self.bans.upsert(
             source,
             now,
-            || ban,
-            |current| {
-                if ban.expires >= current.expires {
-                    *current = ban;
-                }
-                *current
-            },
-        )
+            || ban.clone(),
+            |current| *current = ban.clone(),
+        );
+        ban
     }
 
     /// Puts back a ban as it was, with its offence count, so a later ban keeps doubling.
@@ -148,8 +241,12 @@ impl BanTable {
         };
         self.offences
             .upsert(source, now, || offences, |current| *current = offences);
-        self.bans
-            .upsert(source, now, || ban, |current| *current = ban);
+        self.bans.upsert(
+            source,
+            now,
+            || ban.clone(),
+            |current| *current = ban.clone(),
+        );
     }
 
     /// Bans dropped because they ran out.
@@ -167,12 +264,18 @@ impl BanTable {
     pub fn list(&self, now: Timestamp) -> Vec<(IpAddr, Ban)> {
         let mut bans = Vec::new();
         self.bans
-            .for_each(now, |source, ban| bans.push((*source, *ban)));
+            .for_each(now, |source, ban| bans.push((*source, ban.clone())));
         bans
     }
 
-    pub fn sweep(&self, now: Timestamp) {
-        self.bans.sweep(now);
+    /// The ban on `source`, if one is in force.
+    pub fn get(&self, source: IpAddr, now: Timestamp) -> Option<Ban> {
+        self.bans.get_live(&source, now, |ban| ban.clone())
+    }
+
+    /// Drops expired bans and offences, handing each ban that ran out to `expired`.
+    pub fn sweep(&self, now: Timestamp, expired: impl FnMut(&IpAddr, Ban)) {
+        self.bans.sweep_with(now, expired);
         self.offences.sweep(now);
     }
 

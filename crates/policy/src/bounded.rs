@@ -67,6 +67,15 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
         }
     }
 
+    /// Runs `f` on the entry for `key` if there is one that has not expired, leaving an expired
+    /// one for [`BoundedMap::sweep_with`] to report.
+    pub fn get_live<R>(&self, key: &K, now: Timestamp, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        match self.shard(key).get_mut(key) {
+            Some(value) if !value.expired(now) => Some(f(value)),
+            _ => None,
+        }
+    }
+
     /// Runs `f` on the entry for `key`, creating it with `make` first if it is absent or expired.
     pub fn upsert<R>(
         &self,
@@ -101,10 +110,17 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
 
     /// Drops every expired entry.
     pub fn sweep(&self, now: Timestamp) {
+        self.sweep_with(now, |_, _| ());
+    }
+
+    /// Drops every expired entry, handing each to `expired`.
+    pub fn sweep_with(&self, now: Timestamp, mut expired: impl FnMut(&K, V)) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let before = shard.len();
-            shard.retain(|_, value| !value.expired(now));
+            for (key, value) in shard.extract_if(|_, value| value.expired(now)) {
+                expired(&key, value);
+            }
             self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
             self.expired
                 .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);

@@ -19,10 +19,10 @@ mod state;
 mod time;
 mod verdict;
 
-pub use bans::{Ban, RepeatConfig};
+pub use bans::{Ban, BanEvent, BanObserver, RepeatConfig};
 pub use cidr::CidrSet;
 pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
-pub use response::{AuthMethod, Judged, PendingRequests, RequestMemo};
+pub use response::{AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
 pub use time::Timestamp;
 pub use verdict::{Action, DropReason, Event, RuleId, Verdict};
@@ -39,15 +39,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The outcome of [`Policy::check_datagram`]: what to do with the packet, and the rule hit
-/// behind it, if any.
+/// The outcome of [`Policy::check`]: what to do with the message, the rule hit behind it, and
+/// what the response path needs to remember of a request that is forwarded.
 #[must_use]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked<'a> {
     /// Forward, absorb or drop.
     pub verdict: Verdict<'a>,
-    /// A rule that tripped on this packet (including in observe mode).
+    /// A rule that tripped on this message (including in observe mode).
     pub event: Option<Event>,
+    /// For a request to forward: what to hand to the client's [`Exchange`] so the PBX's answer
+    /// can be judged.
+    pub memo: Option<RequestMemo>,
 }
 
 impl<'a> From<Verdict<'a>> for Checked<'a> {
@@ -55,13 +58,14 @@ impl<'a> From<Verdict<'a>> for Checked<'a> {
         Checked {
             verdict,
             event: None,
+            memo: None,
         }
     }
 }
 
 /// How a message arrived, which decides how far its source address can be believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
+pub enum Transport {
     /// UDP: the source address may be forged.
     Datagram,
     /// TCP or TLS: the handshake proved the source address.
@@ -133,6 +137,8 @@ pub struct Policy {
     trust: BoundedMap<IpAddr, Trust>,
     /// Keys username hashes, so a remote party cannot aim for collisions.
     hasher: RandomState,
+    /// Who follows the ban table.
+    observers: ArcSwap<Vec<Arc<dyn BanObserver>>>,
 }
 
 /// The deny list, and the allowlist when it is enforced: whether an unbanned source is admitted.
@@ -167,7 +173,44 @@ impl Policy {
             blocks_end: AtomicU64::new(0),
             trust: BoundedMap::new(cap),
             hasher: RandomState::new(),
+            observers: ArcSwap::from_pointee(Vec::new()),
         })
+    }
+
+    /// Adds an observer of the ban table: it hears of every ban, lift and expiry from now on.
+    pub fn subscribe(&self, observer: Arc<dyn BanObserver>) {
+        self.observers.rcu(|observers| {
+            let mut observers = Vec::clone(observers);
+            observers.push(Arc::clone(&observer));
+            observers
+        });
+    }
+
+    fn publish(&self, event: BanEvent) {
+        for observer in self.observers.load().iter() {
+            observer.ban_event(&event);
+        }
+    }
+
+    /// Bans `source` for a rule and tells the observers; `None` when it is banned already.
+    pub(crate) fn ban(
+        &self,
+        source: IpAddr,
+        evidence: Evidence,
+        ban_for: Duration,
+        now: Timestamp,
+    ) -> Option<Action> {
+        let ban = self.bans.ban(source, evidence, ban_for, now)?;
+        self.publish(BanEvent::Banned {
+            source,
+            ban: ban.clone(),
+        });
+        Some(Action::Banned(ban))
+    }
+
+    /// The longest message accepted now (one atomic load, for the stream framer).
+    pub fn max_message_size(&self) -> usize {
+        self.rules.load().config.max_message_size
     }
 
     /// The settings the policy runs with now.
@@ -189,30 +232,6 @@ impl Policy {
         Ok(())
     }
 
-    /// Judges one datagram from `source`.
-    pub fn check_datagram<'a>(
-        &self,
-        datagram: &'a [u8],
-        source: IpAddr,
-        now: Timestamp,
-    ) -> Checked<'a> {
-        self.check(datagram, source, Transport::Datagram, now)
-    }
-
-    /// Judges one message framed from a TCP or TLS connection with `source`. The handshake
-    /// proved the address, so evidence against it cannot be forged in its name: unlike over
-    /// UDP, a trusted source that sends a scanner's signature is banned like any other. A flood
-    /// from a trusted source is still only dropped (real phones burst: BLF subscriptions at
-    /// boot), and allowlisted sources are never banned.
-    pub fn check_stream_message<'a>(
-        &self,
-        message: &'a [u8],
-        source: IpAddr,
-        now: Timestamp,
-    ) -> Checked<'a> {
-        self.check(message, source, Transport::Stream, now)
-    }
-
     /// Whether anything from `source` may be admitted at all (it is not banned, not denied, and
     /// on the allowlist when that is enforced): the check a new connection gets before it is
     /// accepted, and the first step of every message check.
@@ -223,7 +242,12 @@ impl Policy {
         screen(&self.rules.load(), source)
     }
 
-    fn check<'a>(
+    /// Judges one message from `source`: a UDP datagram, or a message framed from a TCP or TLS
+    /// connection. Over a stream the handshake proved the address, so evidence against it cannot
+    /// be forged in its name: unlike over UDP, a trusted source that sends a scanner's signature
+    /// is banned like any other. A flood from a trusted source is still only dropped (real
+    /// phones burst: BLF subscriptions at boot), and allowlisted sources are never banned.
+    pub fn check<'a>(
         &self,
         datagram: &'a [u8],
         source: IpAddr,
@@ -297,10 +321,15 @@ impl Policy {
                 );
             }
         }
-        if self.is_user_blocked(&view, source, now) {
+        let user = self.username(&view);
+        if self.is_user_blocked(user, source, now) {
             return Verdict::Drop(DropReason::UserBlocked).into();
         }
-        Verdict::Forward(view).into()
+        Checked {
+            memo: Some(self.memo(&view, user)),
+            verdict: Verdict::Forward(view),
+            event: None,
+        }
     }
 
     /// A rule judged on one packet (signature, flood): allowlisted sources lose the packet but
@@ -328,10 +357,17 @@ impl Policy {
             Mode::Ban if allowlisted || (shielded_by_trust && self.is_trusted(source, now)) => {
                 (Verdict::Drop(reason), Action::Dropped)
             }
-            Mode::Ban => (
-                Verdict::Drop(reason),
-                Action::Banned(self.bans.ban(source, evidence, rule.ban_for, now)),
-            ),
+            Mode::Ban => {
+                let Some(action) = self.ban(source, evidence, rule.ban_for, now) else {
+                    return Verdict::Drop(reason).into();
+                };
+                (Verdict::Drop(reason), action)
+            }
+        };
+        // Observe mode forwards: the response path still judges the PBX's answer.
+        let memo = match &verdict {
+            Verdict::Forward(view) => Some(self.memo(view, self.username(view))),
+            _ => None,
         };
         Checked {
             verdict,
@@ -340,6 +376,7 @@ impl Policy {
                 rule: evidence.rule,
                 action,
             }),
+            memo,
         }
     }
 
@@ -347,11 +384,11 @@ impl Policy {
         self.trust.get(&source, now, |_| ()).is_some()
     }
 
-    fn is_user_blocked(&self, view: &SipView<'_>, source: IpAddr, now: Timestamp) -> bool {
+    fn is_user_blocked(&self, user: Option<u64>, source: IpAddr, now: Timestamp) -> bool {
         if now.as_millis() >= self.blocks_end.load(Ordering::Relaxed) {
             return false;
         }
-        let Some(user) = self.username(view) else {
+        let Some(user) = user else {
             return false;
         };
         self.users
@@ -359,17 +396,24 @@ impl Policy {
             .unwrap_or(false)
     }
 
-    /// Bans `source` by hand for `duration` (an operator's ban), unless it is allowlisted.
-    pub fn ban_manually(&self, source: IpAddr, duration: Duration, now: Timestamp) -> Option<Ban> {
+    /// Bans `source` by hand for exactly `duration` (an operator's ban, with the operator's
+    /// `note`), replacing any ban in force, unless it is allowlisted.
+    pub fn ban_manually(
+        &self,
+        source: IpAddr,
+        duration: Duration,
+        note: Option<Arc<str>>,
+        now: Timestamp,
+    ) -> Option<Ban> {
         if self.rules.load().allowlist.contains(source) {
             return None;
         }
-        let evidence = Evidence {
-            rule: RuleId::Manual,
-            count: 0,
-            first_seen: now,
-        };
-        Some(self.bans.ban(source, evidence, duration, now))
+        let ban = self.bans.ban_manually(source, note, duration, now);
+        self.publish(BanEvent::Banned {
+            source,
+            ban: ban.clone(),
+        });
+        Some(ban)
     }
 
     /// Lifts a ban and forgets the source's evidence (per source and per username), so it is let
@@ -381,11 +425,17 @@ impl Policy {
         if self.users.len() > 0 {
             self.users.retain(|(user_source, _)| *user_source != source);
         }
-        self.bans.lift(source)
+        let ban = self.bans.lift(source)?;
+        self.publish(BanEvent::Lifted {
+            source,
+            ban: ban.clone(),
+        });
+        Some(ban)
     }
 
-    /// Puts back a ban read from the journal, with its expiry and offence count as they were.
-    /// Returns false, restoring nothing, when it has expired or the source is now allowlisted.
+    /// Puts back a ban read from the journal, with its expiry and offence count as they were,
+    /// without telling the observers (they are the journal's readers). Returns false,
+    /// restoring nothing, when it has expired or the source is now allowlisted.
     pub fn restore(&self, source: IpAddr, ban: Ban, now: Timestamp) -> bool {
         if now >= ban.expires || self.rules.load().allowlist.contains(source) {
             return false;
@@ -399,14 +449,27 @@ impl Policy {
         self.bans.is_banned(source, now)
     }
 
+    /// The ban on `source`, if one is in force.
+    pub fn ban_of(&self, source: IpAddr, now: Timestamp) -> Option<Ban> {
+        self.bans.get(source, now)
+    }
+
     /// Every ban in force.
     pub fn bans(&self, now: Timestamp) -> Vec<(IpAddr, Ban)> {
         self.bans.list(now)
     }
 
-    /// Drops expired entries from every table. Call it now and then (every few seconds).
+    /// Drops expired entries from every table, telling the observers of each ban that ran out.
+    /// Call it now and then (every few seconds).
     pub fn sweep(&self, now: Timestamp) {
-        self.bans.sweep(now);
+        // Published once the table's locks are let go: an observer may look at the bans.
+        let mut expired = Vec::new();
+        self.bans.sweep(now, |&source, ban| {
+            expired.push(BanEvent::Expired { source, ban })
+        });
+        for event in expired {
+            self.publish(event);
+        }
         self.sources.sweep(now);
         self.users.sweep(now);
         self.trust.sweep(now);

@@ -3,7 +3,7 @@
 //!
 //! A response carries neither the request's credentials nor, reliably, the username that was
 //! tried, so the relay keeps a [`RequestMemo`] per forwarded request in the client's
-//! [`PendingRequests`] and hands it back with the response. Matching is by Call-ID, CSeq number
+//! [`Exchange`] (one per UDP session or stream connection) and hands it back with the response. Matching is by Call-ID, CSeq number
 //! and CSeq method, which identify the transaction from the client's side.
 
 use crate::bans::Evidence;
@@ -48,7 +48,7 @@ impl AuthMethod {
 
 /// What [`Policy::judge_response`] found in a response.
 #[must_use]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Judged {
     /// The rule that tripped, if one did.
     pub event: Option<Event>,
@@ -69,16 +69,16 @@ pub struct RequestMemo {
     answered: bool,
 }
 
-/// The last few requests a client sent, awaiting their responses. Fixed size: a client that
-/// sends more than this many requests before any answer loses the oldest memos, which only
-/// means their failures go uncounted.
+/// What the policy keeps of one client's exchange with the PBX: the last few requests it sent,
+/// awaiting their responses. Fixed size: a client that sends more than this many requests before
+/// any answer loses the oldest memos, which only means their failures go uncounted.
 #[derive(Debug, Clone, Default)]
-pub struct PendingRequests {
+pub struct Exchange {
     ring: [Option<RequestMemo>; 16],
     next: usize,
 }
 
-impl PendingRequests {
+impl Exchange {
     /// Remembers a forwarded request. A retransmission keeps the memo it already has, so a
     /// transaction that was answered stays answered.
     pub fn remember(&mut self, memo: RequestMemo) {
@@ -131,20 +131,20 @@ impl Policy {
         hasher.finish()
     }
 
-    /// What to remember of a request being forwarded; `None` for a response.
-    pub fn memo(&self, request: &SipView<'_>) -> Option<RequestMemo> {
-        let kind = match request.method()? {
-            Method::Register => Kind::Register,
-            Method::Invite => Kind::Invite,
+    /// What to remember of a request being forwarded, whose username hashes to `user`.
+    pub(crate) fn memo(&self, request: &SipView<'_>, user: Option<u64>) -> RequestMemo {
+        let kind = match request.method() {
+            Some(Method::Register) => Kind::Register,
+            Some(Method::Invite) => Kind::Invite,
             _ => Kind::Other,
         };
-        Some(RequestMemo {
+        RequestMemo {
             transaction: self.transaction(request),
             kind,
             credentialed: request.credentials().is_some(),
-            user: self.username(request),
+            user,
             answered: false,
-        })
+        }
     }
 
     /// Feeds a final response from the PBX to `client` into the rules. Each transaction counts
@@ -153,10 +153,10 @@ impl Policy {
         &self,
         client: IpAddr,
         response: &SipView<'_>,
-        pending: &mut PendingRequests,
+        exchange: &mut Exchange,
         now: Timestamp,
     ) -> Option<Event> {
-        self.judge_response(client, response, pending, now).event
+        self.judge_response(client, response, exchange, now).event
     }
 
     /// [`Policy::observe_response`], also saying whether the response refused credentials (for
@@ -166,13 +166,13 @@ impl Policy {
         &self,
         client: IpAddr,
         response: &SipView<'_>,
-        pending: &mut PendingRequests,
+        exchange: &mut Exchange,
         now: Timestamp,
     ) -> Judged {
         let Some(code) = response.status().filter(|&code| code >= 200) else {
             return Judged::default();
         };
-        let Some(memo) = pending.answer(self.transaction(response)) else {
+        let Some(memo) = exchange.answer(self.transaction(response)) else {
             return Judged::default();
         };
         let refused = matches!(code, 401 | 407 if memo.credentialed) || code == 403;
@@ -274,7 +274,7 @@ impl Policy {
                         action: Action::UserBlocked { until },
                     });
                 }
-                Some(self.enforce(client, &rule, evidence, now))
+                self.enforce(client, &rule, evidence, now)
             }
             Kind::Invite => {
                 let rule = rules.config.invite_failures;
@@ -289,18 +289,17 @@ impl Policy {
                         )
                     },
                 );
-                (count >= rule.threshold).then(|| {
-                    self.enforce(
-                        client,
-                        &rule,
-                        Evidence {
-                            rule: RuleId::InviteFailures,
-                            count,
-                            first_seen,
-                        },
-                        now,
-                    )
-                })
+                (count >= rule.threshold).then_some(())?;
+                self.enforce(
+                    client,
+                    &rule,
+                    Evidence {
+                        rule: RuleId::InviteFailures,
+                        count,
+                        first_seen,
+                    },
+                    now,
+                )
             }
             Kind::Other => None,
         }
@@ -344,7 +343,7 @@ impl Policy {
             },
             ..rule
         };
-        Some(self.enforce(
+        self.enforce(
             client,
             &rule,
             Evidence {
@@ -353,20 +352,26 @@ impl Policy {
                 first_seen,
             },
             now,
-        ))
+        )
     }
 
-    /// Applies a tripped response-judged rule: observe, or ban.
-    fn enforce(&self, client: IpAddr, rule: &Rule, evidence: Evidence, now: Timestamp) -> Event {
+    /// Applies a tripped response-judged rule: observe, or ban (unless banned already).
+    fn enforce(
+        &self,
+        client: IpAddr,
+        rule: &Rule,
+        evidence: Evidence,
+        now: Timestamp,
+    ) -> Option<Event> {
         let action = match rule.mode {
             Mode::Observe => Action::Observed { would_ban: true },
             Mode::Drop => Action::Dropped,
-            Mode::Ban => Action::Banned(self.bans.ban(client, evidence, rule.ban_for, now)),
+            Mode::Ban => self.ban(client, evidence, rule.ban_for, now)?,
         };
-        Event {
+        Some(Event {
             source: client,
             rule: evidence.rule,
             action,
-        }
+        })
     }
 }

@@ -117,7 +117,7 @@ impl RuleId {
 }
 
 /// What a rule did when it tripped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// The rule is in observe mode: it would have dropped (or banned), and did nothing.
     Observed {
@@ -137,7 +137,7 @@ pub enum Action {
 }
 
 /// A rule tripping, for the caller to count and log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// The offending source.
     pub source: IpAddr,

@@ -2,8 +2,8 @@
 //! requests go through `check_datagram`, the PBX's answers through `observe_response`.
 
 use sipguard_policy::{
-    Action, AllowlistMode, DropReason, Event, Mode, PendingRequests, Policy, PolicyConfig, RuleId,
-    Timestamp, Verdict,
+    Action, AllowlistMode, DropReason, Event, Exchange, Mode, Policy, PolicyConfig, RuleId,
+    Timestamp, Transport, Verdict,
 };
 use sipguard_sip::SipView;
 use std::net::IpAddr;
@@ -20,7 +20,7 @@ const CARRIER: &str = "198.51.100.9";
 struct Client<'p> {
     policy: &'p Policy,
     source: IpAddr,
-    pending: PendingRequests,
+    pending: Exchange,
     cseq: u32,
 }
 
@@ -86,7 +86,7 @@ impl<'p> Client<'p> {
         Client {
             policy,
             source: ip(source),
-            pending: PendingRequests::default(),
+            pending: Exchange::default(),
             cseq: 0,
         }
     }
@@ -115,14 +115,15 @@ impl<'p> Client<'p> {
         let text = request.text(self.cseq, &call_id);
         let checked = self
             .policy
-            .check_datagram(text.as_bytes(), self.source, now);
+            .check(text.as_bytes(), self.source, Transport::Datagram, now);
         let mut events: Vec<Event> = checked.event.into_iter().collect();
         let view = match checked.verdict {
             Verdict::Forward(view) => view,
             Verdict::Drop(reason) => return (Some(reason), events),
             Verdict::Keepalive => panic!("a request is not a keep-alive"),
         };
-        self.pending.remember(self.policy.memo(&view).unwrap());
+        self.pending
+            .remember(checked.memo.expect("a forwarded request has a memo"));
         let response = format!(
             "SIP/2.0 {code} Whatever\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\nCall-ID: {call_id}\r\n\
 CSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n",
@@ -176,7 +177,7 @@ fn register_failures_ban_after_five_in_window() {
         cracker.exchange(&register("1001", true), 401, at(5)).0,
         Some(DropReason::Banned)
     );
-    let ban = p.bans(at(5))[0].1;
+    let ban = p.bans(at(5))[0].1.clone();
     assert_eq!(
         (ban.evidence, ban.first_seen, ban.expires),
         (5, at(0), at(4) + Duration::from_secs(600))
@@ -346,7 +347,7 @@ fn sipvicious_from_marker_is_found_with_an_innocent_user_agent() {
     let text = "OPTIONS sip:100@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bK-1;rport\r\n\
 From: \"sipvicious\"<sip:100@1.1.1.1>;tag=6134\r\nTo: \"sipvicious\"<sip:100@1.1.1.1>\r\nCall-ID: 1\r\n\
 CSeq: 1 OPTIONS\r\nUser-Agent: Asterisk PBX\r\nContent-Length: 0\r\n\r\n";
-    let checked = p.check_datagram(text.as_bytes(), ip(ATTACKER), at(0));
+    let checked = p.check(text.as_bytes(), ip(ATTACKER), Transport::Datagram, at(0));
     assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
 }
 
@@ -443,7 +444,7 @@ fn allowlisted_carrier_is_never_banned() {
     assert_eq!(dropped, Some(DropReason::Scanner));
     assert_eq!(banned_by(&events), None);
     assert!(p
-        .ban_manually(ip(CARRIER), Duration::from_secs(60), at(21))
+        .ban_manually(ip(CARRIER), Duration::from_secs(60), None, at(21))
         .is_none());
     assert!(!p.is_banned(ip(CARRIER), at(22)));
 }
@@ -458,15 +459,17 @@ fn enforced_allowlist_drops_everyone_else_before_parsing() {
         c.allowlist_mode = AllowlistMode::Enforce;
     });
     assert_eq!(
-        p.check_datagram(b"junk", ip(ATTACKER), at(0)).verdict,
+        p.check(b"junk", ip(ATTACKER), Transport::Datagram, at(0))
+            .verdict,
         Verdict::Drop(DropReason::NotAllowlisted)
     );
     assert_eq!(
-        p.check_datagram(b"junk", ip(CARRIER), at(0)).verdict,
+        p.check(b"junk", ip(CARRIER), Transport::Datagram, at(0))
+            .verdict,
         Verdict::Drop(DropReason::NotSip)
     );
     assert_eq!(
-        p.check_datagram(b"junk", ip("2001:db8:10::5"), at(0))
+        p.check(b"junk", ip("2001:db8:10::5"), Transport::Datagram, at(0))
             .verdict,
         Verdict::Drop(DropReason::NotSip)
     );
@@ -476,7 +479,7 @@ fn enforced_allowlist_drops_everyone_else_before_parsing() {
 fn ban_expires_and_the_source_is_let_through() {
     let p = policy(|_| {});
     assert!(p
-        .ban_manually(ip(ATTACKER), Duration::from_secs(600), at(0))
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), None, at(0))
         .is_some());
     let mut client = Client::new(&p, ATTACKER);
     assert_eq!(
@@ -496,9 +499,10 @@ fn repeat_offender_bans_double_up_to_a_week() {
     let mut expected = Duration::from_secs(3600);
     let mut now = at(0);
     for offence in 1..=10u32 {
-        let ban = p
-            .ban_manually(ip(ATTACKER), Duration::from_secs(3600), now)
-            .unwrap();
+        let (_, events) = Client::new(&p, ATTACKER).exchange(&options("sipvicious"), 200, now);
+        let Some(Action::Banned(ban)) = events.first().map(|e| e.action.clone()) else {
+            panic!("offence {offence} not banned: {events:?}");
+        };
         assert_eq!(ban.offence, offence);
         assert_eq!(ban.expires, now + expected.min(week), "offence {offence}");
         // Offends again an hour after the ban ends.
@@ -508,12 +512,31 @@ fn repeat_offender_bans_double_up_to_a_week() {
 }
 
 #[test]
+fn an_operators_ban_lasts_exactly_as_long_as_asked_and_still_counts_as_an_offence() {
+    let p = policy(|_| {});
+    let first = p
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), None, at(0))
+        .unwrap();
+    let second = p
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), None, at(700))
+        .unwrap();
+    assert_eq!(first.expires, at(600));
+    assert_eq!(second.expires, at(1300), "not doubled");
+    assert_eq!(second.offence, 2);
+}
+
+#[test]
 fn offences_more_than_a_day_after_the_last_ban_ended_are_forgotten() {
     let p = policy(|_| {});
-    p.ban_manually(ip(ATTACKER), Duration::from_secs(600), at(0))
+    p.ban_manually(ip(ATTACKER), Duration::from_secs(600), None, at(0))
         .unwrap();
     let later = p
-        .ban_manually(ip(ATTACKER), Duration::from_secs(600), at(600 + 24 * 3600))
+        .ban_manually(
+            ip(ATTACKER),
+            Duration::from_secs(600),
+            None,
+            at(600 + 24 * 3600),
+        )
         .unwrap();
     assert_eq!(later.offence, 1);
     assert_eq!(
@@ -589,7 +612,7 @@ fn a_million_spoofed_sources_stay_within_the_table_caps() {
     for i in 0..1_000_000u32 {
         let source = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
         let datagram = if i % 2 == 0 { &register } else { &scanner };
-        let _ = p.check_datagram(datagram.as_bytes(), source, at(0));
+        let _ = p.check(datagram.as_bytes(), source, Transport::Datagram, at(0));
     }
     let stats = p.stats();
     assert!(stats.sources <= 10_048, "{stats:?}");
@@ -670,16 +693,17 @@ fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
     let p = policy(|_| {});
     let ban = sipguard_policy::Ban {
         rule: RuleId::Scanner,
+        note: None,
         evidence: 1,
         first_seen: at(0),
         last_seen: at(0),
         expires: at(3600),
         offence: 2,
     };
-    assert!(p.restore(ip(ATTACKER), ban, at(10)));
-    assert_eq!(p.bans(at(10)), [(ip(ATTACKER), ban)]);
+    assert!(p.restore(ip(ATTACKER), ban.clone(), at(10)));
+    assert_eq!(p.bans(at(10)), [(ip(ATTACKER), ban.clone())]);
     assert!(
-        !p.restore(ip(OFFICE), ban, at(3600)),
+        !p.restore(ip(OFFICE), ban.clone(), at(3600)),
         "an expired ban was restored"
     );
     let listed = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
@@ -687,7 +711,7 @@ fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
 
     // Its third offence: the scanner rule's hour, doubled twice.
     let (_, events) = Client::new(&p, ATTACKER).exchange(&options("sipvicious"), 200, at(4000));
-    let Some(Action::Banned(third)) = events.first().map(|e| e.action) else {
+    let Some(Action::Banned(third)) = events.first().map(|e| e.action.clone()) else {
         panic!("not banned again: {events:?}");
     };
     assert_eq!(third.offence, 3);
@@ -702,7 +726,7 @@ fn lifting_a_ban_lets_the_source_through_and_clears_its_counters() {
         cracker.exchange(&register("1001", true), 401, at(i));
     }
     assert!(p
-        .ban_manually(ip(ATTACKER), Duration::from_secs(600), at(5))
+        .ban_manually(ip(ATTACKER), Duration::from_secs(600), None, at(5))
         .is_some());
     assert_eq!(
         cracker.exchange(&register("1001", true), 401, at(6)).0,
@@ -753,12 +777,12 @@ fn judge_response_reports_refused_credentials_by_method_and_never_a_bare_challen
     for (n, (source, request, code, expected)) in cases.into_iter().enumerate() {
         let call_id = format!("judge-{n}");
         let text = request.text(1, &call_id);
-        let Verdict::Forward(view) = p.check_datagram(text.as_bytes(), ip(source), at(0)).verdict
-        else {
+        let checked = p.check(text.as_bytes(), ip(source), Transport::Datagram, at(0));
+        let Verdict::Forward(view) = checked.verdict else {
             panic!("case {n} dropped");
         };
-        let mut pending = PendingRequests::default();
-        pending.remember(p.memo(&view).unwrap());
+        let mut pending = Exchange::default();
+        pending.remember(checked.memo.unwrap());
         let response = format!(
             "SIP/2.0 {code} X\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\n\
 Call-ID: {call_id}\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n",

@@ -3,7 +3,7 @@
 //! for a scanner's signature (it still does from one for a burst of requests).
 
 use sipguard_policy::{
-    Action, AllowlistMode, DropReason, PendingRequests, Policy, RuleId, Timestamp, Verdict,
+    Action, AllowlistMode, DropReason, Exchange, Policy, RuleId, Timestamp, Transport, Verdict,
 };
 use sipguard_sip::SipView;
 use std::net::IpAddr;
@@ -32,14 +32,12 @@ fn request(method: &str, cseq: u32, user_agent: &str, credentials: bool) -> Stri
 /// Registers 1001 from `source` over a stream with credentials and a 200: the source is trusted.
 fn authenticate(policy: &Policy, source: IpAddr, now: Timestamp) {
     let text = request("REGISTER", 1, "Yealink SIP-T46S", true);
-    let Verdict::Forward(view) = policy
-        .check_stream_message(text.as_bytes(), source, now)
-        .verdict
-    else {
+    let checked = policy.check(text.as_bytes(), source, Transport::Stream, now);
+    let Verdict::Forward(_) = checked.verdict else {
         panic!("a phone's REGISTER is forwarded");
     };
-    let mut pending = PendingRequests::default();
-    pending.remember(policy.memo(&view).unwrap());
+    let mut pending = Exchange::default();
+    pending.remember(checked.memo.unwrap());
     let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 203.0.113.7;branch=z9hG4bK1\r\n\
               From: <sip:1001@pbx.example.com>;tag=f\r\nTo: <sip:1001@pbx.example.com>;tag=t\r\n\
               Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
@@ -52,7 +50,7 @@ fn scanner_over_a_stream_bans_even_a_trusted_source() {
     let p = policy(|_| {});
     authenticate(&p, ip(OFFICE), at(0));
     let scan = request("OPTIONS", 2, "friendly-scanner", false);
-    let checked = p.check_stream_message(scan.as_bytes(), ip(OFFICE), at(1));
+    let checked = p.check(scan.as_bytes(), ip(OFFICE), Transport::Stream, at(1));
     assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
     let event = checked.event.expect("a rule hit");
     assert!(matches!(event.action, Action::Banned(_)), "{event:?}");
@@ -65,7 +63,7 @@ fn the_same_scanner_datagram_from_a_trusted_source_only_drops() {
     let p = policy(|_| {});
     authenticate(&p, ip(OFFICE), at(0));
     let scan = request("OPTIONS", 2, "friendly-scanner", false);
-    let checked = p.check_datagram(scan.as_bytes(), ip(OFFICE), at(1));
+    let checked = p.check(scan.as_bytes(), ip(OFFICE), Transport::Datagram, at(1));
     assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
     assert!(!p.is_banned(ip(OFFICE), at(2)));
 }
@@ -78,7 +76,7 @@ fn a_burst_over_a_stream_from_a_trusted_phone_is_dropped_without_ban() {
     let subscribe = request("SUBSCRIBE", 3, "Yealink", false);
     let mut dropped = 0;
     for _ in 0..40 {
-        let checked = p.check_stream_message(subscribe.as_bytes(), ip(OFFICE), at(1));
+        let checked = p.check(subscribe.as_bytes(), ip(OFFICE), Transport::Stream, at(1));
         dropped += usize::from(checked.verdict == Verdict::Drop(DropReason::Flood));
     }
     assert!(dropped > 0, "the flood rule tripped");
@@ -90,7 +88,7 @@ fn a_flood_over_a_stream_from_an_untrusted_source_bans_it() {
     let p = policy(|_| {});
     let options = request("OPTIONS", 3, "Yealink", false);
     for _ in 0..40 {
-        let _ = p.check_stream_message(options.as_bytes(), ip(OFFICE), at(1));
+        let _ = p.check(options.as_bytes(), ip(OFFICE), Transport::Stream, at(1));
     }
     assert!(p.is_banned(ip(OFFICE), at(1)));
 }
@@ -99,7 +97,7 @@ fn a_flood_over_a_stream_from_an_untrusted_source_bans_it() {
 fn allowlisted_sources_are_never_banned_over_a_stream() {
     let p = policy(|c| c.allowlist = vec![ip(CARRIER).into()]);
     let scan = request("OPTIONS", 2, "friendly-scanner", false);
-    let checked = p.check_stream_message(scan.as_bytes(), ip(CARRIER), at(1));
+    let checked = p.check(scan.as_bytes(), ip(CARRIER), Transport::Stream, at(1));
     assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
     assert!(!p.is_banned(ip(CARRIER), at(2)));
 }
@@ -121,7 +119,7 @@ fn check_source_refuses_banned_denied_and_unlisted_sources() {
         Err(DropReason::NotAllowlisted)
     );
     let open = policy(|_| {});
-    open.ban_manually(ip(OFFICE), Duration::from_secs(60), at(0))
+    open.ban_manually(ip(OFFICE), Duration::from_secs(60), None, at(0))
         .unwrap();
     assert_eq!(
         open.check_source(ip(OFFICE), at(1)),

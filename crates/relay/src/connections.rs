@@ -1,11 +1,12 @@
 //! The registry of open client connections (TCP and TLS), by source IP.
 //!
 //! It enforces the limits on connections in total and per source address at accept time, and it
-//! is how a connection is told to close from outside its own task: the ban reaper walks the
-//! addresses here, asks the policy which are banned, and closes their connections. A connection
+//! is how a connection is told to close from outside its own task: it follows the policy's ban
+//! events and closes a banned source's connections the moment the ban is made. A connection
 //! is registered by an [`Admission`], which takes it out of the registry when dropped, so no
 //! path out of a connection task can leak a slot.
 
+use sipguard_policy::{BanEvent, BanObserver};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,24 +101,31 @@ impl Registry {
         })
     }
 
-    /// Asks every connection from a source that `condemned` picks to close; returns how many
-    /// were asked. One lock and one call per distinct source address.
-    pub fn close_where(&self, mut condemned: impl FnMut(IpAddr) -> bool) -> usize {
+    /// Asks every connection from `source` to close; returns how many were asked.
+    pub fn close(&self, source: IpAddr) -> usize {
         let by_ip = self.lock();
-        let mut asked = 0;
-        for (ip, entries) in by_ip.iter() {
-            if condemned(*ip) {
-                for entry in entries {
-                    entry.close.notify_one();
-                }
-                asked += entries.len();
-            }
+        let Some(entries) = by_ip.get(&source) else {
+            return 0;
+        };
+        for entry in entries {
+            entry.close.notify_one();
         }
-        asked
+        entries.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Vec<Arc<Entry>>>> {
         self.by_ip.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl BanObserver for Registry {
+    fn ban_event(&self, event: &BanEvent) {
+        if let BanEvent::Banned { source, .. } = event {
+            let asked = self.close(*source);
+            if asked > 0 {
+                tracing::debug!(%source, asked, "closing the connections of a banned source");
+            }
+        }
     }
 }
 
@@ -145,14 +153,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn close_where_reaches_every_connection_of_the_condemned_source() {
+    async fn close_reaches_every_connection_of_the_banned_source_and_no_other() {
         let registry = Arc::new(Registry::new(10, 10));
         let banned = [
             registry.admit(ip("192.0.2.66")).unwrap(),
             registry.admit(ip("192.0.2.66")).unwrap(),
         ];
         let innocent = registry.admit(ip("192.0.2.7")).unwrap();
-        let asked = registry.close_where(|source| source == ip("192.0.2.66"));
+        let asked = registry.close(ip("192.0.2.66"));
         assert_eq!(asked, 2);
         for admission in &banned {
             admission.entry().closed().await;

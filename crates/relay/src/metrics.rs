@@ -1,23 +1,49 @@
-//! The relay's counters, registered once at start so the per-packet cost is an atomic add.
-//! Labels are bounded: transport, direction and a drop reason from a fixed set.
+//! The relay's metric families, registered once at start into the recorder the relay is given,
+//! so the per-packet cost is an atomic add and tests read their own instance's figures. Each
+//! family's name is written once, here. Labels are bounded: transport, direction, a drop or
+//! close reason, a rule, a method; never an address or a user agent.
 
-use crate::BanSink;
+use crate::Transport;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use sipguard_policy::{Action, AuthMethod, DropReason, Event, RuleId, Stats};
-use std::sync::Arc;
+use sipguard_policy::{
+    Action, AuthMethod, BanEvent, BanObserver, DropReason, Event, RuleId, Stats,
+};
+use sipguard_sip::FrameError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, info};
 
-/// One received datagram in this many has its processing time recorded: two clock reads and a
+const PACKETS_RECEIVED: &str = "sipguard_packets_received_total";
+const PACKETS_FORWARDED: &str = "sipguard_packets_forwarded_total";
+const PACKETS_DROPPED: &str = "sipguard_packets_dropped_total";
+const KEEPALIVES: &str = "sipguard_keepalives_total";
+const UPSTREAM_ERRORS: &str = "sipguard_upstream_errors_total";
+const CLIENT_SEND_ERRORS: &str = "sipguard_client_send_errors_total";
+const PROCESSING: &str = "sipguard_packet_processing_seconds";
+const SESSIONS_ACTIVE: &str = "sipguard_sessions_active";
+const SESSIONS_EXPIRED: &str = "sipguard_sessions_expired_total";
+const CONNECTIONS_ACTIVE: &str = "sipguard_connections_active";
+const CONNECTIONS_TOTAL: &str = "sipguard_connections_total";
+const CONNECTIONS_REFUSED: &str = "sipguard_connections_refused_total";
+const CONNECTIONS_CLOSED: &str = "sipguard_connections_closed_total";
+const RULE_HITS: &str = "sipguard_rule_hits_total";
+const BANS: &str = "sipguard_bans_total";
+const UNBANS: &str = "sipguard_unbans_total";
+const BANS_ACTIVE: &str = "sipguard_bans_active";
+const SOURCES_TRACKED: &str = "sipguard_sources_tracked";
+const EVICTIONS: &str = "sipguard_state_evictions_total";
+const AUTH_FAILURES: &str = "sipguard_auth_failures_total";
+
+/// One received message in this many has its processing time recorded: two clock reads and a
 /// histogram sample on every packet would cost more than the cheapest drops they measure, and
 /// the exporter holds samples between scrapes.
 pub(crate) const PROCESSING_SAMPLE: u32 = 16;
 
-/// Picks the datagrams whose processing time is recorded: every [`PROCESSING_SAMPLE`]-th.
+/// Picks the messages whose processing time is recorded: every [`PROCESSING_SAMPLE`]-th.
 #[derive(Debug, Default)]
 pub(crate) struct Sampler(u32);
 
 impl Sampler {
-    /// The start time when this datagram is one to time.
+    /// The start time when this message is one to time.
     pub fn start(&mut self) -> Option<std::time::Instant> {
         self.0 = self.0.wrapping_add(1);
         self.0
@@ -29,17 +55,76 @@ impl Sampler {
 /// Why the relay itself (not the policy) dropped a datagram.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RelayDrop {
-    /// The session table is full; a new client was refused.
+    /// The session table is full of proven sessions; a new client was refused.
     SessionLimit,
     /// The client's session could not be set up (no upstream socket).
     UpstreamUnavailable,
 }
 
-impl RelayDrop {
+/// Why a new connection was turned away: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    ConnectionLimit,
+    PerIpLimit,
+    /// The policy refuses the source (banned, denied, not allowlisted).
+    Source(DropReason),
+}
+
+/// Why a connection ended: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// The client closed it (or reset it).
+    Client,
+    /// The PBX closed the upstream connection; the client's goes with it.
+    Upstream,
+    /// No upstream connection to the PBX could be made.
+    UpstreamUnavailable,
+    /// Nothing either way for the idle timeout (or no first message in time).
+    Idle,
+    /// A message was started and not finished within the message timeout (slowloris).
+    MessageTimeout,
+    /// The stream could not be framed: no or a bad Content-Length.
+    Framing,
+    /// A message longer than the maximum size.
+    TooLarge,
+    /// The source is banned (by a rule on any transport, or by hand).
+    Banned,
+    /// The TLS handshake failed or took too long.
+    TlsHandshake,
+    /// The client did not take what was sent to it within the message timeout.
+    WriteTimeout,
+    /// sipguard is stopping.
+    Shutdown,
+}
+
+impl Closed {
+    const ALL: [Closed; 11] = [
+        Closed::Client,
+        Closed::Upstream,
+        Closed::UpstreamUnavailable,
+        Closed::Idle,
+        Closed::MessageTimeout,
+        Closed::Framing,
+        Closed::TooLarge,
+        Closed::Banned,
+        Closed::TlsHandshake,
+        Closed::WriteTimeout,
+        Closed::Shutdown,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
-            RelayDrop::SessionLimit => "session_limit",
-            RelayDrop::UpstreamUnavailable => "upstream_unavailable",
+            Closed::Client => "client_closed",
+            Closed::Upstream => "upstream_closed",
+            Closed::UpstreamUnavailable => "upstream_unavailable",
+            Closed::Idle => "idle",
+            Closed::MessageTimeout => "message_timeout",
+            Closed::Framing => "bad_framing",
+            Closed::TooLarge => "too_large",
+            Closed::Banned => "banned",
+            Closed::TlsHandshake => "tls_handshake",
+            Closed::WriteTimeout => "write_timeout",
+            Closed::Shutdown => "shutdown",
         }
     }
 }
@@ -52,84 +137,226 @@ pub(crate) struct PacketCounters {
     pub keepalives: Counter,
     pub upstream_errors: Counter,
     pub client_send_errors: Counter,
-    policy_drops: Vec<(DropReason, Counter)>,
-}
-
-/// `sipguard_packets_dropped_total` for one transport and reason.
-pub(crate) fn dropped(transport: &'static str, reason: &'static str) -> Counter {
-    counter!("sipguard_packets_dropped_total", "transport" => transport, "reason" => reason)
-}
-
-impl PacketCounters {
-    pub fn new(transport: &'static str) -> Self {
-        PacketCounters {
-            received: counter!("sipguard_packets_received_total", "transport" => transport),
-            forwarded_to_pbx: counter!("sipguard_packets_forwarded_total", "transport" => transport, "direction" => "to_pbx"),
-            forwarded_to_client: counter!("sipguard_packets_forwarded_total", "transport" => transport, "direction" => "to_client"),
-            keepalives: counter!("sipguard_keepalives_total", "transport" => transport),
-            upstream_errors: counter!("sipguard_upstream_errors_total", "transport" => transport),
-            client_send_errors: counter!("sipguard_client_send_errors_total", "transport" => transport),
-            policy_drops: DropReason::ALL
-                .iter()
-                .map(|&reason| (reason, dropped(transport, reason.as_str())))
-                .collect(),
-        }
-    }
-
-    pub fn policy_drop(&self, reason: DropReason) {
-        if let Some((_, counter)) = self.policy_drops.iter().find(|(r, _)| *r == reason) {
-            counter.increment(1);
-        }
-    }
-}
-
-pub(crate) struct UdpMetrics {
-    pub packets: PacketCounters,
-    pub sessions_active: Gauge,
-    pub sessions_expired: Counter,
-    /// Per rule: bans issued, observe-mode hits, drops without a ban, usernames blocked.
-    rule_actions: Vec<(RuleId, [Counter; 4])>,
-    bans_active: Gauge,
-    sources_tracked: Gauge,
-    evictions: Counter,
-    evictions_seen: std::sync::atomic::AtomicU64,
-    auth_failures: Vec<(AuthMethod, Counter)>,
-    bans_expired: Counter,
-    bans_expired_seen: std::sync::atomic::AtomicU64,
-    /// Policy and forwarding time of one received datagram, for one in [`PROCESSING_SAMPLE`].
+    /// Policy and forwarding time of one received message, for one in [`PROCESSING_SAMPLE`].
     pub processing: Histogram,
+    /// By [`DropReason::ALL`] order.
+    policy_drops: Vec<Counter>,
+    /// Stream framing errors, by [`FRAME_ERRORS`] order (unused on UDP).
+    framing_drops: Vec<Counter>,
+    /// By [`RelayDrop`].
     session_limit: Counter,
     upstream_unavailable: Counter,
 }
 
-impl UdpMetrics {
-    pub fn new() -> Self {
-        UdpMetrics {
-            packets: PacketCounters::new("udp"),
-            sessions_active: gauge!("sipguard_sessions_active", "transport" => "udp"),
-            sessions_expired: counter!("sipguard_sessions_expired_total", "transport" => "udp"),
-            rule_actions: RuleId::ALL
+const FRAME_ERRORS: [FrameError; 3] = [
+    FrameError::MissingContentLength,
+    FrameError::BadContentLength,
+    FrameError::TooLarge,
+];
+
+impl PacketCounters {
+    fn new(transport: &'static str) -> Self {
+        let dropped = |reason: &'static str| counter!(PACKETS_DROPPED, "transport" => transport, "reason" => reason);
+        let framing_drops = if transport == "udp" {
+            Vec::new()
+        } else {
+            FRAME_ERRORS
+                .iter()
+                .map(|error| dropped(error.as_str()))
+                .collect()
+        };
+        PacketCounters {
+            received: counter!(PACKETS_RECEIVED, "transport" => transport),
+            forwarded_to_pbx: counter!(PACKETS_FORWARDED, "transport" => transport, "direction" => "to_pbx"),
+            forwarded_to_client: counter!(PACKETS_FORWARDED, "transport" => transport, "direction" => "to_client"),
+            keepalives: counter!(KEEPALIVES, "transport" => transport),
+            upstream_errors: counter!(UPSTREAM_ERRORS, "transport" => transport),
+            client_send_errors: counter!(CLIENT_SEND_ERRORS, "transport" => transport),
+            processing: histogram!(PROCESSING, "transport" => transport),
+            policy_drops: DropReason::ALL
+                .iter()
+                .map(|reason| dropped(reason.as_str()))
+                .collect(),
+            framing_drops,
+            session_limit: dropped("session_limit"),
+            upstream_unavailable: dropped("upstream_unavailable"),
+        }
+    }
+
+    pub fn policy_drop(&self, reason: DropReason) {
+        if let Some(index) = DropReason::ALL.iter().position(|&r| r == reason) {
+            self.policy_drops[index].increment(1);
+        }
+    }
+
+    pub fn framing_drop(&self, error: FrameError) {
+        if let Some(counter) = FRAME_ERRORS
+            .iter()
+            .position(|&e| e == error)
+            .and_then(|index| self.framing_drops.get(index))
+        {
+            counter.increment(1);
+        }
+    }
+
+    pub fn relay_drop(&self, drop: RelayDrop) {
+        match drop {
+            RelayDrop::SessionLimit => self.session_limit.increment(1),
+            RelayDrop::UpstreamUnavailable => self.upstream_unavailable.increment(1),
+        }
+    }
+}
+
+/// The connection counters of one stream transport.
+pub(crate) struct ConnectionCounters {
+    pub active: Gauge,
+    pub total: Counter,
+    refused_limit: [Counter; 2],
+    refused_source: Vec<(DropReason, Counter)>,
+    closed: Vec<Counter>,
+}
+
+impl ConnectionCounters {
+    fn new(transport: &'static str) -> Self {
+        let refused = |reason: &'static str| counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => reason);
+        ConnectionCounters {
+            active: gauge!(CONNECTIONS_ACTIVE, "transport" => transport),
+            total: counter!(CONNECTIONS_TOTAL, "transport" => transport),
+            refused_limit: [refused("connection_limit"), refused("per_ip_limit")],
+            refused_source: [DropReason::Banned, DropReason::Denied, DropReason::NotAllowlisted]
+                .iter()
+                .map(|&reason| (reason, refused(reason.as_str())))
+                .collect(),
+            closed: Closed::ALL
+                .iter()
+                .map(|reason| counter!(CONNECTIONS_CLOSED, "transport" => transport, "reason" => reason.as_str()))
+                .collect(),
+        }
+    }
+
+    pub fn refused(&self, why: Refused) {
+        match why {
+            Refused::ConnectionLimit => self.refused_limit[0].increment(1),
+            Refused::PerIpLimit => self.refused_limit[1].increment(1),
+            Refused::Source(reason) => {
+                if let Some((_, counter)) = self.refused_source.iter().find(|(r, _)| *r == reason) {
+                    counter.increment(1);
+                }
+            }
+        }
+    }
+
+    pub fn closed(&self, why: Closed) {
+        if let Some(index) = Closed::ALL.iter().position(|&r| r == why) {
+            self.closed[index].increment(1);
+        }
+    }
+}
+
+/// Every metric the relay keeps.
+pub(crate) struct Metrics {
+    udp: PacketCounters,
+    tcp: PacketCounters,
+    tls: PacketCounters,
+    pub tcp_connections: ConnectionCounters,
+    pub tls_connections: ConnectionCounters,
+    pub sessions_active: Gauge,
+    pub sessions_expired: Counter,
+    /// Per rule: observe-mode hits, drops without a ban, usernames blocked.
+    rule_hits: Vec<(RuleId, [Counter; 3])>,
+    auth_failures: Vec<(AuthMethod, Counter)>,
+    policy: PolicyGauges,
+    bans: BanCounters,
+}
+
+/// The policy's table sizes, published by the sweep.
+struct PolicyGauges {
+    bans_active: Gauge,
+    sources_tracked: Gauge,
+    evictions: Counter,
+    evictions_seen: AtomicU64,
+}
+
+/// Bans issued by rule and bans ended by how: the metrics' view of the ban events.
+pub(crate) struct BanCounters {
+    issued: Vec<(RuleId, Counter)>,
+    expired: Counter,
+    lifted: Counter,
+}
+
+impl BanObserver for BanCounters {
+    fn ban_event(&self, event: &BanEvent) {
+        match event {
+            BanEvent::Banned { ban, .. } => {
+                if let Some((_, counter)) = self.issued.iter().find(|(rule, _)| *rule == ban.rule) {
+                    counter.increment(1);
+                }
+            }
+            BanEvent::Expired { .. } => self.expired.increment(1),
+            BanEvent::Lifted { .. } => self.lifted.increment(1),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every family into the current recorder (see [`metrics::with_local_recorder`]).
+    pub fn register() -> Self {
+        Metrics {
+            udp: PacketCounters::new("udp"),
+            tcp: PacketCounters::new("tcp"),
+            tls: PacketCounters::new("tls"),
+            tcp_connections: ConnectionCounters::new("tcp"),
+            tls_connections: ConnectionCounters::new("tls"),
+            sessions_active: gauge!(SESSIONS_ACTIVE, "transport" => "udp"),
+            sessions_expired: counter!(SESSIONS_EXPIRED, "transport" => "udp"),
+            rule_hits: RuleId::ALL
                 .iter()
                 .map(|&rule| {
-                    let rule_label = rule.as_str();
-                    let hits = |action: &'static str| counter!("sipguard_rule_hits_total", "rule" => rule_label, "action" => action);
-                    (rule, [counter!("sipguard_bans_total", "rule" => rule_label), hits("observed"), hits("dropped"), hits("user_blocked")])
+                    let hits = |action: &'static str| counter!(RULE_HITS, "rule" => rule.as_str(), "action" => action);
+                    (rule, [hits("observed"), hits("dropped"), hits("user_blocked")])
                 })
                 .collect(),
-            bans_active: gauge!("sipguard_bans_active"),
-            sources_tracked: gauge!("sipguard_sources_tracked"),
-            evictions: counter!("sipguard_state_evictions_total"),
-            evictions_seen: Default::default(),
             auth_failures: AuthMethod::ALL
                 .iter()
-                .map(|&method| (method, counter!("sipguard_auth_failures_total", "method" => method.as_str())))
+                .map(|&method| (method, counter!(AUTH_FAILURES, "method" => method.as_str())))
                 .collect(),
-            bans_expired: counter!("sipguard_unbans_total", "how" => "expired"),
-            bans_expired_seen: Default::default(),
-            processing: histogram!("sipguard_packet_processing_seconds", "transport" => "udp"),
-            session_limit: dropped("udp", RelayDrop::SessionLimit.as_str()),
-            upstream_unavailable: dropped("udp", RelayDrop::UpstreamUnavailable.as_str()),
+            policy: PolicyGauges {
+                bans_active: gauge!(BANS_ACTIVE),
+                sources_tracked: gauge!(SOURCES_TRACKED),
+                evictions: counter!(EVICTIONS),
+                evictions_seen: AtomicU64::new(0),
+            },
+            bans: BanCounters {
+                issued: RuleId::ALL
+                    .iter()
+                    .map(|&rule| (rule, counter!(BANS, "rule" => rule.as_str())))
+                    .collect(),
+                expired: counter!(UNBANS, "how" => "expired"),
+                lifted: counter!(UNBANS, "how" => "manual"),
+            },
         }
+    }
+
+    /// The packet counters of `transport`.
+    pub fn packets(&self, transport: Transport) -> &PacketCounters {
+        match transport {
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+            Transport::Tls => &self.tls,
+        }
+    }
+
+    /// The connection counters of a stream transport.
+    pub fn connections(&self, transport: Transport) -> &ConnectionCounters {
+        match transport {
+            Transport::Tls => &self.tls_connections,
+            Transport::Udp | Transport::Tcp => &self.tcp_connections,
+        }
+    }
+
+    /// The ban counters, which follow the policy's ban events.
+    pub fn bans(&self) -> &BanCounters {
+        &self.bans
     }
 
     /// Counts credentials the PBX refused.
@@ -139,47 +366,28 @@ impl UdpMetrics {
         }
     }
 
-    /// Counts and logs a rule hit, whatever the transport, and hands a ban to `bans` (the
-    /// journal, which logs it once it is durable); without a sink the ban is logged here.
-    pub fn report(&self, event: &Event, bans: Option<&Arc<dyn BanSink>>) {
-        self.rule_event(event, bans.is_none());
-        if let (Some(sink), Action::Banned(ban)) = (bans, &event.action) {
-            sink.banned(event.source, ban);
-        }
-    }
-
-    /// Counts a rule hit and logs it: one info line per ban (source, rule, evidence, expiry),
-    /// unless `log_bans` is false because a ban sink logs each ban once it is durable.
-    pub fn rule_event(&self, event: &Event, log_bans: bool) {
-        let Some((_, counters)) = self
-            .rule_actions
-            .iter()
-            .find(|(rule, _)| *rule == event.rule)
+    /// Counts and logs a rule hit, whatever the transport. Bans are counted from the policy's
+    /// ban events (and logged by the journal once durable), so they are not counted here.
+    pub fn rule_event(&self, event: &Event) {
+        let Some((_, counters)) = self.rule_hits.iter().find(|(rule, _)| *rule == event.rule)
         else {
             return;
         };
         let rule = event.rule.as_str();
         match event.action {
-            Action::Banned(ban) => {
-                counters[0].increment(1);
-                if !log_bans {
-                    return;
-                }
-                info!(
-                    source = %event.source, rule, evidence = ban.evidence, offence = ban.offence,
-                    expires_in_s = ban.expires.since(ban.last_seen).as_secs(), "banned"
-                );
+            Action::Banned(ref ban) => {
+                debug!(source = %event.source, rule, evidence = ban.evidence, offence = ban.offence, "ban issued");
             }
             Action::Observed { would_ban } => {
-                counters[1].increment(1);
+                counters[0].increment(1);
                 info!(source = %event.source, rule, would_ban, "rule hit in observe mode");
             }
             Action::Dropped => {
-                counters[2].increment(1);
+                counters[1].increment(1);
                 debug!(source = %event.source, rule, "dropped without ban (trusted, allowlisted or drop mode)");
             }
             Action::UserBlocked { until } => {
-                counters[3].increment(1);
+                counters[2].increment(1);
                 info!(source = %event.source, rule, until_ms = until.as_millis(), "username blocked from source");
             }
         }
@@ -187,24 +395,14 @@ impl UdpMetrics {
 
     /// Publishes the policy's table sizes.
     pub fn policy_stats(&self, stats: Stats) {
-        self.bans_active.set(stats.bans as f64);
-        self.sources_tracked.set(stats.sources as f64);
-        let before = self
+        let gauges = &self.policy;
+        gauges.bans_active.set(stats.bans as f64);
+        gauges.sources_tracked.set(stats.sources as f64);
+        let before = gauges
             .evictions_seen
-            .swap(stats.evictions, std::sync::atomic::Ordering::Relaxed);
-        self.evictions
+            .swap(stats.evictions, Ordering::Relaxed);
+        gauges
+            .evictions
             .increment(stats.evictions.saturating_sub(before));
-        let before = self
-            .bans_expired_seen
-            .swap(stats.bans_expired, std::sync::atomic::Ordering::Relaxed);
-        self.bans_expired
-            .increment(stats.bans_expired.saturating_sub(before));
-    }
-
-    pub fn relay_drop(&self, drop: RelayDrop) {
-        match drop {
-            RelayDrop::SessionLimit => self.session_limit.increment(1),
-            RelayDrop::UpstreamUnavailable => self.upstream_unavailable.increment(1),
-        }
     }
 }

@@ -4,7 +4,7 @@
 //! mark a session active without a lock; the session's own task reads it when its timer fires.
 
 use dashmap::DashMap;
-use sipguard_policy::PendingRequests;
+use sipguard_policy::Exchange;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,14 +18,15 @@ pub(crate) struct Session {
     pub client: SocketAddr,
     /// Connected to the PBX; its local port is the client's identity at the PBX.
     pub upstream: UdpSocket,
-    /// Requests forwarded and not yet answered, so the PBX's responses can be judged.
-    pending: Mutex<PendingRequests>,
+    /// What the policy keeps of this client's exchange with the PBX (requests awaiting their
+    /// answers), so the PBX's responses can be judged.
+    exchange: Mutex<Exchange>,
     last_active_ms: AtomicU64,
 }
 
 impl Session {
-    pub fn pending(&self) -> MutexGuard<'_, PendingRequests> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    pub fn exchange(&self) -> MutexGuard<'_, Exchange> {
+        self.exchange.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -90,7 +91,7 @@ impl SessionTable {
         let session = Arc::new(Session {
             client,
             upstream,
-            pending: Mutex::default(),
+            exchange: Mutex::default(),
             last_active_ms: AtomicU64::new(self.now_ms()),
         });
         match self.sessions.entry(client) {

@@ -16,33 +16,28 @@
 //! usable Content-Length the rest of the stream cannot be split into messages, and sipguard
 //! never speaks SIP itself (drops are silent, as Kamailio's and Asterisk's are to scanners).
 //!
-//! A ban closes the source's connections: at once when the ban comes from a message on the
-//! connection itself, and within [`REAP_EVERY`] otherwise (a ban made over UDP, on another
-//! connection, or by hand), by a reaper that asks the policy about every connected address.
+//! A ban closes the source's connections at once, whichever way it was made (a message on the
+//! connection itself, a rule over UDP or another connection, the operator): the connection
+//! registry follows the policy's ban events.
 
 use crate::connections::{Admission, Refusal, Registry};
-use crate::metrics::UdpMetrics;
-use crate::stream_metrics::{Closed, Refused, StreamMetrics};
+use crate::metrics::{Closed, ConnectionCounters, PacketCounters, Refused};
+use crate::pipeline::{Pipeline, Step};
 use crate::tls::TlsReload;
-use crate::{BanSink, RelayConfig};
-use sipguard_policy::{Action, DropReason, PendingRequests, Policy, Timestamp, Verdict};
-use sipguard_sip::{next_frame, Frame, SipView};
+use crate::{RelayConfig, Transport};
+use sipguard_policy::{Exchange, RequestMemo};
+use sipguard_sip::{next_frame, Frame};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::debug;
-
-/// How often the reaper closes the connections of sources banned meanwhile.
-pub const REAP_EVERY: Duration = Duration::from_millis(200);
 
 /// Pause after a failed accept (out of descriptors), so the loop does not spin on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -64,17 +59,6 @@ pub struct StreamConfig {
     pub message_timeout: Duration,
 }
 
-/// The bound stream listeners and what TLS needs.
-#[derive(Debug, Default)]
-pub struct StreamListeners {
-    /// Plain TCP listeners.
-    pub tcp: Vec<std::net::TcpListener>,
-    /// TLS listeners; they need `tls`.
-    pub tls: Vec<std::net::TcpListener>,
-    /// The certificate for the TLS listeners.
-    pub certificate: Option<TlsReload>,
-}
-
 /// Binds a TCP listener. IPv6 listeners are IPv6-only, as for UDP, and the address may be
 /// reused at once after a restart (connections of the previous process may be in TIME_WAIT).
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -89,91 +73,52 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    Tcp,
-    Tls,
-}
-
-struct Front {
+pub(crate) struct Front {
     relay: RelayConfig,
     limits: StreamConfig,
-    policy: Arc<Policy>,
+    pipeline: Arc<Pipeline>,
     registry: Arc<Registry>,
-    tcp: StreamMetrics,
-    tls: StreamMetrics,
-    /// For rule hits, bans and auth failures, which carry no transport label.
-    rules: UdpMetrics,
-    /// Where bans go to be journalled.
-    bans: Option<Arc<dyn BanSink>>,
     shutdown: watch::Receiver<bool>,
-}
-
-/// Serves clients on `listeners` until `shutdown` completes.
-pub async fn run_streams(
-    relay: RelayConfig,
-    limits: StreamConfig,
-    listeners: StreamListeners,
-    policy: Arc<Policy>,
-    bans: Option<Arc<dyn BanSink>>,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    if !listeners.tls.is_empty() && listeners.certificate.is_none() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "TLS listeners need a certificate",
-        ));
-    }
-    let (stop, stopped) = watch::channel(false);
-    let front = Arc::new(Front {
-        registry: Arc::new(Registry::new(
-            limits.max_connections,
-            limits.max_connections_per_ip,
-        )),
-        relay,
-        limits,
-        policy,
-        tcp: StreamMetrics::new("tcp"),
-        tls: StreamMetrics::new("tls"),
-        rules: UdpMetrics::new(),
-        bans,
-        shutdown: stopped,
-    });
-    let mut tasks = JoinSet::new();
-    for listener in listeners.tcp {
-        let listener = TcpListener::from_std(listener)?;
-        tasks.spawn(Arc::clone(&front).accept(listener, Transport::Tcp, None));
-    }
-    for listener in listeners.tls {
-        let listener = TcpListener::from_std(listener)?;
-        let certificate = listeners.certificate.clone();
-        tasks.spawn(Arc::clone(&front).accept(listener, Transport::Tls, certificate));
-    }
-    tasks.spawn(Arc::clone(&front).reap());
-    shutdown.await;
-    let _ = stop.send(true);
-    tasks.shutdown().await;
-    Ok(())
 }
 
 /// How a connection's relay loop ends: it only ever ends closed, for a reason.
 type Outcome = Result<Infallible, Closed>;
 
 impl Front {
-    fn metrics(&self, transport: Transport) -> &StreamMetrics {
-        match transport {
-            Transport::Tcp => &self.tcp,
-            Transport::Tls => &self.tls,
-        }
+    pub fn new(
+        relay: RelayConfig,
+        limits: StreamConfig,
+        pipeline: Arc<Pipeline>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Front {
+            registry: Arc::new(Registry::new(
+                limits.max_connections,
+                limits.max_connections_per_ip,
+            )),
+            relay,
+            limits,
+            pipeline,
+            shutdown,
+        })
     }
 
-    async fn accept(
-        self: Arc<Self>,
-        listener: TcpListener,
-        transport: Transport,
-        certificate: Option<TlsReload>,
-    ) {
-        let metrics = self.metrics(transport);
+    /// The open connections, by source: it follows the ban table to close banned sources'.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    fn connections(&self, transport: Transport) -> &ConnectionCounters {
+        self.pipeline.metrics.connections(transport)
+    }
+
+    /// Accepts connections on one listener: TLS when it comes with a certificate.
+    pub async fn accept(self: Arc<Self>, listener: TcpListener, certificate: Option<TlsReload>) {
+        let transport = match certificate {
+            None => Transport::Tcp,
+            Some(_) => Transport::Tls,
+        };
+        let metrics = self.connections(transport);
         loop {
             let (stream, client) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -183,7 +128,11 @@ impl Front {
                     continue;
                 }
             };
-            if let Err(reason) = self.policy.check_source(client.ip(), now()) {
+            if let Err(reason) = self
+                .pipeline
+                .policy
+                .check_source(client.ip(), self.pipeline.now())
+            {
                 metrics.refused(Refused::Source(reason));
                 debug!(%client, reason = reason.as_str(), "connection refused");
                 continue;
@@ -199,8 +148,8 @@ impl Front {
                     continue;
                 }
             };
-            metrics.connections_total.increment(1);
-            metrics.connections_active.increment(1.0);
+            metrics.total.increment(1);
+            metrics.active.increment(1.0);
             let acceptor = certificate.as_ref().map(TlsReload::acceptor);
             tokio::spawn(Arc::clone(&self).connection(stream, client, admission, acceptor));
         }
@@ -224,10 +173,10 @@ impl Front {
             // Boxed: the handshake's state is large and plain TCP connections need none of it.
             Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, client, &admission)).await,
         };
-        let metrics = self.metrics(transport);
+        let metrics = self.connections(transport);
         let Err(reason) = outcome;
         metrics.closed(reason);
-        metrics.connections_active.decrement(1.0);
+        metrics.active.decrement(1.0);
         debug!(%client, ?reason, "connection closed");
     }
 
@@ -262,15 +211,15 @@ impl Front {
         admission: &Admission,
         transport: Transport,
     ) -> Outcome {
-        let metrics = self.metrics(transport);
         let (mut client_read, mut client_write) = tokio::io::split(stream);
         let mut shutdown = self.shutdown.clone();
         let mut conn = Connection {
             front: self,
-            metrics,
+            transport,
+            packets: self.pipeline.metrics.packets(transport),
             client,
             upstream: None,
-            pending: PendingRequests::default(),
+            exchange: Exchange::default(),
             seen_message: false,
         };
         let mut from_client = Vec::new();
@@ -314,33 +263,19 @@ impl Front {
             }
         }
     }
-
-    /// Closes the connections of every source banned since the last turn.
-    async fn reap(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(REAP_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let now = now();
-            let asked = self
-                .registry
-                .close_where(|ip| self.policy.is_banned(ip, now));
-            if asked > 0 {
-                debug!(asked, "closing connections of banned sources");
-            }
-        }
-    }
 }
 
 /// The state of one client connection besides its buffers.
 struct Connection<'f> {
     front: &'f Front,
-    metrics: &'f StreamMetrics,
+    transport: Transport,
+    packets: &'f PacketCounters,
     client: SocketAddr,
     /// Opened with the first message forwarded.
     upstream: Option<TcpStream>,
-    /// Requests forwarded and not yet answered, so the PBX's responses can be judged.
-    pending: PendingRequests,
+    /// What the policy keeps of this connection's exchange with the PBX (requests awaiting
+    /// their answers), so the PBX's responses can be judged.
+    exchange: Exchange,
     /// Whether a whole message has arrived: until then the connection gets `message_timeout`
     /// rather than the idle timeout, so a connection that sends nothing cannot sit on a slot.
     seen_message: bool,
@@ -367,7 +302,7 @@ impl Connection<'_> {
         buf: &mut Vec<u8>,
         client_write: &mut W,
     ) -> Result<usize, Closed> {
-        let max = self.front.policy.config().max_message_size;
+        let max = self.front.pipeline.policy.max_message_size();
         let mut consumed = 0;
         let mut frames = 0;
         let result = loop {
@@ -375,8 +310,8 @@ impl Connection<'_> {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break Ok(frames),
                 Err(error) => {
-                    self.metrics.packets.received.increment(1);
-                    self.metrics.framing_drop(error);
+                    self.packets.received.increment(1);
+                    self.packets.framing_drop(error);
                     debug!(client = %self.client, %error, "stream cannot be framed");
                     break Err(match error {
                         sipguard_sip::FrameError::TooLarge => Closed::TooLarge,
@@ -390,7 +325,7 @@ impl Connection<'_> {
             match frame {
                 Frame::Blank => {}
                 Frame::Ping => {
-                    self.metrics.packets.keepalives.increment(1);
+                    self.packets.keepalives.increment(1);
                     if let Err(closed) = self.write_to_client(client_write, b"\r\n").await {
                         break Err(closed);
                     }
@@ -411,49 +346,29 @@ impl Connection<'_> {
     }
 
     async fn on_message(&mut self, message: &[u8]) -> Result<(), Closed> {
-        let front = self.front;
-        self.metrics.packets.received.increment(1);
-        let source = self.client.ip();
-        let checked = front.policy.check_stream_message(message, source, now());
-        let banned_now = checked
-            .event
-            .as_ref()
-            .is_some_and(|event| matches!(event.action, Action::Banned(_)));
-        if let Some(event) = &checked.event {
-            front.rules.report(event, front.bans.as_ref());
-        }
-        match checked.verdict {
-            Verdict::Forward(view) => self.forward(&view).await,
-            Verdict::Keepalive => {
-                self.metrics.packets.keepalives.increment(1);
-                Ok(())
-            }
-            Verdict::Drop(reason) => {
-                self.metrics.packets.policy_drop(reason);
-                debug!(client = %self.client, reason = reason.as_str(), "dropped");
-                if banned_now || reason == DropReason::Banned {
-                    return Err(Closed::Banned);
-                }
-                Ok(())
-            }
+        let pipeline = &self.front.pipeline;
+        match pipeline.request(message, self.client, self.transport, pipeline.now()) {
+            Step::Forward { message, memo } => self.forward(message, memo).await,
+            Step::Keepalive | Step::Drop { banned: false } => Ok(()),
+            Step::Drop { banned: true } => Err(Closed::Banned),
         }
     }
 
-    async fn forward(&mut self, view: &SipView<'_>) -> Result<(), Closed> {
+    async fn forward(&mut self, message: &[u8], memo: Option<RequestMemo>) -> Result<(), Closed> {
         if self.upstream.is_none() {
             self.upstream = Some(self.connect_upstream().await?);
         }
-        if let Some(memo) = self.front.policy.memo(view) {
-            self.pending.remember(memo);
+        if let Some(memo) = memo {
+            self.exchange.remember(memo);
         }
         let upstream = self.upstream.as_mut().ok_or(Closed::UpstreamUnavailable)?;
-        match upstream.write_all(view.message).await {
+        match upstream.write_all(message).await {
             Ok(()) => {
-                self.metrics.packets.forwarded_to_pbx.increment(1);
+                self.packets.forwarded_to_pbx.increment(1);
                 Ok(())
             }
             Err(error) => {
-                self.metrics.packets.upstream_errors.increment(1);
+                self.packets.upstream_errors.increment(1);
                 debug!(client = %self.client, %error, "send to pbx failed");
                 Err(Closed::Upstream)
             }
@@ -478,7 +393,7 @@ impl Connection<'_> {
                 Ok(stream)
             }
             failed => {
-                self.metrics.packets.upstream_errors.increment(1);
+                self.packets.upstream_errors.increment(1);
                 debug!(client = %self.client, ?failed, "no upstream connection");
                 Err(Closed::UpstreamUnavailable)
             }
@@ -494,9 +409,9 @@ impl Connection<'_> {
     ) -> Result<(), Closed> {
         let max = self
             .front
+            .pipeline
             .policy
-            .config()
-            .max_message_size
+            .max_message_size()
             .max(u16::MAX as usize);
         let mut consumed = 0;
         let result = loop {
@@ -505,7 +420,7 @@ impl Connection<'_> {
                 Ok(None) => break Ok(()),
                 Err(error) => {
                     // sipguard no longer knows where the PBX's messages end.
-                    self.metrics.packets.upstream_errors.increment(1);
+                    self.packets.upstream_errors.increment(1);
                     debug!(client = %self.client, %error, "the PBX's stream cannot be framed");
                     break Err(Closed::Upstream);
                 }
@@ -514,13 +429,15 @@ impl Connection<'_> {
             consumed += frame.byte_len();
             let is_message = matches!(frame, Frame::Message(_));
             if is_message {
-                self.judge_response(bytes);
+                self.front
+                    .pipeline
+                    .response(bytes, self.client, &mut self.exchange);
             }
             if let Err(closed) = self.write_to_client(client_write, bytes).await {
                 break Err(closed);
             }
             if is_message {
-                self.metrics.packets.forwarded_to_client.increment(1);
+                self.packets.forwarded_to_client.increment(1);
             }
         };
         buf.drain(..consumed);
@@ -541,33 +458,13 @@ impl Connection<'_> {
         match tokio::time::timeout(limit, client_write.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
-                self.metrics.packets.client_send_errors.increment(1);
+                self.packets.client_send_errors.increment(1);
                 Err(Closed::Client)
             }
             Err(_) => {
-                self.metrics.packets.client_send_errors.increment(1);
+                self.packets.client_send_errors.increment(1);
                 Err(Closed::WriteTimeout)
             }
-        }
-    }
-
-    fn judge_response(&mut self, message: &[u8]) {
-        let Ok(response) = SipView::parse(message) else {
-            return;
-        };
-        if response.status().is_none() {
-            return;
-        }
-        let front = self.front;
-        let judged =
-            front
-                .policy
-                .judge_response(self.client.ip(), &response, &mut self.pending, now());
-        if let Some(method) = judged.auth_failure {
-            front.rules.auth_failure(method);
-        }
-        if let Some(event) = judged.event {
-            front.rules.report(&event, front.bans.as_ref());
         }
     }
 }
@@ -604,8 +501,4 @@ async fn read_upstream(upstream: &mut Option<TcpStream>, buf: &mut Vec<u8>) -> i
         Some(stream) => read_some(stream, buf).await,
         None => std::future::pending().await,
     }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_system(SystemTime::now())
 }

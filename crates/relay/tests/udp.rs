@@ -1,14 +1,20 @@
 //! The UDP relay over real loopback sockets, with a plain socket standing in for the PBX so
-//! each test can see exactly what reaches it and from where.
+//! each test can see exactly what reaches it and from where. The relay runs on tokio's clock
+//! (`TokioClock`), so tests with a paused clock move its timers without waiting.
 
 use sipguard_policy::{Policy, PolicyConfig};
-use sipguard_relay::{bind_udp, RelayConfig};
+use sipguard_relay::{bind_udp, Context, Listeners, RelayConfig, StreamConfig, TokioClock};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
+
+#[path = "support/metrics.rs"]
+mod metrics;
+
+use metrics::Metrics;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -25,9 +31,20 @@ Content-Length: 0\r\n\r\n"
     .into_bytes()
 }
 
+/// Stream limits for a relay with no stream listeners.
+fn no_streams() -> StreamConfig {
+    StreamConfig {
+        max_connections: 1,
+        max_connections_per_ip: 1,
+        idle_timeout: Duration::from_secs(60),
+        message_timeout: Duration::from_secs(2),
+    }
+}
+
 struct Running {
     addr: SocketAddr,
     pbx: UdpSocket,
+    metrics: Metrics,
     _stop: oneshot::Sender<()>,
 }
 
@@ -47,11 +64,21 @@ async fn start_on(listen: &str, tune: impl FnOnce(&mut RelayConfig)) -> Running 
     let listener = bind_udp(listen.parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let policy = Arc::new(Policy::new(PolicyConfig::default()).unwrap());
+    let metrics = Metrics::default();
+    let context = Context {
+        policy: Arc::new(Policy::new(PolicyConfig::default()).unwrap()),
+        clock: Arc::new(TokioClock::new()),
+        recorder: Some(metrics.recorder()),
+    };
+    let listeners = Listeners {
+        udp: vec![listener],
+        ..Listeners::default()
+    };
     tokio::spawn(sipguard_relay::run(
         config,
-        vec![listener],
-        policy,
+        no_streams(),
+        listeners,
+        context,
         async move {
             let _ = stopped.await;
         },
@@ -59,6 +86,7 @@ async fn start_on(listen: &str, tune: impl FnOnce(&mut RelayConfig)) -> Running 
     Running {
         addr,
         pbx,
+        metrics,
         _stop: stop,
     }
 }
@@ -147,6 +175,13 @@ async fn garbage_and_keepalives_are_not_forwarded() {
         probe,
         "the first datagram at the PBX must be the probe"
     );
+    let udp = "transport=\"udp\"";
+    let count = |name, labels: &[&str]| relay.metrics.counter(name, labels);
+    assert_eq!(count("sipguard_keepalives_total", &[udp]), 1.0);
+    let dropped = "sipguard_packets_dropped_total";
+    assert_eq!(count(dropped, &[udp, "reason=\"not_sip\""]), 2.0);
+    assert_eq!(count(dropped, &[udp, "reason=\"malformed\""]), 1.0);
+    assert_eq!(count("sipguard_packets_received_total", &[udp]), 5.0);
 }
 
 #[tokio::test]
@@ -171,40 +206,46 @@ async fn new_client_beyond_the_limit_is_refused_while_existing_ones_work() {
     );
 }
 
-#[tokio::test]
-async fn idle_session_expires_and_its_upstream_socket_closes() {
-    let relay = start(|c| c.session_idle = Duration::from_millis(100)).await;
+/// On tokio's paused clock: the hour of idleness passes in one `advance`, not in real time.
+#[tokio::test(start_paused = true)]
+async fn idle_session_expires_after_its_idle_timeout_and_a_returning_client_gets_a_new_one() {
+    let idle = Duration::from_secs(3600);
+    let relay = start(|c| c.session_idle = idle).await;
     let phone = client("127.0.0.2").await;
     phone.send_to(&options("x"), relay.addr).await.unwrap();
-    let (_, upstream) = recv(&relay.pbx).await;
+    let (_, first) = recv(&relay.pbx).await;
 
-    // A connected socket learns of the closed port through ICMP: poll until it does.
-    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    probe.connect(upstream).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut buf = [0; 16];
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session never expired"
-        );
-        probe.send(b"ping").await.ok();
-        match timeout(Duration::from_millis(50), probe.recv(&mut buf)).await {
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
-            _ => continue,
-        }
-    }
+    tokio::time::advance(idle - Duration::from_secs(1)).await;
     phone.send_to(&options("y"), relay.addr).await.unwrap();
-    let (_, new_upstream) = recv(&relay.pbx).await;
+    assert_eq!(
+        recv(&relay.pbx).await.1,
+        first,
+        "a session in use is kept: activity restarts its idle time"
+    );
+
+    tokio::time::advance(idle + Duration::from_secs(1)).await;
+    phone.send_to(&options("z"), relay.addr).await.unwrap();
+    let (_, second) = recv(&relay.pbx).await;
+    assert_ne!(second, first, "the idle session was not closed");
     relay
         .pbx
-        .send_to(b"SIP/2.0 200 OK\r\n\r\n", new_upstream)
+        .send_to(b"SIP/2.0 200 OK\r\n\r\n", second)
         .await
         .unwrap();
     assert_eq!(
         recv(&phone).await.0,
         b"SIP/2.0 200 OK\r\n\r\n",
         "a returning client gets a working session"
+    );
+    // The old upstream port is closed: the PBX's send to it is refused (ICMP), not relayed.
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    probe.connect(first).await.unwrap();
+    probe.send(b"ping").await.unwrap();
+    let mut buf = [0; 16];
+    let refused = timeout(WAIT, probe.recv(&mut buf)).await;
+    assert!(
+        matches!(refused, Ok(Err(ref e)) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the expired session's socket still answers: {refused:?}"
     );
 }
 

@@ -117,7 +117,12 @@ impl Admin {
                 )
             }
         };
-        let Some(ban) = self.policy.ban_manually(request.ip, duration, now()) else {
+        let Some(ban) = self.policy.ban_manually(
+            request.ip,
+            duration,
+            request.reason.as_deref().map(Into::into),
+            now(),
+        ) else {
             return Reply::error(
                 StatusCode::CONFLICT,
                 format_args!("{} is allowlisted and is never banned", request.ip),

@@ -11,11 +11,11 @@ use crate::reload::{ReloadHook, Reloader};
 use crate::Sockets;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sipguard_policy::{Ban, Timestamp};
-use sipguard_relay::{BanSink, TlsReload};
+use sipguard_policy::{BanEvent, BanObserver, RuleId, Timestamp};
+use sipguard_relay::TlsReload;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -74,12 +74,22 @@ pub struct Daemon {
     pub reload_hooks: Vec<ReloadHook>,
 }
 
-/// Hands the relay's bans to the journal, which logs each once it is durable.
+/// Hands the rules' bans to the journal, which logs each once it is durable. The operator's
+/// bans and lifts are journalled by the admin API, which waits for them to be durable.
 struct JournalSink(Journal);
 
-impl BanSink for JournalSink {
-    fn banned(&self, source: IpAddr, ban: &Ban) {
-        if let Err(err) = self.0.record(Record::Ban(BanEntry::new(source, ban, None))) {
+impl BanObserver for JournalSink {
+    fn ban_event(&self, event: &BanEvent) {
+        let BanEvent::Banned { source, ban } = event else {
+            return;
+        };
+        if ban.rule == RuleId::Manual {
+            return;
+        }
+        if let Err(err) = self
+            .0
+            .record(Record::Ban(BanEntry::new(*source, ban, None)))
+        {
             metrics::counter!("sipguard_journal_errors_total").increment(1);
             tracing::warn!(%source, rule = ban.rule.as_str(), %err, "banned, but not journalled");
         }
@@ -182,8 +192,8 @@ pub async fn serve(
         Ok(())
     });
 
-    let sink: Arc<dyn BanSink> = Arc::new(JournalSink(journal));
-    let result = crate::run_with_sink(config, sockets, policy, Some(sink), shutdown).await;
+    policy.subscribe(Arc::new(JournalSink(journal)));
+    let result = crate::run_with_policy(config, sockets, policy, shutdown).await;
     services.shutdown().await;
     result
 }

@@ -82,6 +82,7 @@ impl BanEntry {
             .find(|rule| rule.as_str() == self.rule)?;
         Some(Ban {
             rule,
+            note: self.reason.as_deref().map(Into::into),
             evidence: self.evidence,
             first_seen: Timestamp::from_millis(self.first_seen),
             last_seen: Timestamp::from_millis(self.last_seen),

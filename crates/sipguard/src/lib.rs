@@ -13,11 +13,11 @@ pub mod journal;
 pub mod reload;
 
 pub use config::Config;
-pub use sipguard_relay::{StreamConfig, TlsFiles};
+pub use sipguard_relay::{Context as RelayContext, StreamConfig, TlsFiles};
 
 use anyhow::Context;
 use sipguard_policy::Policy;
-use sipguard_relay::{BanSink, StreamListeners, TlsReload};
+use sipguard_relay::{Listeners, TlsReload};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,14 +26,14 @@ use std::sync::Arc;
 /// and the TLS certificate, loaded before `run` so a bad file stops the start.
 #[derive(Debug)]
 pub struct Sockets {
-    udp: Vec<std::net::UdpSocket>,
-    streams: StreamListeners,
+    listeners: Listeners,
 }
 
 impl Sockets {
     /// The local addresses of the UDP listeners, in the order of `Config::listen_udp`.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.udp
+        self.listeners
+            .udp
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
@@ -42,17 +42,17 @@ impl Sockets {
     /// The local addresses of the TCP listeners, in the order of `Config::listen_tcp`. Each is
     /// bound on its own, so with port 0 it need not share the UDP listener's port.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        stream_addrs(&self.streams.tcp)
+        stream_addrs(&self.listeners.tcp)
     }
 
     /// The local addresses of the TLS listeners, in the order of `Config::listen_tls`.
     pub fn tls_addrs(&self) -> Vec<SocketAddr> {
-        stream_addrs(&self.streams.tls)
+        stream_addrs(&self.listeners.tls)
     }
 
     /// The handle that reloads the TLS certificate and key (on SIGHUP), when TLS is on.
     pub fn tls_reload(&self) -> Option<TlsReload> {
-        self.streams.certificate.clone()
+        self.listeners.certificate.clone()
     }
 }
 
@@ -87,12 +87,13 @@ pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
         }
         _ => None,
     };
-    let streams = StreamListeners {
+    let listeners = Listeners {
+        udp,
         tcp: bind_stream(&config.listen_tcp, "TCP")?,
         tls: bind_stream(&config.listen_tls, "TLS")?,
         certificate,
     };
-    Ok(Sockets { udp, streams })
+    Ok(Sockets { listeners })
 }
 
 /// Builds the policy (its tables start empty) from the validated config.
@@ -119,42 +120,23 @@ pub async fn run_with_policy(
     policy: Arc<Policy>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    run_with_sink(config, sockets, policy, None, shutdown).await
+    run_with_context(config, sockets, RelayContext::new(policy), shutdown).await
 }
 
-/// Like [`run_with_policy`], handing every ban either front issues to `bans` (the journal).
-pub async fn run_with_sink(
+/// Runs sipguard with the policy, clock and metrics recorder of `context`.
+pub async fn run_with_context(
     config: Config,
     sockets: Sockets,
-    policy: Arc<Policy>,
-    bans: Option<Arc<dyn BanSink>>,
+    context: RelayContext,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // One shutdown, seen by both fronts.
-    let (stop, _) = tokio::sync::watch::channel(false);
-    let stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let udp = sipguard_relay::run_with_sink(
-        config.relay.clone(),
-        sockets.udp,
-        Arc::clone(&policy),
-        bans.clone(),
-        stopped(stop.subscribe()),
-    );
-    let streams = sipguard_relay::run_streams(
+    sipguard_relay::run(
         config.relay,
         config.streams,
-        sockets.streams,
-        policy,
-        bans,
-        stopped(stop.subscribe()),
-    );
-    let signal = async move {
-        shutdown.await;
-        let _ = stop.send(true);
-        Ok(())
-    };
-    tokio::try_join!(udp, streams, signal).context("relay failed")?;
-    Ok(())
+        sockets.listeners,
+        context,
+        shutdown,
+    )
+    .await
+    .context("relay failed")
 }

@@ -1,6 +1,6 @@
 //! sipguard in-process: bound on 127.0.0.1:0 through the library API, run on its own runtime
 //! thread, shut down (and checked for a clean exit) when the handle drops. The test keeps a
-//! handle on the policy, to see who is banned and why.
+//! handle on the policy, to see who is banned and why, and on the instance's own metrics.
 
 use anyhow::{anyhow, Context};
 use sipguard_policy::{Ban, Policy, Timestamp};
@@ -18,6 +18,7 @@ pub struct Sipguard {
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     policy: Arc<Policy>,
+    metrics: super::metrics::Metrics,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: mpsc::Receiver<anyhow::Result<()>>,
 }
@@ -35,8 +36,6 @@ impl Sipguard {
         pbx: SocketAddr,
         tune: impl FnOnce(&mut sipguard::Config),
     ) -> anyhow::Result<Self> {
-        // Counters are recorded only once a recorder is installed: before the first start.
-        super::metrics::metrics();
         // The embedded default config, on port 0 and in front of this PBX.
         let defaults = sipguard::Config::default();
         let mut config = sipguard::Config {
@@ -63,7 +62,11 @@ impl Sipguard {
         let tls_addr = sockets.tls_addrs().first().copied();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = mpsc::channel();
-        let running = Arc::clone(&policy);
+        let metrics = super::metrics::Metrics::default();
+        let context = sipguard::RelayContext {
+            recorder: Some(metrics.recorder()),
+            ..sipguard::RelayContext::new(Arc::clone(&policy))
+        };
         std::thread::Builder::new()
             .name(format!("sipguard-{addr}"))
             .spawn(move || {
@@ -73,10 +76,10 @@ impl Sipguard {
                     .build()
                     .context("cannot build a runtime")
                     .and_then(|runtime| {
-                        runtime.block_on(sipguard::run_with_policy(
+                        runtime.block_on(sipguard::run_with_context(
                             config,
                             sockets,
-                            running,
+                            context,
                             async move {
                                 let _ = shutdown_rx.await;
                             },
@@ -89,6 +92,7 @@ impl Sipguard {
             tcp_addr,
             tls_addr,
             policy,
+            metrics,
             shutdown: Some(shutdown),
             done,
         })
@@ -116,11 +120,13 @@ impl Sipguard {
 
     /// The ban in force on `source` now, if any.
     pub fn ban(&self, source: IpAddr) -> Option<Ban> {
-        let now = Timestamp::from_system(SystemTime::now());
         self.policy
-            .bans(now)
-            .into_iter()
-            .find_map(|(banned, ban)| (banned == source).then_some(ban))
+            .ban_of(source, Timestamp::from_system(SystemTime::now()))
+    }
+
+    /// The value of one series of this instance's metrics (see [`super::metrics::Metrics`]).
+    pub fn counter(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics.counter(name, labels)
     }
 
     /// Shuts sipguard down; an error if `run` had already returned, failed, or does not stop.

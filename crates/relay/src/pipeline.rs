@@ -1,0 +1,107 @@
+//! The one request and response path every front calls: a client's message is judged once by
+//! the policy (one call that returns the verdict and what the response path needs), counted, and
+//! handed back to the front to forward or drop; a PBX's response is judged once on its way back.
+//! The fronts keep only what is theirs: datagrams and sessions, streams and connections.
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::Transport;
+use sipguard_policy::{Action, DropReason, Exchange, Policy, RequestMemo, Timestamp, Verdict};
+use sipguard_sip::SipView;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::debug;
+
+/// What a front does with one message from a client.
+#[must_use]
+#[derive(Debug)]
+pub(crate) enum Step<'a> {
+    /// Forward `message` to the PBX, and hand `memo` to the client's [`Exchange`].
+    Forward {
+        /// The message as it must go out (leading CRLFs and trailing bytes removed).
+        message: &'a [u8],
+        /// What the response path needs to judge the PBX's answer.
+        memo: Option<RequestMemo>,
+    },
+    /// A keep-alive: it refreshes the client's session and goes no further.
+    Keepalive,
+    /// Dropped, and counted.
+    Drop {
+        /// The source is banned (by this message or before it): a stream closes.
+        banned: bool,
+    },
+}
+
+/// The policy, the clock and the metrics, shared by every front.
+pub(crate) struct Pipeline {
+    pub policy: Arc<Policy>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+}
+
+impl Pipeline {
+    /// The time to judge by.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Judges one message from `client` that arrived over `transport`.
+    pub fn request<'a>(
+        &self,
+        message: &'a [u8],
+        client: SocketAddr,
+        transport: Transport,
+        now: Timestamp,
+    ) -> Step<'a> {
+        let packets = self.metrics.packets(transport);
+        packets.received.increment(1);
+        let checked = self
+            .policy
+            .check(message, client.ip(), transport.proof(), now);
+        let banned_now = checked
+            .event
+            .as_ref()
+            .is_some_and(|event| matches!(event.action, Action::Banned(_)));
+        if let Some(event) = &checked.event {
+            self.metrics.rule_event(event);
+        }
+        match checked.verdict {
+            Verdict::Forward(view) => Step::Forward {
+                message: view.message,
+                memo: checked.memo,
+            },
+            Verdict::Keepalive => {
+                packets.keepalives.increment(1);
+                Step::Keepalive
+            }
+            Verdict::Drop(reason) => {
+                packets.policy_drop(reason);
+                debug!(%client, ?transport, reason = reason.as_str(), len = message.len(), "dropped");
+                Step::Drop {
+                    banned: banned_now || reason == DropReason::Banned,
+                }
+            }
+        }
+    }
+
+    /// Feeds what the PBX sent to `client` to the policy's failure and trust rules. Whatever the
+    /// outcome, the message itself is relayed: the client is owed its answer, and a ban stops
+    /// what follows.
+    pub fn response(&self, message: &[u8], client: SocketAddr, exchange: &mut Exchange) {
+        let Ok(response) = SipView::parse(message) else {
+            return;
+        };
+        if response.status().is_none() {
+            return;
+        }
+        let judged = self
+            .policy
+            .judge_response(client.ip(), &response, exchange, self.now());
+        if let Some(method) = judged.auth_failure {
+            self.metrics.auth_failure(method);
+        }
+        if let Some(event) = &judged.event {
+            self.metrics.rule_event(event);
+        }
+    }
+}
