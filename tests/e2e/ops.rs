@@ -33,6 +33,22 @@ fn answered(socket: &UdpSocket, guard: &Daemon, within: Duration) -> anyhow::Res
     Ok(reply.is_some())
 }
 
+/// Sends one scanner's OPTIONS from `from` (which gets it banned by the relay) and checks it goes
+/// unanswered; returns the scanner's socket.
+fn scan(guard: &Daemon, from: Ipv4Addr) -> anyhow::Result<UdpSocket> {
+    let scanner = UdpSocket::bind((from, 0))?;
+    let (_, reply) = ask(
+        &scanner,
+        guard.addr(),
+        "OPTIONS",
+        "100",
+        "friendly-scanner",
+        SILENCE,
+    )?;
+    ensure!(reply.is_none(), "the scanner was answered");
+    Ok(scanner)
+}
+
 /// The `bans list --json` of a running sipguard, by IP.
 fn bans(guard: &Daemon) -> anyhow::Result<serde_json::Value> {
     let out = guard.bans(&["list", "--json"])?;
@@ -197,16 +213,7 @@ fn bans_survive_kill_9_with_their_expiry_and_expired_ones_do_not_return() -> any
     let guard = Daemon::start(&config)?;
 
     // A scanner banned by the relay, a long ban and a short one by hand.
-    let scanner = UdpSocket::bind((SCANNER, 0))?;
-    let (_, reply) = ask(
-        &scanner,
-        guard.addr(),
-        "OPTIONS",
-        "100",
-        "friendly-scanner",
-        SILENCE,
-    )?;
-    ensure!(reply.is_none(), "the scanner was answered");
+    let scanner = scan(&guard, SCANNER)?;
     for (ip, duration) in [(HAND, "3h"), (SHORT, "2s")] {
         let out = guard.bans(&["add", &ip.to_string(), "--for", duration, "--reason", "e2e"])?;
         ensure!(out.status.success(), "bans add: {}", stderr(&out));
@@ -464,5 +471,88 @@ fn sighup_applies_an_allowlist_change_without_dropping_sessions_and_refuses_a_ba
         !answered(&outsider, &guard, SILENCE)?,
         "the allowlist stopped being enforced"
     );
+    Ok(())
+}
+
+/// Regression: `POST /bans` with `"duration": "580000y"` panicked the journal writer (a year past
+/// 9999 cannot be formatted), so every later ban, automatic ones too, was "banned, but not
+/// journalled" and lost at the next restart; and `GET /bans` dropped the connection while that
+/// ban, journalled, survived restarts.
+#[test]
+fn a_ban_of_580000_years_is_refused_and_later_bans_are_still_journalled() -> anyhow::Result<()> {
+    const LEFT_BY_THE_BUG: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 170);
+    const HUGE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 171);
+    const SCANNER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 172);
+    let dir = tempfile::tempdir()?;
+    // Nothing needs answering: a scanner is banned on its first packet.
+    let pbx = free_udp_addr(Ipv4Addr::new(127, 0, 0, 173))?;
+    let config = DaemonConfig::in_dir(dir.path(), "", pbx)?;
+    // What a version with the bug left in the journal: a ban expiring in the year 580000.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let endless = sipguard::journal::BanEntry {
+        ip: LEFT_BY_THE_BUG.into(),
+        rule: "manual".to_owned(),
+        evidence: 0,
+        first_seen: now,
+        last_seen: now,
+        expires: now + 580_000 * 31_557_600_000,
+        offence: 1,
+        reason: Some("left by the bug".to_owned()),
+    };
+    std::fs::create_dir_all(config.journal.parent().context("no journal dir")?)?;
+    std::fs::write(
+        &config.journal,
+        sipguard::journal::Record::Ban(endless).encode(),
+    )?;
+
+    let guard = Daemon::start(&config)?;
+    let listed = ban_of(&bans(&guard)?, LEFT_BY_THE_BUG).context("the journalled ban is gone")?;
+    ensure!(listed["expires"] == "9999-12-31T23:59:59Z", "{listed}");
+
+    let huge = guard.bans(&["add", &HUGE.to_string(), "--for", "580000y"])?;
+    ensure!(
+        huge.status.code() == Some(1)
+            && stderr(&huge).contains("duration: \"580000y\": expected a duration from 1s to 1y")
+            && stderr(&huge).contains("400 Bad Request"),
+        "{huge:?}"
+    );
+    ensure!(
+        ban_of(&bans(&guard)?, HUGE).is_none(),
+        "the refused ban is in force"
+    );
+
+    // An automatic ban afterwards: its log line comes once it is durable.
+    scan(&guard, SCANNER)?;
+    let line = guard.wait_for_log(&format!("source={SCANNER} "), SETTLE)?;
+    ensure!(
+        line.contains("banned") && line.contains("rule=scanner"),
+        "{line}"
+    );
+    let trouble: Vec<String> = guard
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("not journalled") || l.contains("panicked") || l.contains("failed"))
+        .collect();
+    ensure!(trouble.is_empty(), "{trouble:#?}");
+    let scrape = guard.scrape()?;
+    for name in [
+        "sipguard_journal_writer_restarts_total",
+        "sipguard_journal_errors_total",
+    ] {
+        ensure!(
+            scrape.value(name, &[]) == Some(0.0),
+            "{name}:\n{}",
+            scrape.text
+        );
+    }
+    guard.kill()?;
+
+    let guard = Daemon::start(&config)?;
+    let after = bans(&guard)?;
+    ensure!(
+        ban_of(&after, SCANNER).is_some_and(|ban| ban["rule"] == "scanner"),
+        "the automatic ban did not survive the restart: {after}"
+    );
+    ensure!(ban_of(&after, LEFT_BY_THE_BUG).is_some(), "{after}");
     Ok(())
 }

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-/// Largest request body read (an admin API call is a few hundred bytes).
-const MAX_BODY: usize = 64 * 1024;
+/// Largest request body read: an admin API call is a few hundred bytes, at most about 3 KiB
+/// with the longest reason written in escapes.
+pub const MAX_BODY: usize = 8 * 1024;
 /// A client that has not sent its request head by then is dropped.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -110,7 +111,12 @@ async fn read(request: Request<Incoming>) -> Result<Call, Reply> {
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|err| Reply::error(StatusCode::PAYLOAD_TOO_LARGE, err))?
+        .map_err(|err| {
+            Reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format_args!("a request body is at most {MAX_BODY} bytes ({err})"),
+            )
+        })?
         .to_bytes();
     Ok(Call {
         method: parts.method,
