@@ -11,21 +11,30 @@
 //! (times RFC 3339, UTC). Bans and unbans are journalled and durable before the reply, so an
 //! acknowledged change survives a crash.
 //!
-//! Input is bounded before it is acted on, each bound a 400 naming it: a manual ban lasts 1 s
-//! to a year ([`MAX_MANUAL_BAN`]), a reason is at most [`MAX_REASON_CHARS`] characters with
-//! control characters taken out, and the body at most [`crate::http::MAX_BODY`] bytes. No
-//! authentication: the address is checked to be loopback when the config is validated.
+//! Every request passes the [`gate`] first: it must carry the token the daemon writes to its
+//! token file at start (`Authorization: Bearer TOKEN`), and nothing a web page would send (an
+//! `Origin`, another `Host`, a body that is not JSON); a refused request does nothing. Input is
+//! bounded before it is acted on, each bound a 400 naming it: a manual ban lasts 1 s to a year
+//! ([`MAX_MANUAL_BAN`]), a reason is at most [`MAX_REASON_CHARS`] characters with control
+//! characters taken out, and the body at most [`crate::http::MAX_BODY`] bytes.
 
+pub mod gate;
+
+use crate::config::OpsConfig;
 use crate::http::{Call, Reply};
 use crate::journal::{format_millis, BanEntry, Journal, Record};
 use crate::reload::{Outcome, Reloader};
+use anyhow::Context;
+use gate::Gate;
 use hyper::{Method, StatusCode};
 use metrics::{counter, Counter};
 use serde::Deserialize;
 use serde_json::json;
 use sipguard_policy::{Ban, Policy, RuleId, Timestamp};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -39,6 +48,37 @@ pub const MIN_MANUAL_BAN: Duration = Duration::from_secs(1);
 pub const MAX_MANUAL_BAN: Duration = Duration::from_secs(31_557_600);
 /// The longest reason kept, in characters: a line of a `sipguard bans list` table.
 pub const MAX_REASON_CHARS: usize = 256;
+/// The token file's name beside the journal, when `admin.token_file` is not set.
+pub const TOKEN_FILE_NAME: &str = "admin.token";
+/// Where the packaged systemd unit's sipguard writes its token (`StateDirectory=sipguard`, no
+/// `admin.token_file`). `sipguard bans` runs from a shell without the unit's `$STATE_DIRECTORY`,
+/// so it looks here after its own default.
+pub const SERVICE_TOKEN_FILE: &str = "/var/lib/sipguard/admin.token";
+
+/// Where the daemon writes the admin token: `admin.token_file`, else `admin.token` beside the
+/// `journal` (the one the daemon uses). `sipguard bans` finds it by the same rule.
+pub fn token_file(ops: &OpsConfig, journal: &Path) -> PathBuf {
+    ops.admin_token
+        .clone()
+        .unwrap_or_else(|| journal.with_file_name(TOKEN_FILE_NAME))
+}
+
+/// Where `sipguard bans` looks for the token when told nothing, in order: beside the journal's
+/// default place in its own environment (`journal`, from [`crate::journal::default_path`]), as
+/// a `sipguard run` by the same user puts it, then [`SERVICE_TOKEN_FILE`].
+pub fn default_token_files(journal: Option<&Path>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = journal
+        .map(|journal| journal.with_file_name(TOKEN_FILE_NAME))
+        .into_iter()
+        .collect();
+    if !files
+        .iter()
+        .any(|file| file == Path::new(SERVICE_TOKEN_FILE))
+    {
+        files.push(PathBuf::from(SERVICE_TOKEN_FILE));
+    }
+    files
+}
 
 /// What the admin API works on.
 pub struct Admin {
@@ -144,8 +184,40 @@ impl Admin {
         }
     }
 
-    /// Answers one request.
-    pub async fn handle(&self, call: Call) -> Reply {
+    /// Writes a new token to `token_file` and returns the server of the API on `listener`,
+    /// every request checked by the gate first. Logs `admin API listening` once the token is
+    /// in place, so a client that waits for that line finds it.
+    pub fn serve(
+        self,
+        listener: std::net::TcpListener,
+        token_file: &Path,
+    ) -> anyhow::Result<impl Future<Output = std::io::Result<()>> + Send + 'static> {
+        let addr = listener.local_addr()?;
+        let gate = Gate::create(addr, token_file).with_context(|| {
+            format!(
+                "cannot write the admin API token to {} (admin.token_file)",
+                token_file.display()
+            )
+        })?;
+        tracing::info!(%addr, token_file = %token_file.display(), "admin API listening");
+        let api = Arc::new((gate, self));
+        Ok(crate::http::serve(listener, move |call| {
+            let api = Arc::clone(&api);
+            async move {
+                let (gate, admin) = &*api;
+                match gate.check(&call) {
+                    Ok(()) => admin.handle(call).await,
+                    Err(refusal) => {
+                        tracing::warn!(method = %call.method, path = %call.path, ?refusal, "admin API request refused");
+                        gate.refuse(&refusal)
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Answers one request that passed the gate.
+    async fn handle(&self, call: Call) -> Reply {
         let path = call.path.trim_end_matches('/');
         match (&call.method, path) {
             (&Method::GET, "/bans") => self.list(),
@@ -417,5 +489,38 @@ mod tests {
             Some(MAX_REASON_CHARS)
         );
         assert_eq!(replayed_reason("\u{1b}\n"), None);
+    }
+
+    #[test]
+    fn the_token_file_is_configured_or_beside_the_journal() {
+        let mut ops = crate::Config::default().ops;
+        let journal = Path::new("/var/lib/sipguard/bans.journal");
+        assert_eq!(
+            token_file(&ops, journal),
+            Path::new("/var/lib/sipguard/admin.token")
+        );
+        ops.admin_token = Some(PathBuf::from("/run/sipguard/token"));
+        assert_eq!(token_file(&ops, journal), Path::new("/run/sipguard/token"));
+    }
+
+    #[test]
+    fn the_cli_looks_beside_its_default_journal_then_where_the_service_writes() {
+        let own = Path::new("/home/op/.local/state/sipguard/bans.journal");
+        assert_eq!(
+            default_token_files(Some(own)),
+            [
+                PathBuf::from("/home/op/.local/state/sipguard/admin.token"),
+                PathBuf::from(SERVICE_TOKEN_FILE)
+            ]
+        );
+        let service = Path::new("/var/lib/sipguard/bans.journal");
+        assert_eq!(
+            default_token_files(Some(service)),
+            [PathBuf::from(SERVICE_TOKEN_FILE)]
+        );
+        assert_eq!(
+            default_token_files(None),
+            [PathBuf::from(SERVICE_TOKEN_FILE)]
+        );
     }
 }
