@@ -1,15 +1,16 @@
 //! The operator's side, on the real binary: `/metrics` while a phone registers and an attacker
-//! scans, bans that survive `kill -9`, `sipguard bans` against a running instance, and reload on
-//! SIGHUP. Each test starts its own Kamailio and its own sipguard process on free ports, from
-//! 127.0.0.150 up.
+//! scans, bans that survive `kill -9`, `sipguard bans` against a running instance, the admin
+//! API's gate (its token, web pages, bounded input) over a real socket, and reload on SIGHUP.
+//! Each test starts its own sipguard process (and, where traffic must be answered, its own
+//! Kamailio) on free ports, from 127.0.0.150 up.
 
 use crate::attacks::ask;
 use crate::support::{
-    bans_cli, free_udp_addr, poll_until, Daemon, DaemonConfig, Kamailio, Phone, Scrape, SipVicious,
-    Tool,
+    free_udp_addr, http_exchange, poll_until, Daemon, DaemonConfig, HttpReply, Kamailio, Phone,
+    Scrape, SipVicious, Tool,
 };
 use anyhow::{ensure, Context};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a condition the test causes (a ban, a reload, a gauge update) may take to show; the
@@ -31,6 +32,22 @@ fn answered(socket: &UdpSocket, guard: &Daemon, within: Duration) -> anyhow::Res
         within,
     )?;
     Ok(reply.is_some())
+}
+
+/// Sends one scanner's OPTIONS from `from` (which gets it banned by the relay) and checks it goes
+/// unanswered; returns the scanner's socket.
+fn scan(guard: &Daemon, from: Ipv4Addr) -> anyhow::Result<UdpSocket> {
+    let scanner = UdpSocket::bind((from, 0))?;
+    let (_, reply) = ask(
+        &scanner,
+        guard.addr(),
+        "OPTIONS",
+        "100",
+        "friendly-scanner",
+        SILENCE,
+    )?;
+    ensure!(reply.is_none(), "the scanner was answered");
+    Ok(scanner)
 }
 
 /// The `bans list --json` of a running sipguard, by IP.
@@ -197,16 +214,7 @@ fn bans_survive_kill_9_with_their_expiry_and_expired_ones_do_not_return() -> any
     let guard = Daemon::start(&config)?;
 
     // A scanner banned by the relay, a long ban and a short one by hand.
-    let scanner = UdpSocket::bind((SCANNER, 0))?;
-    let (_, reply) = ask(
-        &scanner,
-        guard.addr(),
-        "OPTIONS",
-        "100",
-        "friendly-scanner",
-        SILENCE,
-    )?;
-    ensure!(reply.is_none(), "the scanner was answered");
+    let scanner = scan(&guard, SCANNER)?;
     for (ip, duration) in [(HAND, "3h"), (SHORT, "2s")] {
         let out = guard.bans(&["add", &ip.to_string(), "--for", duration, "--reason", "e2e"])?;
         ensure!(out.status.success(), "bans add: {}", stderr(&out));
@@ -371,9 +379,9 @@ fn bans_cli_lists_adds_and_lifts_bans_of_a_running_instance() -> anyhow::Result<
         })
     })?;
 
-    let admin: SocketAddr = guard.admin();
+    let cli = guard.cli();
     drop(guard);
-    let down = bans_cli(admin, &["list"])?;
+    let down = cli.run(&["list"])?;
     ensure!(down.status.code() == Some(3), "{down:?}");
     ensure!(
         stderr(&down).contains("no sipguard answers at"),
@@ -464,5 +472,321 @@ fn sighup_applies_an_allowlist_change_without_dropping_sessions_and_refuses_a_ba
         !answered(&outsider, &guard, SILENCE)?,
         "the allowlist stopped being enforced"
     );
+    Ok(())
+}
+
+/// Regression: `POST /bans` with `"duration": "580000y"` panicked the journal writer (a year past
+/// 9999 cannot be formatted), so every later ban, automatic ones too, was "banned, but not
+/// journalled" and lost at the next restart; and `GET /bans` dropped the connection while that
+/// ban, journalled, survived restarts.
+#[test]
+fn a_ban_of_580000_years_is_refused_and_later_bans_are_still_journalled() -> anyhow::Result<()> {
+    const LEFT_BY_THE_BUG: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 170);
+    const HUGE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 171);
+    const SCANNER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 172);
+    let dir = tempfile::tempdir()?;
+    // Nothing needs answering: a scanner is banned on its first packet.
+    let pbx = free_udp_addr(Ipv4Addr::new(127, 0, 0, 173))?;
+    let config = DaemonConfig::in_dir(dir.path(), "", pbx)?;
+    // What a version with the bug left in the journal: a ban expiring in the year 580000.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let endless = sipguard::journal::BanEntry {
+        ip: LEFT_BY_THE_BUG.into(),
+        rule: "manual".to_owned(),
+        evidence: 0,
+        first_seen: now,
+        last_seen: now,
+        expires: now + 580_000 * 31_557_600_000,
+        offence: 1,
+        reason: Some("left by the bug".to_owned()),
+    };
+    std::fs::create_dir_all(config.journal.parent().context("no journal dir")?)?;
+    std::fs::write(
+        &config.journal,
+        sipguard::journal::Record::Ban(endless).encode(),
+    )?;
+
+    let guard = Daemon::start(&config)?;
+    let listed = ban_of(&bans(&guard)?, LEFT_BY_THE_BUG).context("the journalled ban is gone")?;
+    ensure!(listed["expires"] == "9999-12-31T23:59:59Z", "{listed}");
+
+    let huge = guard.bans(&["add", &HUGE.to_string(), "--for", "580000y"])?;
+    ensure!(
+        huge.status.code() == Some(1)
+            && stderr(&huge).contains("duration: \"580000y\": expected a duration from 1s to 1y")
+            && stderr(&huge).contains("400 Bad Request"),
+        "{huge:?}"
+    );
+    ensure!(
+        ban_of(&bans(&guard)?, HUGE).is_none(),
+        "the refused ban is in force"
+    );
+
+    // An automatic ban afterwards: its log line comes once it is durable.
+    scan(&guard, SCANNER)?;
+    let line = guard.wait_for_log(&format!("source={SCANNER} "), SETTLE)?;
+    ensure!(
+        line.contains("banned") && line.contains("rule=scanner"),
+        "{line}"
+    );
+    let trouble: Vec<String> = guard
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("not journalled") || l.contains("panicked") || l.contains("failed"))
+        .collect();
+    ensure!(trouble.is_empty(), "{trouble:#?}");
+    let scrape = guard.scrape()?;
+    for name in [
+        "sipguard_journal_writer_restarts_total",
+        "sipguard_journal_errors_total",
+    ] {
+        ensure!(
+            scrape.value(name, &[]) == Some(0.0),
+            "{name}:\n{}",
+            scrape.text
+        );
+    }
+    guard.kill()?;
+
+    let guard = Daemon::start(&config)?;
+    let after = bans(&guard)?;
+    ensure!(
+        ban_of(&after, SCANNER).is_some_and(|ban| ban["rule"] == "scanner"),
+        "the automatic ban did not survive the restart: {after}"
+    );
+    ensure!(ban_of(&after, LEFT_BY_THE_BUG).is_some(), "{after}");
+    Ok(())
+}
+
+/// `METHOD_PATH HTTP/1.1` to the admin API with `headers` as given, then `body`.
+fn admin_request(
+    guard: &Daemon,
+    method_path: &str,
+    headers: &[&str],
+    body: &str,
+) -> anyhow::Result<HttpReply> {
+    let mut request = format!("{method_path} HTTP/1.1\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    http_exchange(guard.admin(), &request)
+}
+
+#[test]
+fn the_admin_api_refuses_web_pages_and_requests_without_the_token() -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const TARGET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 175);
+    let dir = tempfile::tempdir()?;
+    // Every directory on the way to the token file open to all, so that its own mode is all
+    // that keeps other users out.
+    let open = std::fs::Permissions::from_mode(0o755);
+    let config = DaemonConfig::in_dir(
+        dir.path(),
+        "",
+        free_udp_addr(Ipv4Addr::new(127, 0, 0, 176))?,
+    )?;
+    std::fs::create_dir_all(config.journal.parent().context("no journal dir")?)?;
+    for path in [dir.path(), &config.state, &config.state.join("sipguard")] {
+        std::fs::set_permissions(path, open.clone())?;
+    }
+    let guard = Daemon::start(&config)?;
+    let own_host = format!("Host: {}", guard.admin());
+    let bearer = format!("Authorization: Bearer {}", guard.token()?);
+    let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
+    let other_port = format!("Host: evil.example:{}", guard.admin().port());
+    let localhost = format!("Host: localhost:{}", guard.admin().port());
+    let json = "Content-Type: application/json";
+    let ban = format!("{{\"ip\": \"{TARGET}\", \"duration\": \"1h\"}}");
+
+    // The report's request as a web page's fetch() sends it, without the token and with it;
+    // then each mark of a page alone, the token notwithstanding; then a program's request
+    // without the token, with a wrong one, and with a body beyond the bound.
+    let too_long = format!(
+        "{{\"ip\": \"{TARGET}\", \"reason\": \"{}\"}}",
+        "x".repeat(9000)
+    );
+    let refused: [(&str, Vec<&str>, &str, u16, &str); 9] = [
+        (
+            "the report's cross-origin POST",
+            vec![
+                "Origin: http://evil.example",
+                "Content-Type: text/plain",
+                "Host: evil.example",
+            ],
+            &ban,
+            403,
+            "is not this API's address",
+        ),
+        (
+            "the same with the token",
+            vec![
+                "Origin: http://evil.example",
+                "Content-Type: text/plain",
+                "Host: evil.example",
+                &bearer,
+            ],
+            &ban,
+            403,
+            "is not this API's address",
+        ),
+        (
+            "an Origin",
+            vec![&own_host, "Origin: http://evil.example", json, &bearer],
+            &ban,
+            403,
+            "requests from web pages are refused",
+        ),
+        (
+            "a rebound name",
+            vec![&other_port, json, &bearer],
+            &ban,
+            403,
+            "is not this API's address",
+        ),
+        (
+            "a text/plain body",
+            vec![&own_host, "Content-Type: text/plain", &bearer],
+            &ban,
+            415,
+            "application/json",
+        ),
+        (
+            "no token",
+            vec![&own_host, json],
+            &ban,
+            401,
+            "Authorization: Bearer",
+        ),
+        (
+            "a wrong token",
+            vec![&own_host, json, &wrong],
+            &ban,
+            401,
+            "wrong token",
+        ),
+        ("no token on a GET", vec![&own_host], "", 401, "admin.token"),
+        (
+            "a body beyond the bound",
+            vec![&own_host, json, &bearer],
+            &too_long,
+            413,
+            "at most 8192 bytes",
+        ),
+    ];
+    for (what, headers, body, status, message) in refused {
+        let method = if body.is_empty() {
+            "GET /bans"
+        } else {
+            "POST /bans"
+        };
+        let reply = admin_request(&guard, method, &headers, body)?;
+        ensure!(
+            reply.status == status && reply.body.contains(message),
+            "{what}: {reply:?}"
+        );
+        if status == 401 {
+            ensure!(
+                reply
+                    .head
+                    .to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{what}: {reply:?}"
+            );
+        }
+    }
+    ensure!(
+        stdout(&guard.bans(&["list"])?) == "no bans\n",
+        "a refused request banned"
+    );
+    guard.wait_for_log("admin API request refused", SETTLE)?;
+
+    // The program's request with the token passes, under the address or localhost.
+    let listed = admin_request(&guard, "GET /bans", &[&localhost, &bearer], "")?;
+    ensure!(listed.status == 200, "{listed:?}");
+    let added = admin_request(&guard, "POST /bans", &[&own_host, json, &bearer], &ban)?;
+    ensure!(added.status == 201, "{added:?}");
+    let removed = guard.bans(&["remove", &TARGET.to_string()])?;
+    ensure!(removed.status.success(), "{removed:?}");
+
+    // The CLI with a token file of another start says which file it sent.
+    let stale = dir.path().join("stale.token");
+    std::fs::write(&stale, format!("{}\n", "0".repeat(64)))?;
+    let refused = guard.bans(&["--token-file", &stale.display().to_string(), "list"])?;
+    ensure!(
+        refused.status.code() == Some(1)
+            && stderr(&refused).contains("wrong token")
+            && stderr(&refused).contains(&format!("read from {}", stale.display())),
+        "{refused:?}"
+    );
+
+    // A user who cannot read the token file cannot use the API: the file is 0640, and (when
+    // this runs as root) `nobody` is refused by it.
+    let token = std::fs::metadata(guard.token_file())?;
+    ensure!(token.mode() & 0o777 == 0o640, "mode {:o}", token.mode());
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    let nobody_runs_it = token.uid() == 0
+        && guard
+            .cli()
+            .run_as(&as_nobody, &["--help"])
+            .is_ok_and(|out| out.status.success());
+    if nobody_runs_it {
+        let out = guard
+            .cli()
+            .run_as(&as_nobody, &["add", &TARGET.to_string()])?;
+        ensure!(
+            out.status.code() == Some(1)
+                && stderr(&out).contains("cannot read the admin token")
+                && stderr(&out).contains("ermission denied"),
+            "{out:?}"
+        );
+        ensure!(stdout(&guard.bans(&["list"])?) == "no bans\n");
+    } else {
+        eprintln!("not root, or setpriv cannot run the binary as nobody: only the mode checked");
+    }
+    Ok(())
+}
+
+#[test]
+fn bans_cli_finds_the_token_file_the_config_names() -> anyhow::Result<()> {
+    const SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 178);
+    let dir = tempfile::tempdir()?;
+    let yaml = "admin:\n  token_file: run/admin.token\n";
+    let pbx = free_udp_addr(Ipv4Addr::new(127, 0, 0, 179))?;
+    let config = DaemonConfig::in_dir(dir.path(), yaml, pbx)?;
+    let guard = Daemon::start(&config)?;
+    ensure!(
+        dir.path().join("run/admin.token").exists() && !guard.token_file().exists(),
+        "the token is not where the config says"
+    );
+    // Without the config the default places hold no token.
+    let lost = guard.bans(&["list"])?;
+    ensure!(
+        lost.status.code() == Some(1) && stderr(&lost).contains("no admin token at"),
+        "{lost:?}"
+    );
+    let file = config.config.display().to_string();
+    let add = guard.bans(&[
+        "--config",
+        &file,
+        "add",
+        &SOURCE.to_string(),
+        "--for",
+        "10m",
+    ])?;
+    ensure!(add.status.success(), "{add:?}");
+    let listed = guard.bans(&["--config", &file, "list", "--json"])?;
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+    ensure!(ban_of(&list, SOURCE).is_some(), "{list}");
     Ok(())
 }

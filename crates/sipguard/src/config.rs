@@ -62,6 +62,9 @@ pub struct OpsConfig {
     pub metrics: Option<SocketAddr>,
     /// Where the admin API listens, always a loopback address; `None` when `off`.
     pub admin: Option<SocketAddr>,
+    /// The file the daemon writes the admin API's token to at each start; `None` for
+    /// `admin.token` beside the journal (`admin::token_file`), found at start like the journal.
+    pub admin_token: Option<PathBuf>,
     /// The ban journal; `None` for the default place, which depends on the environment the
     /// program starts in (`journal::default_path`), so it is found at start, not here.
     pub journal: Option<PathBuf>,
@@ -657,6 +660,7 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.ops.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(config.ops.admin, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(config.ops.admin_token, None);
         assert_eq!(config.ops.journal, None);
     }
 
@@ -666,12 +670,17 @@ mod tests {
         let file = dir.path().join("sipguard.yaml");
         std::fs::write(
             &file,
-            "metrics:\n  listen: off\nadmin:\n  listen: \"[::1]:9000\"\njournal:\n  path: state/bans.journal\n",
+            "metrics:\n  listen: off\nadmin:\n  listen: \"[::1]:9000\"\n  token_file: run/admin.token\n\
+             journal:\n  path: state/bans.journal\n",
         )
         .unwrap();
         let config = load(&file).unwrap();
         assert_eq!(config.ops.metrics, None);
         assert_eq!(config.ops.admin, Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(
+            config.ops.admin_token,
+            Some(dir.path().join("run/admin.token"))
+        );
         assert_eq!(
             config.ops.journal,
             Some(dir.path().join("state/bans.journal"))
@@ -679,15 +688,17 @@ mod tests {
     }
 
     #[test]
-    fn admin_api_refuses_a_non_loopback_address() {
+    fn admin_api_refuses_a_non_loopback_address_and_files_need_names() {
         assert_eq!(
-            lines("admin:\n  listen: 0.0.0.0:9465\nmetrics:\n  listen: localhost:9464\njournal:\n  path: \"\"\n"),
+            lines("admin:\n  listen: 0.0.0.0:9465\n  token_file: \"\"\nmetrics:\n  listen: localhost:9464\njournal:\n  path: \"\"\n"),
             [
                 ": metrics.listen: \"localhost:9464\": expected an IP address with a port, such as \
                  127.0.0.1:9464; host names are not looked up, or off",
                 ": admin.listen: \"0.0.0.0:9465\": expected a loopback address such as \
-                 127.0.0.1:9465, or off: the admin API has no authentication and must not be \
-                 reachable from the network",
+                 127.0.0.1:9465, or off: the admin API is for this host's operators and must \
+                 not be reachable from the network",
+                ": admin.token_file: \"\": expected a file name, such as \
+                 /var/lib/sipguard/admin.token (relative to this file's directory)",
                 ": journal.path: \"\": expected a file name, such as \
                  /var/lib/sipguard/bans.journal (relative to this file's directory)",
             ]

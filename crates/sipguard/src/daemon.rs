@@ -170,17 +170,14 @@ pub async fn serve(
         }));
     }
     if let Some(listener) = ops.admin {
-        tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-        let admin = Arc::new(Admin::new(
+        let admin = Admin::new(
             Arc::clone(&policy),
             journal.clone(),
             Arc::clone(&reloader),
             reasons,
-        ));
-        services.spawn(crate::http::serve(listener, move |call| {
-            let admin = Arc::clone(&admin);
-            async move { admin.handle(call).await }
-        }));
+        );
+        let token_file = crate::admin::token_file(&config.ops, journal.path());
+        services.spawn(admin.serve(listener, &token_file)?);
     }
     let reload_on_hangup = Arc::clone(&reloader);
     services.spawn(async move {

@@ -105,4 +105,8 @@ fn describe() {
         "sipguard_journal_errors_total",
         "Ban journal writes or compactions that failed."
     );
+    describe_counter!(
+        "sipguard_journal_writer_restarts_total",
+        "Ban journal writer threads restarted after a failure."
+    );
 }

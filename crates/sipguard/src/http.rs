@@ -3,10 +3,13 @@
 //! hyper rather than hand-written HTTP: it is already in the tree (the Prometheus exporter's
 //! listener is built on it), and it parses requests (chunked bodies, pipelining, header limits,
 //! slow clients) correctly, which a few lines over a `TcpStream` would not. HTTP/1.1 only, one
-//! task per connection; a bad connection ends that task and nothing else.
+//! task per connection; a bad connection ends that task and nothing else. Bodies are read whole
+//! up to [`MAX_BODY`] and refused beyond it; who may send what is the handler's to judge (the
+//! admin API's gate), from the headers handed over with the body.
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
@@ -15,18 +18,21 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-/// Largest request body read (an admin API call is a few hundred bytes).
-const MAX_BODY: usize = 64 * 1024;
+/// Largest request body read: an admin API call is a few hundred bytes, at most about 3 KiB
+/// with the longest reason written in escapes.
+pub const MAX_BODY: usize = 8 * 1024;
 /// A client that has not sent its request head by then is dropped.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A request as the handlers see it: method, path and the whole body.
+/// A request as the handlers see it: method, path, headers and the whole body.
 #[derive(Debug)]
 pub struct Call {
     /// The HTTP method.
     pub method: Method,
     /// The path, without the query.
     pub path: String,
+    /// The request's headers, for the handler's checks.
+    pub headers: HeaderMap,
     /// The body, read whole.
     pub body: Bytes,
 }
@@ -87,10 +93,16 @@ where
                         Ok(call) => handler(call).await,
                         Err(reply) => reply,
                     };
-                    Response::builder()
+                    let response = Response::builder()
                         .status(reply.status)
-                        .header("content-type", reply.content_type)
-                        .body(Full::new(Bytes::from(reply.body)))
+                        .header(CONTENT_TYPE, reply.content_type);
+                    // The one scheme these listeners know; RFC 9110 wants it named on a 401.
+                    let response = if reply.status == StatusCode::UNAUTHORIZED {
+                        response.header(WWW_AUTHENTICATE, "Bearer")
+                    } else {
+                        response
+                    };
+                    response.body(Full::new(Bytes::from(reply.body)))
                 }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
@@ -110,18 +122,26 @@ async fn read(request: Request<Incoming>) -> Result<Call, Reply> {
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
-        .map_err(|err| Reply::error(StatusCode::PAYLOAD_TOO_LARGE, err))?
+        .map_err(|err| {
+            Reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format_args!("a request body is at most {MAX_BODY} bytes ({err})"),
+            )
+        })?
         .to_bytes();
     Ok(Call {
         method: parts.method,
         path: parts.uri.path().to_owned(),
+        headers: parts.headers,
         body,
     })
 }
 
-/// Sends one request to `addr` and returns the status and body.
+/// Sends one request to `addr` with `token` as its bearer token, and returns the status and
+/// body.
 pub async fn request(
     addr: SocketAddr,
+    token: &str,
     method: Method,
     path: &str,
     body: Option<String>,
@@ -133,8 +153,9 @@ pub async fn request(
     let request = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
         .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let response = sender.send_request(request).await?;
     let status = response.status();

@@ -13,15 +13,24 @@
 //! bounded like the policy's tables: its live set keeps at most the policy's cap (the bans with
 //! the longest to run), and the ban and unban lines are logged one by one up to
 //! [`LOG_PER_SECOND`] a second, the rest summed up in one line per second.
+//!
+//! No record stops the writer: every time is formatted clamped to what RFC 3339 can write, and
+//! the replay skips what it cannot read. Should the writer thread panic all the same (a bug), it
+//! is opened afresh from the file and goes on, counted in
+//! `sipguard_journal_writer_restarts_total`; only the records it was writing at that moment may
+//! miss the journal (their bans stay in force, and an admin request waiting on one gets an
+//! error).
 
+use metrics::{counter, Counter};
 use serde::{Deserialize, Serialize};
 use sipguard_policy::{Ban, RuleId, Timestamp};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
@@ -37,6 +46,14 @@ pub const LOG_PER_SECOND: u32 = 100;
 /// The file is compacted once it holds this many records more than the live bans, and at least
 /// twice as many.
 const COMPACT_SLACK: usize = 10_000;
+/// A writer that panicked is opened afresh after this pause, so a fault that recurs costs one
+/// restart a second rather than a busy loop.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// The last millisecond RFC 3339 can write, 9999-12-31T23:59:59.999Z; later times are shown as it.
+const LAST_FORMATTABLE_MILLIS: u64 = 253_402_300_799_999;
+
+/// Where the writer reads the time: the system clock, or a test's own.
+type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// One ban as the journal keeps it: everything needed to restore it as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,8 +213,8 @@ pub enum JournalError {
     /// Too many records waiting for the writer.
     #[error("the ban journal's queue is full")]
     Full,
-    /// The writer thread has stopped.
-    #[error("the ban journal writer has stopped")]
+    /// The writer thread failed before the record was durable (it restarts on its own).
+    #[error("the ban journal writer failed before the record was durable")]
     Stopped,
     /// Writing or syncing failed.
     #[error("cannot write the ban journal: {0}")]
@@ -209,34 +226,31 @@ impl Journal {
     /// force, and starts the writer thread. The replay says what the caller should restore.
     /// At most `cap` bans are kept live (the policy's `max_tracked_sources`).
     pub fn open(path: &Path, now: Timestamp, cap: usize) -> io::Result<(Journal, Replay)> {
+        Journal::start(
+            path,
+            now,
+            cap,
+            Arc::new(|| Timestamp::from_system(SystemTime::now())),
+        )
+    }
+
+    /// [`Journal::open`] with the writer reading the time from `clock`.
+    fn start(
+        path: &Path,
+        now: Timestamp,
+        cap: usize,
+        clock: Clock,
+    ) -> io::Result<(Journal, Replay)> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(err),
-        };
-        let replay = replay(&bytes, now);
-        let live: HashMap<IpAddr, BanEntry> = replay
-            .bans
-            .iter()
-            .map(|entry| (entry.ip, entry.clone()))
-            .collect();
-        compact(path, live.values())?;
-        let file = OpenOptions::new().append(true).open(path)?;
+        let (writer, replay) = Writer::open(path, now, cap, clock)?;
+        // Registered here, on the caller's thread, so it is exported (at 0) from the start.
+        let restarts = counter!("sipguard_journal_writer_restarts_total");
         let (queue, requests) = mpsc::sync_channel(QUEUE);
-        let mut writer = Writer {
-            path: path.to_owned(),
-            file,
-            written: live.len(),
-            live,
-            cap,
-            log: LogBudget::default(),
-        };
         std::thread::Builder::new()
             .name("ban-journal".to_owned())
-            .spawn(move || writer.run(requests))?;
+            .spawn(move || supervise(writer, &requests, &restarts))?;
         Ok((
             Journal {
                 queue,
@@ -278,6 +292,25 @@ impl Journal {
     }
 }
 
+/// The writer thread's body: runs `writer` until every [`Journal`] handle is gone. A writer that
+/// panics is counted in `restarts`, logged, and replaced by one opened afresh from the file,
+/// which holds every record made durable.
+fn supervise(mut writer: Writer, requests: &mpsc::Receiver<Pending>, restarts: &Counter) {
+    loop {
+        let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| writer.run(requests))) else {
+            return;
+        };
+        restarts.increment(1);
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        tracing::error!(path = %writer.path.display(), panic = message, "the ban journal writer failed; it restarts from the file, and the bans it was writing may not survive a restart");
+        writer = writer.reopen();
+    }
+}
+
 struct Writer {
     path: PathBuf,
     file: File,
@@ -287,6 +320,7 @@ struct Writer {
     /// Most bans kept in `live`.
     cap: usize,
     log: LogBudget,
+    clock: Clock,
 }
 
 /// Lets [`LOG_PER_SECOND`] ban and unban lines a second through and counts the rest.
@@ -337,11 +371,61 @@ impl LogBudget {
 }
 
 impl Writer {
-    fn run(&mut self, requests: mpsc::Receiver<Pending>) {
+    /// Replays the journal at `path` as of `now`, rewrites it to the bans still in force, and
+    /// opens it for appending.
+    fn open(path: &Path, now: Timestamp, cap: usize, clock: Clock) -> io::Result<(Writer, Replay)> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        let replay = replay(&bytes, now);
+        let live: HashMap<IpAddr, BanEntry> = replay
+            .bans
+            .iter()
+            .map(|entry| (entry.ip, entry.clone()))
+            .collect();
+        compact(path, live.values())?;
+        let file = OpenOptions::new().append(true).open(path)?;
+        let writer = Writer {
+            path: path.to_owned(),
+            file,
+            written: live.len(),
+            live,
+            cap,
+            log: LogBudget::default(),
+            clock,
+        };
+        Ok((writer, replay))
+    }
+
+    /// A new writer over the same file, after this one failed: tried every [`RESTART_DELAY`]
+    /// until the file can be opened again.
+    fn reopen(&self) -> Writer {
+        loop {
+            std::thread::sleep(RESTART_DELAY);
+            match Writer::open(&self.path, self.now(), self.cap, Arc::clone(&self.clock)) {
+                Ok((writer, replay)) => {
+                    tracing::info!(path = %self.path.display(), bans = replay.bans.len(), "ban journal writer restarted");
+                    return writer;
+                }
+                Err(err) => {
+                    counter!("sipguard_journal_errors_total").increment(1);
+                    tracing::error!(path = %self.path.display(), %err, "cannot reopen the ban journal; trying again");
+                }
+            }
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    fn run(&mut self, requests: &mpsc::Receiver<Pending>) {
         let mut next_expiry = Instant::now() + EXPIRY_CHECK;
         loop {
             if Instant::now() >= next_expiry {
-                self.expire(now_millis());
+                self.expire(self.now().as_millis());
                 next_expiry = Instant::now() + EXPIRY_CHECK;
             }
             let wait = next_expiry.saturating_duration_since(Instant::now());
@@ -357,11 +441,12 @@ impl Writer {
                 .file
                 .write_all(text.as_bytes())
                 .and_then(|()| self.file.sync_data());
+            let now = self.now().as_millis();
             match &result {
                 Ok(()) => {
                     self.written += group.len();
                     for write in &group {
-                        self.apply(&write.record);
+                        self.apply(&write.record, now);
                     }
                 }
                 Err(err) => {
@@ -378,10 +463,10 @@ impl Writer {
                 }
             }
             if self.live.len() > self.cap + self.cap / 8 {
-                self.keep_longest(now_millis());
+                self.keep_longest(now);
             }
             if self.written > (self.live.len() * 2).max(self.live.len() + COMPACT_SLACK) {
-                self.compact();
+                self.compact(now);
             }
             self.log.roll();
         }
@@ -400,8 +485,8 @@ impl Writer {
         });
     }
 
-    /// Takes a durable record into the live set and logs it.
-    fn apply(&mut self, record: &Record) {
+    /// Takes a record made durable at `now` into the live set and logs it.
+    fn apply(&mut self, record: &Record, now: u64) {
         match record {
             Record::Ban(entry) => {
                 if self.log.allow() {
@@ -411,7 +496,7 @@ impl Writer {
                     evidence = entry.evidence,
                     offence = entry.offence,
                     expires = %format_millis(entry.expires),
-                    expires_in_s = entry.expires.saturating_sub(now_millis()) / 1000,
+                    expires_in_s = entry.expires.saturating_sub(now) / 1000,
                     reason = entry.reason.as_deref().unwrap_or(""),
                     "banned"
                     );
@@ -442,8 +527,8 @@ impl Writer {
         }
     }
 
-    fn compact(&mut self) {
-        self.expire(now_millis());
+    fn compact(&mut self, now: u64) {
+        self.expire(now);
         let result = compact(&self.path, self.live.values())
             .and_then(|()| OpenOptions::new().append(true).open(&self.path));
         match result {
@@ -516,7 +601,8 @@ fn private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+/// Creates `dir` and its missing parents, each new one readable by its owner only.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -540,12 +626,10 @@ pub fn default_path() -> Option<PathBuf> {
     Some(state_home.join("sipguard/bans.journal"))
 }
 
-fn now_millis() -> u64 {
-    Timestamp::from_system(SystemTime::now()).as_millis()
-}
-
-/// A time in milliseconds since the epoch as RFC 3339 (UTC, seconds).
+/// A time in milliseconds since the epoch as RFC 3339 (UTC, seconds); a time after the year
+/// 9999, which RFC 3339 cannot write, as the last second of 9999.
 pub fn format_millis(millis: u64) -> String {
+    let millis = millis.min(LAST_FORMATTABLE_MILLIS);
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(millis)).to_string()
 }
 
@@ -761,6 +845,75 @@ mod tests {
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert!(lines < COMPACT_SLACK, "{lines} records after compaction");
         assert_eq!(replay_file(&path).bans, [ban]);
+    }
+
+    #[test]
+    fn times_past_the_year_9999_are_formatted_as_its_last_second() {
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_millis(LAST_FORMATTABLE_MILLIS),
+            "9999-12-31T23:59:59Z"
+        );
+        for beyond in [LAST_FORMATTABLE_MILLIS + 1, u64::MAX / 2, u64::MAX] {
+            assert_eq!(format_millis(beyond), "9999-12-31T23:59:59Z");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_is_restarted_from_the_file_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        // The writer reads the clock once a group of records is durable (and once a second to
+        // expire bans): the first read once armed panics, whichever it is.
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clock: Clock = {
+            let armed = Arc::clone(&armed);
+            Arc::new(move || {
+                if armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("a fault injected by the test");
+                }
+                NOW
+            })
+        };
+        let (journal, _) =
+            metrics::with_local_recorder(&recorder, || Journal::start(&path, NOW, 1000, clock))
+                .unwrap();
+        assert!(metrics
+            .render()
+            .contains("sipguard_journal_writer_restarts_total 0"));
+        journal
+            .commit(Record::Ban(entry("192.0.2.1", 600)))
+            .await
+            .unwrap();
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Durable either way: written before the panic, or by the writer that took over. Only
+        // its acknowledgement may be lost.
+        let _ = journal.commit(Record::Ban(entry("192.0.2.2", 600))).await;
+        journal
+            .commit(Record::Ban(entry("192.0.2.3", 600)))
+            .await
+            .expect("the restarted writer takes new records");
+        assert!(!armed.load(std::sync::atomic::Ordering::SeqCst));
+        // The restart compacted the file, in no particular order.
+        let mut bans = replay_file(&path).bans;
+        bans.sort_by_key(|entry| entry.ip);
+        assert_eq!(
+            bans,
+            [
+                entry("192.0.2.1", 600),
+                entry("192.0.2.2", 600),
+                entry("192.0.2.3", 600)
+            ]
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("sipguard_journal_writer_restarts_total 1"),
+            "{}",
+            metrics.render()
+        );
     }
 
     #[test]

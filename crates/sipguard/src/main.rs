@@ -7,9 +7,10 @@
 //! future that completes on SIGINT or SIGTERM. The Prometheus recorder is installed here, once
 //! per process; SIGHUP reloads the configuration.
 //!
-//! Exit codes: 0 success; 1 failure at run time, or a config file that cannot be read; 2 an
-//! invalid configuration (every problem printed, one per line) or bad command-line usage; 3 for
-//! `bans` when no sipguard answers at the admin address.
+//! Exit codes: 0 success; 1 failure at run time, or a config file that cannot be read, or for
+//! `bans` a token that cannot be read or is refused; 2 an invalid configuration (every problem
+//! printed, one per line) or bad command-line usage; 3 for `bans` when no sipguard answers at
+//! the admin address.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -70,13 +71,24 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The admin API's token is read from the file the running sipguard \
+                        wrote at start: --token-file; else admin.token_file of --config, or \
+                        admin.token beside its journal.path; else admin.token beside the \
+                        default journal (as `sipguard run` by this user puts it), then \
+                        /var/lib/sipguard/admin.token (the systemd service's). Reading it \
+                        takes root or the service's group."
+)]
 struct BansArgs {
     /// The admin API's address; default: admin.listen of --config, else 127.0.0.1:9465.
     #[arg(long, global = true, value_name = "ADDR")]
     admin: Option<String>,
-    /// The config file whose admin.listen to use.
+    /// The config file whose admin.listen and token file to use.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The file holding the admin API's token (see below for where it is looked for).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     action: BansAction,
 }
@@ -93,10 +105,10 @@ enum BansAction {
     Add {
         /// The address to ban.
         ip: std::net::IpAddr,
-        /// How long, e.g. 30m, 2h, 7d.
+        /// How long, from 1s to 1y, e.g. 30m, 2h, 7d.
         #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
         duration: String,
-        /// Why, shown in listings.
+        /// Why, shown in listings (at most 256 characters).
         #[arg(long)]
         reason: Option<String>,
         /// Print the API's JSON.
@@ -127,7 +139,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
-        Command::Bans(args) => return bans::command(args.admin, args.config, args.action),
+        Command::Bans(args) => return bans::command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -286,9 +298,10 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// `sipguard bans`: a client of the admin API.
 mod bans {
-    use super::BansAction;
+    use super::{BansAction, BansArgs};
     use hyper::{Method, StatusCode};
     use serde_json::Value;
+    use sipguard::admin::gate::Token;
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::process::ExitCode;
@@ -297,14 +310,22 @@ mod bans {
     const EXIT_NOT_RUNNING: u8 = 3;
     const DEFAULT_ADMIN: &str = "127.0.0.1:9465";
 
-    pub fn command(admin: Option<String>, config: Option<PathBuf>, action: BansAction) -> ExitCode {
-        let addr = match admin_addr(admin, config) {
-            Ok(addr) => addr,
-            Err(message) => {
+    /// Where the requests go and the token they carry.
+    struct Target {
+        addr: SocketAddr,
+        token: Token,
+        token_file: PathBuf,
+    }
+
+    pub fn command(args: BansArgs) -> ExitCode {
+        let target = match target(args.admin, args.config, args.token_file) {
+            Ok(target) => target,
+            Err((code, message)) => {
                 eprintln!("sipguard: {message}");
-                return ExitCode::from(super::EXIT_INVALID_CONFIG);
+                return code;
             }
         };
+        let action = args.action;
         let (method, path, body, json) = match &action {
             BansAction::List { json } => (Method::GET, "/bans".to_owned(), None, *json),
             BansAction::Add {
@@ -333,7 +354,14 @@ mod bans {
                 return ExitCode::FAILURE;
             }
         };
-        let reply = runtime.block_on(sipguard::http::request(addr, method, &path, body));
+        let addr = target.addr;
+        let reply = runtime.block_on(sipguard::http::request(
+            addr,
+            target.token.as_str(),
+            method,
+            &path,
+            body,
+        ));
         let (status, text) = match reply {
             Ok(reply) => reply,
             Err(err) => {
@@ -349,6 +377,12 @@ mod bans {
                 .map(str::to_owned)
                 .unwrap_or_else(|| value.to_string());
             eprintln!("sipguard: {message} ({status})");
+            if status == StatusCode::UNAUTHORIZED {
+                eprintln!(
+                    "sipguard: the token sent was read from {}",
+                    target.token_file.display()
+                );
+            }
             return ExitCode::FAILURE;
         }
         if json {
@@ -380,22 +414,82 @@ mod bans {
         ExitCode::SUCCESS
     }
 
-    fn admin_addr(flag: Option<String>, config: Option<PathBuf>) -> Result<SocketAddr, String> {
-        if let Some(text) = flag {
-            return text.parse().map_err(|_| {
-                format!(
+    /// The address and token from the flags and the config, or the exit code and message: 2 for
+    /// bad usage or configuration, 1 for a token that cannot be had.
+    fn target(
+        admin: Option<String>,
+        config: Option<PathBuf>,
+        token_file: Option<PathBuf>,
+    ) -> Result<Target, (ExitCode, String)> {
+        let invalid = |message: String| (ExitCode::from(super::EXIT_INVALID_CONFIG), message);
+        let config = config
+            .map(|path| match sipguard::config::load(&path) {
+                Ok(config) => Ok((path, config)),
+                Err(errors) => Err(invalid(errors.to_string())),
+            })
+            .transpose()?;
+        let addr = match (admin, &config) {
+            (Some(text), _) => text.parse().map_err(|_| {
+                invalid(format!(
                     "--admin: {text:?}: expected an address with a port, such as {DEFAULT_ADMIN}"
-                )
-            });
-        }
-        if let Some(path) = config {
-            let config = sipguard::config::load(&path).map_err(|errors| errors.to_string())?;
-            return config
+                ))
+            })?,
+            (None, Some((path, config))) => config
                 .ops
                 .admin
-                .ok_or_else(|| format!("{}: admin.listen is off", path.display()));
+                .ok_or_else(|| invalid(format!("{}: admin.listen is off", path.display())))?,
+            (None, None) => DEFAULT_ADMIN.parse().expect("a valid address"),
+        };
+        let files = match (token_file, &config) {
+            (Some(file), _) => vec![file],
+            (None, Some((_, config)))
+                if config.ops.admin_token.is_some() || config.ops.journal.is_some() =>
+            {
+                let journal = config.ops.journal.clone().unwrap_or_default();
+                vec![sipguard::admin::token_file(&config.ops, &journal)]
+            }
+            // The config leaves both to the daemon's environment: look where it would put them.
+            (None, _) => {
+                sipguard::admin::default_token_files(sipguard::journal::default_path().as_deref())
+            }
+        };
+        let (token_file, token) =
+            read_token(&files).map_err(|message| (ExitCode::FAILURE, message))?;
+        Ok(Target {
+            addr,
+            token,
+            token_file,
+        })
+    }
+
+    /// The token in the first of `files` that exists; an error naming the file that cannot be
+    /// read, or every file looked at.
+    fn read_token(files: &[PathBuf]) -> Result<(PathBuf, Token), String> {
+        for file in files {
+            match Token::read(file) {
+                Ok(token) => return Ok((file.clone(), token)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(format!(
+                        "cannot read the admin token {}: {err}; it takes root (sudo) or the \
+                         sipguard service's group",
+                        file.display()
+                    ))
+                }
+                Err(err) => {
+                    return Err(format!(
+                        "cannot read the admin token {}: {err}",
+                        file.display()
+                    ))
+                }
+            }
         }
-        Ok(DEFAULT_ADMIN.parse().expect("a valid address"))
+        let tried: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        Err(format!(
+            "no admin token at {}: sipguard writes it when it starts (is it running?); \
+             --token-file or --config names another",
+            tried.join(" or ")
+        ))
     }
 
     fn field(value: &Value, key: &str) -> String {

@@ -184,6 +184,10 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     );
     keep("metrics.listen", new.ops.metrics != running.ops.metrics);
     keep("admin.listen", new.ops.admin != running.ops.admin);
+    keep(
+        "admin.token_file",
+        new.ops.admin_token != running.ops.admin_token,
+    );
     keep("journal.path", new.ops.journal != running.ops.journal);
     new.listen_udp = running.listen_udp.clone();
     new.listen_tcp = running.listen_tcp.clone();

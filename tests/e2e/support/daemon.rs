@@ -1,11 +1,13 @@
 //! The real `sipguard` binary as a child process, for what an in-process instance cannot show:
-//! `kill -9` and a restart over the same ban journal, SIGHUP, the `sipguard bans` CLI, and the
-//! process-wide Prometheus recorder behind `/metrics`.
+//! `kill -9` and a restart over the same ban journal, SIGHUP, the `sipguard bans` CLI, the admin
+//! API over a socket, and the process-wide Prometheus recorder behind `/metrics`.
 //!
 //! The binary is built once per test run (`cargo build -p sipguard`, a no-op when up to date):
 //! `cargo test` builds the binaries of the package under test only, and this package is the
 //! root one. Every instance listens on port 0 (SIP, metrics and admin) and learns its addresses
-//! from its own log; its journal and config live in a directory of its own.
+//! from its own log; its config lives in a directory of its own, and its journal and admin token
+//! in their default places under a state directory of its own (`XDG_STATE_HOME`), where
+//! `sipguard bans` run with the same environment finds the token as an operator's would.
 
 use super::process::Guarded;
 use super::wait::poll_until;
@@ -67,15 +69,17 @@ pub struct Daemon {
     log: Arc<Mutex<Vec<String>>>,
     udp: SocketAddr,
     metrics: SocketAddr,
-    admin: SocketAddr,
+    cli: BansCli,
 }
 
-/// How to start one: a config file (written by the test) and the journal it keeps.
+/// How to start one: a config file (written by the test) and the state directory it keeps.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     /// The YAML config file.
     pub config: PathBuf,
-    /// The ban journal.
+    /// `XDG_STATE_HOME` of the daemon and its CLI: the journal and the token go under it.
+    pub state: PathBuf,
+    /// The ban journal, in its default place under `state`.
     pub journal: PathBuf,
     /// The PBX to forward to.
     pub pbx: SocketAddr,
@@ -88,9 +92,11 @@ impl DaemonConfig {
     pub fn in_dir(dir: &Path, yaml: &str, pbx: SocketAddr) -> anyhow::Result<Self> {
         let config = dir.join("sipguard.yaml");
         std::fs::write(&config, yaml)?;
+        let state = dir.join("state");
         Ok(DaemonConfig {
             config,
-            journal: dir.join("state/bans.journal"),
+            journal: state.join("sipguard/bans.journal"),
+            state,
             pbx,
             listen: "127.0.0.1:0".parse()?,
         })
@@ -105,12 +111,12 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(&config.config)
-            .arg("--journal")
-            .arg(&config.journal)
             .args(["--listen", &config.listen.to_string()])
             .args(["--pbx", &config.pbx.to_string()])
             .args(["--metrics", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            .env_remove("STATE_DIRECTORY")
+            .env("XDG_STATE_HOME", &config.state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -153,7 +159,10 @@ impl Daemon {
             log,
             udp,
             metrics,
-            admin,
+            cli: BansCli {
+                admin,
+                state: config.state.clone(),
+            },
         })
     }
 
@@ -164,7 +173,19 @@ impl Daemon {
 
     /// The admin API's address.
     pub fn admin(&self) -> SocketAddr {
-        self.admin
+        self.cli.admin
+    }
+
+    /// Where it wrote the admin token: beside its journal.
+    pub fn token_file(&self) -> PathBuf {
+        self.cli.state.join("sipguard/admin.token")
+    }
+
+    /// The admin token it wrote at start.
+    pub fn token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.token_file())?
+            .trim()
+            .to_owned())
     }
 
     /// Its log so far, one line per entry.
@@ -199,19 +220,85 @@ impl Daemon {
         Scrape::fetch(self.metrics)
     }
 
-    /// Runs `sipguard bans ARGS --admin ADDR`.
+    /// Runs `sipguard bans --admin ADDR ARGS` as the operator would.
     pub fn bans(&self, args: &[&str]) -> anyhow::Result<Output> {
-        bans_cli(self.admin, args)
+        self.cli.run(args)
+    }
+
+    /// `sipguard bans` for this instance, usable after it stops.
+    pub fn cli(&self) -> BansCli {
+        self.cli.clone()
     }
 }
 
-/// Runs `sipguard bans ARGS` against the admin API at `admin`.
-pub fn bans_cli(admin: SocketAddr, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(binary()?)
-        .arg("bans")
-        .args(["--admin", &admin.to_string()])
-        .args(args)
-        .output()?)
+/// `sipguard bans` against one instance, in its environment: `--admin` (the port is chosen at
+/// start) and nothing else, the token found where the instance wrote it by default.
+#[derive(Debug, Clone)]
+pub struct BansCli {
+    admin: SocketAddr,
+    state: PathBuf,
+}
+
+impl BansCli {
+    /// Runs `sipguard bans --admin ADDR ARGS`.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.run_as(&[], args)
+    }
+
+    /// Runs it under `wrapper` (a program and its arguments, such as `setpriv` to run it as
+    /// another user), in the same environment.
+    pub fn run_as(&self, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Output> {
+        let binary = binary()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        Ok(command
+            .arg("bans")
+            .args(["--admin", &self.admin.to_string()])
+            .args(args)
+            .env_remove("STATE_DIRECTORY")
+            .env("XDG_STATE_HOME", &self.state)
+            .output()?)
+    }
+}
+
+/// A reply read off the wire.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, head and body, with `Connection: close`) to
+/// `addr` as it is, and reads the reply to the end.
+pub fn http_exchange(addr: SocketAddr, request: &str) -> anyhow::Result<HttpReply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP header end in {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok(HttpReply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
 }
 
 /// One `/metrics` text, with its samples.
@@ -225,25 +312,19 @@ pub struct Scrape {
 impl Scrape {
     /// Fetches and parses `http://ADDR/metrics`.
     pub fn fetch(addr: SocketAddr) -> anyhow::Result<Self> {
-        let mut stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        let reply = http_exchange(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
         )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no HTTP header end")?;
-        ensure!(head.starts_with("HTTP/1.1 200"), "scrape failed: {head}");
+        let head = reply.head;
+        ensure!(reply.status == 200, "scrape failed: {head}");
         ensure!(
             !head
                 .to_ascii_lowercase()
                 .contains("transfer-encoding: chunked"),
             "unexpected chunked reply"
         );
-        Ok(Self::parse(body))
+        Ok(Self::parse(&reply.body))
     }
 
     /// Parses exposition text: every sample line as name, labels, value.

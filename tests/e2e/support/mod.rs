@@ -19,7 +19,7 @@ pub mod certs;
 #[path = "../../../crates/relay/tests/support/metrics.rs"]
 pub mod metrics;
 
-pub use daemon::{bans_cli, Daemon, DaemonConfig, Scrape};
+pub use daemon::{http_exchange, Daemon, DaemonConfig, HttpReply, Scrape};
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use phone::Phone;
 pub use sipguard::Sipguard;

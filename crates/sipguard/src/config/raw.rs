@@ -26,11 +26,18 @@ pub(crate) struct RawConfig {
     pub tcp: Option<RawTcp>,
     pub tls: Option<RawTls>,
     pub metrics: Option<RawListenOne>,
-    pub admin: Option<RawListenOne>,
+    pub admin: Option<RawAdmin>,
     pub journal: Option<RawJournal>,
 }
 
-/// A service on one TCP address (the metrics exporter, the admin API), or `off`.
+/// The admin API: its address, and the file holding the token every request must carry.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// A service on one TCP address (the metrics exporter), or `off`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawListenOne {
     pub listen: Option<String>,
@@ -299,6 +306,10 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     (
         "admin.listen",
         "a loopback address with a port, such as 127.0.0.1:9465, or off",
+    ),
+    (
+        "admin.token_file",
+        "a file name, such as /var/lib/sipguard/admin.token (relative to this file's directory)",
     ),
     ("journal", "a mapping"),
     (

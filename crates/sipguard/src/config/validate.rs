@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use sipguard_policy::{AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles, TlsReload};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where settings given as flags come from, in messages.
@@ -894,11 +894,12 @@ impl<'a> Validator<'a, '_> {
 }
 
 impl<'a> Validator<'a, '_> {
-    /// The `metrics`, `admin` and `journal` sections, each replaceable by its flag.
+    /// The `metrics`, `admin` and `journal` sections, each address and the journal replaceable
+    /// by its flag.
     fn ops(
         &mut self,
         metrics: &Option<raw::RawListenOne>,
-        admin: &Option<raw::RawListenOne>,
+        admin: &Option<raw::RawAdmin>,
         journal: &Option<raw::RawJournal>,
         dir: &Path,
         overrides: &Overrides,
@@ -910,31 +911,52 @@ impl<'a> Validator<'a, '_> {
             DEFAULT_METRICS,
             false,
         );
-        let admin = self.service(
+        let admin_listen = self.service(
             ("admin.listen", "--admin"),
             admin.as_ref().and_then(|a| a.listen.clone()),
             overrides.admin.clone(),
             DEFAULT_ADMIN,
             true,
         );
+        let token = admin.as_ref().and_then(|a| a.token_file.clone());
+        let admin_token = self.file_name(
+            (self.key("admin.token_file"), "admin.token_file"),
+            token,
+            dir,
+        );
         let file = journal.as_ref().and_then(|j| j.path.clone());
-        let (key, text, dir) = match &overrides.journal {
-            Some(text) => (self.flag("--journal"), Some(text.clone()), Path::new("")),
-            None => (self.key("journal.path"), file, dir),
-        };
-        let journal = match text {
-            None => Some(None),
-            Some(text) if text.trim().is_empty() => {
-                self.problem(key.invalid(&text, expected_at("journal.path").unwrap_or_default()));
-                None
-            }
-            Some(text) => Some(Some(dir.join(text))),
+        let journal = match &overrides.journal {
+            Some(text) => self.file_name(
+                (self.flag("--journal"), "journal.path"),
+                Some(text.clone()),
+                Path::new(""),
+            ),
+            None => self.file_name((self.key("journal.path"), "journal.path"), file, dir),
         };
         Some(OpsConfig {
             metrics: metrics?,
-            admin: admin?,
+            admin: admin_listen?,
+            admin_token: admin_token?,
             journal: journal?,
         })
+    }
+
+    /// A file name from `key`, which sets the file key `schema` (a flag replaces one), taken
+    /// relative to `dir`; `None` inside when left out.
+    fn file_name(
+        &mut self,
+        (key, schema): (Key<'a>, &str),
+        text: Option<String>,
+        dir: &Path,
+    ) -> Option<Option<PathBuf>> {
+        match text {
+            None => Some(None),
+            Some(text) if text.trim().is_empty() => {
+                self.problem(key.invalid(&text, expected_at(schema).unwrap_or_default()));
+                None
+            }
+            Some(text) => Some(Some(dir.join(text))),
+        }
     }
 
     /// A TCP service's address from `(key, flag)`, `off` for none; `loopback_only` for one that
@@ -962,8 +984,8 @@ impl<'a> Validator<'a, '_> {
                 self.problem(key.invalid(
                     &text,
                     format_args!(
-                        "a loopback address such as {default}, or off: the admin API has no \
-                         authentication and must not be reachable from the network"
+                        "a loopback address such as {default}, or off: the admin API is for \
+                         this host's operators and must not be reachable from the network"
                     ),
                 ));
                 None
