@@ -1,14 +1,15 @@
-//! The ban table, the memory of past offences that makes repeat bans longer, and the events
-//! that tell the rest of sipguard what changed.
+//! The ban table and the memory of past offences that makes repeat bans longer.
 //!
-//! The policy is the one owner of ban state: the journal, the admin API's listing, the stream
-//! front's connection reaper and the metrics learn of bans only through [`BanEvent`]s, published
-//! to every [`BanObserver`] as the change is made.
+//! Bans are keyed by network: a single address (a /32 or /128), or an IPv6 prefix once several
+//! of its addresses offend (see [`crate::prefix`]). Looking up an address costs one probe, and
+//! a second for IPv6 only while some prefix ban is in force.
 
 use crate::bounded::{BoundedMap, Expiring};
 use crate::time::Timestamp;
 use crate::verdict::RuleId;
+use ipnet::IpNet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,50 +43,6 @@ impl Expiring for Ban {
             .as_secs()
             .saturating_mul(u64::from(self.offence))
     }
-}
-
-/// A change to the ban table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BanEvent {
-    /// `source` was banned (a new ban, or the operator's ban replacing one).
-    Banned {
-        /// The banned source.
-        source: IpAddr,
-        /// The ban as it stands.
-        ban: Ban,
-    },
-    /// The operator lifted the ban early.
-    Lifted {
-        /// The source let through again.
-        source: IpAddr,
-        /// The ban that was lifted.
-        ban: Ban,
-    },
-    /// The ban ran out.
-    Expired {
-        /// The source let through again.
-        source: IpAddr,
-        /// The ban that ran out.
-        ban: Ban,
-    },
-}
-
-impl BanEvent {
-    /// The source the event is about.
-    pub fn source(&self) -> IpAddr {
-        match self {
-            BanEvent::Banned { source, .. }
-            | BanEvent::Lifted { source, .. }
-            | BanEvent::Expired { source, .. } => *source,
-        }
-    }
-}
-
-/// Follows the ban table: the journal, the connection reaper, the metrics. Called on the packet
-/// path while the change is made, so it must only queue or notify, never wait.
-pub trait BanObserver: Send + Sync {
-    /// One change to the ban table.
-    fn ban_event(&self, event: &BanEvent);
 }
 
 /// Bans issued to a source recently: each new ban within the window doubles.
@@ -130,26 +87,65 @@ pub(crate) struct Evidence {
     pub first_seen: Timestamp,
 }
 
+/// What covers a banned address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cover {
+    /// A ban on the address itself.
+    Address,
+    /// A ban on its IPv6 prefix.
+    Prefix(IpNet),
+}
+
 pub(crate) struct BanTable {
-    bans: BoundedMap<IpAddr, Ban>,
-    offences: BoundedMap<IpAddr, Offences>,
+    bans: BoundedMap<IpNet, Ban>,
+    offences: BoundedMap<IpNet, Offences>,
     repeat: RepeatConfig,
+    /// The IPv6 prefix length prefix bans are made at.
+    prefix_len: u8,
+    /// When the last prefix ban ends (ms since the epoch): past it an IPv6 lookup takes one
+    /// probe, not two.
+    prefixes_end: AtomicU64,
+}
+
+/// The network of exactly one address.
+pub(crate) fn host(source: IpAddr) -> IpNet {
+    IpNet::from(source)
 }
 
 impl BanTable {
-    pub fn new(cap: usize, repeat: RepeatConfig) -> Self {
+    pub fn new(cap: usize, repeat: RepeatConfig, prefix_len: u8) -> Self {
         BanTable {
             bans: BoundedMap::new(cap),
             offences: BoundedMap::new(cap),
             repeat,
+            prefix_len,
+            prefixes_end: AtomicU64::new(0),
         }
     }
 
-    /// True while `source` is banned; notes the drop as the ban's last sighting.
-    pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
+    /// The IPv6 prefix `source` belongs to, for prefix bans; `None` for IPv4.
+    pub fn prefix_of(&self, source: IpAddr) -> Option<IpNet> {
+        match source {
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, self.prefix_len)
+                .ok()
+                .map(|net| IpNet::V6(net.trunc())),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// What bans `source`, if anything; notes the drop as the ban's last sighting.
+    pub fn cover(&self, source: IpAddr, now: Timestamp) -> Option<Cover> {
+        let seen = |ban: &mut Ban| ban.last_seen = now;
+        if self.bans.get_live(&host(source), now, seen).is_some() {
+            return Some(Cover::Address);
+        }
+        if now.as_millis() >= self.prefixes_end.load(Ordering::Relaxed) {
+            return None;
+        }
+        let prefix = self.prefix_of(source)?;
         self.bans
-            .get_live(&source, now, |ban| ban.last_seen = now)
-            .is_some()
+            .get_live(&prefix, now, seen)
+            .map(|()| Cover::Prefix(prefix))
     }
 
     /// Bans `source` for `base`, doubled for each earlier ban that ended less than the repeat
@@ -158,7 +154,7 @@ impl BanTable {
     /// `None` is returned and nothing changes.
     pub fn ban(
         &self,
-        source: IpAddr,
+        source: IpNet,
         evidence: Evidence,
         base: Duration,
         now: Timestamp,
@@ -172,7 +168,7 @@ impl BanTable {
     /// The operator's ban: replaces any ban in force, and counts as an offence like any other.
     pub fn ban_manually(
         &self,
-        source: IpAddr,
+        source: IpNet,
         note: Option<Arc<str>>,
         duration: Duration,
         now: Timestamp,
@@ -188,7 +184,7 @@ impl BanTable {
 
     fn impose(
         &self,
-        source: IpAddr,
+        source: IpNet,
         evidence: Evidence,
         note: Option<Arc<str>>,
         base: Duration,
@@ -234,7 +230,7 @@ impl BanTable {
     }
 
     /// Puts back a ban as it was, with its offence count, so a later ban keeps doubling.
-    pub fn restore(&self, source: IpAddr, ban: Ban, now: Timestamp) {
+    pub fn restore(&self, source: IpNet, ban: Ban, now: Timestamp) {
         let offences = Offences {
             count: ban.offence,
             forget_at: ban.expires + self.repeat.within,
@@ -255,26 +251,26 @@ impl BanTable {
     }
 
     /// Lifts a ban (and forgets past offences), returning it.
-    pub fn lift(&self, source: IpAddr) -> Option<Ban> {
+    pub fn lift(&self, source: IpNet) -> Option<Ban> {
         self.offences.remove(&source);
         self.bans.remove(&source)
     }
 
     /// Every ban in force.
-    pub fn list(&self, now: Timestamp) -> Vec<(IpAddr, Ban)> {
+    pub fn list(&self, now: Timestamp) -> Vec<(IpNet, Ban)> {
         let mut bans = Vec::new();
         self.bans
             .for_each(now, |source, ban| bans.push((*source, ban.clone())));
         bans
     }
 
-    /// The ban on `source`, if one is in force.
-    pub fn get(&self, source: IpAddr, now: Timestamp) -> Option<Ban> {
+    /// The ban on exactly `source`, if one is in force.
+    pub fn get(&self, source: IpNet, now: Timestamp) -> Option<Ban> {
         self.bans.get_live(&source, now, |ban| ban.clone())
     }
 
     /// Drops expired bans and offences, handing each ban that ran out to `expired`.
-    pub fn sweep(&self, now: Timestamp, expired: impl FnMut(&IpAddr, Ban)) {
+    pub fn sweep(&self, now: Timestamp, expired: impl FnMut(&IpNet, Ban)) {
         self.bans.sweep_with(now, expired);
         self.offences.sweep(now);
     }

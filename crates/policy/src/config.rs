@@ -63,8 +63,18 @@ pub struct PolicyConfig {
     pub invite_failures: Rule,
     /// Distinct failing usernames per source.
     pub enumeration: Rule,
-    /// Requests per source.
+    /// Requests per source (and, at `ipv6_offenders` times the threshold, per IPv6 prefix).
     pub flood: Rule,
+    /// Requests per source in the flood window that a source that has authenticated may send
+    /// before its requests are dropped (never banned): phones burst at boot (BLF subscriptions).
+    pub flood_trusted_threshold: u32,
+    /// Messages per source that are not SIP, are malformed or are too large.
+    pub garbage: Rule,
+    /// The IPv6 prefix length evidence and bans aggregate to.
+    pub ipv6_prefix_len: u8,
+    /// Distinct banned addresses of one IPv6 prefix that get the prefix banned; 0 never bans a
+    /// prefix.
+    pub ipv6_offenders: u32,
     /// How bans grow for repeat offenders.
     pub repeat: RepeatConfig,
     /// How long a source that authenticated successfully is trusted.
@@ -110,10 +120,19 @@ impl Default for PolicyConfig {
             },
             flood: Rule {
                 mode: Mode::Ban,
-                threshold: 16,
+                threshold: 64,
                 window: Duration::from_secs(2),
                 ban_for: 5 * MINUTE,
             },
+            flood_trusted_threshold: 512,
+            garbage: Rule {
+                mode: Mode::Ban,
+                threshold: 20,
+                window: Duration::from_secs(10),
+                ban_for: 10 * MINUTE,
+            },
+            ipv6_prefix_len: 64,
+            ipv6_offenders: 4,
             repeat: RepeatConfig::default(),
             trust_for: 24 * HOUR,
             max_tracked_sources: 100_000,

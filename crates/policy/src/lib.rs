@@ -11,25 +11,30 @@
 
 mod bans;
 mod bounded;
+mod changes;
 mod cidr;
 mod config;
+mod prefix;
 mod response;
 mod scanner;
 mod state;
 mod time;
 mod verdict;
 
-pub use bans::{Ban, BanEvent, BanObserver, RepeatConfig};
+pub use bans::{Ban, RepeatConfig};
+pub use changes::{Change, Observer};
+pub use ipnet::IpNet;
 pub use cidr::CidrSet;
 pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
-pub use response::{AuthMethod, Exchange, Judged, RequestMemo};
+pub use response::{AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
 pub use time::Timestamp;
 pub use verdict::{Action, DropReason, Event, RuleId, Verdict};
 
 use arc_swap::ArcSwap;
-use bans::{BanTable, Evidence};
+use bans::{host, BanTable, Cover, Evidence};
 use bounded::BoundedMap;
+use prefix::PrefixState;
 use scanner::ScannerSignatures;
 use sipguard_sip::{is_keepalive, ParseError, SipView};
 use state::{SourceState, Trust, UserState};
@@ -107,6 +112,7 @@ impl Rules {
             &config.invite_failures,
             &config.enumeration,
             &config.flood,
+            &config.garbage,
         ]
         .iter()
         .map(|rule| rule.window)
@@ -135,10 +141,12 @@ pub struct Policy {
     /// and the check skips the username's hash and lookup on every request.
     blocks_end: AtomicU64,
     trust: BoundedMap<IpAddr, Trust>,
+    /// Evidence per IPv6 prefix: its flood count and its banned addresses.
+    prefixes: BoundedMap<IpNet, PrefixState>,
     /// Keys username hashes, so a remote party cannot aim for collisions.
     hasher: RandomState,
-    /// Who follows the ban table.
-    observers: ArcSwap<Vec<Arc<dyn BanObserver>>>,
+    /// Who follows the ban and trust tables.
+    observers: ArcSwap<Vec<Arc<dyn Observer>>>,
 }
 
 /// The deny list, and the allowlist when it is enforced: whether an unbanned source is admitted.
@@ -165,20 +173,23 @@ impl Policy {
     pub fn new(config: PolicyConfig) -> Result<Self, BuildError> {
         let cap = config.max_tracked_sources;
         let repeat = config.repeat;
+        let prefix_len = config.ipv6_prefix_len;
         Ok(Policy {
             rules: ArcSwap::from_pointee(Rules::new(config)?),
-            bans: BanTable::new(cap, repeat),
+            bans: BanTable::new(cap, repeat, prefix_len),
             sources: BoundedMap::new(cap),
             users: BoundedMap::new(cap),
             blocks_end: AtomicU64::new(0),
             trust: BoundedMap::new(cap),
+            prefixes: BoundedMap::new(cap),
             hasher: RandomState::new(),
             observers: ArcSwap::from_pointee(Vec::new()),
         })
     }
 
-    /// Adds an observer of the ban table: it hears of every ban, lift and expiry from now on.
-    pub fn subscribe(&self, observer: Arc<dyn BanObserver>) {
+    /// Adds an observer of the ban and trust tables: it hears of every ban, lift, expiry and
+    /// grant of trust from now on.
+    pub fn subscribe(&self, observer: Arc<dyn Observer>) {
         self.observers.rcu(|observers| {
             let mut observers = Vec::clone(observers);
             observers.push(Arc::clone(&observer));
@@ -186,26 +197,64 @@ impl Policy {
         });
     }
 
-    fn publish(&self, event: BanEvent) {
+    fn publish(&self, event: Change) {
         for observer in self.observers.load().iter() {
-            observer.ban_event(&event);
+            observer.changed(&event);
         }
     }
 
-    /// Bans `source` for a rule and tells the observers; `None` when it is banned already.
+    /// Bans `source` for a rule and tells the observers; `None` when it is banned already. A
+    /// banned IPv6 address counts against its prefix, which is banned once enough of its
+    /// addresses are.
     pub(crate) fn ban(
         &self,
-        source: IpAddr,
+        source: IpNet,
         evidence: Evidence,
         ban_for: Duration,
         now: Timestamp,
     ) -> Option<Action> {
         let ban = self.bans.ban(source, evidence, ban_for, now)?;
-        self.publish(BanEvent::Banned {
+        self.publish(Change::Banned {
             source,
             ban: ban.clone(),
         });
+        if let (IpNet::V6(net), Some(prefix)) = (source, self.bans.prefix_of(source.addr())) {
+            if net.prefix_len() == 128 {
+                self.offended(prefix, net.addr(), evidence, ban_for, now);
+            }
+        }
         Some(Action::Banned(ban))
+    }
+
+    /// An address of `prefix` was banned: the prefix is banned once the rule's spread of its
+    /// addresses are, for as long as the last of them.
+    fn offended(
+        &self,
+        prefix: IpNet,
+        address: std::net::Ipv6Addr,
+        evidence: Evidence,
+        ban_for: Duration,
+        now: Timestamp,
+    ) {
+        let rules = self.rules.load();
+        let spread = usize::try_from(rules.config.ipv6_offenders).unwrap_or(usize::MAX);
+        if spread == 0 {
+            return;
+        }
+        let low_bits = u128::from(address) as u64;
+        let offenders = self.prefixes.upsert(
+            prefix,
+            now,
+            || PrefixState::new(rules.horizon),
+            |state| state.offended(low_bits, now, spread),
+        );
+        if offenders >= spread {
+            let evidence = Evidence {
+                count: u32::try_from(offenders).unwrap_or(u32::MAX),
+                ..evidence
+            };
+            self.ban(prefix, evidence, ban_for, now);
+        }
     }
 
     /// The longest message accepted now (one atomic load, for the stream framer).
@@ -236,17 +285,31 @@ impl Policy {
     /// on the allowlist when that is enforced): the check a new connection gets before it is
     /// accepted, and the first step of every message check.
     pub fn check_source(&self, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
-        if self.bans.is_banned(source, now) {
+        let rules = self.rules.load();
+        if self.banned(&rules, source, now) {
             return Err(DropReason::Banned);
         }
-        screen(&self.rules.load(), source)
+        screen(&rules, source)
+    }
+
+    /// Whether a ban covers `source`: its own, or its IPv6 prefix's unless it is allowlisted or
+    /// trusted there.
+    fn banned(&self, rules: &Rules, source: IpAddr, now: Timestamp) -> bool {
+        match self.bans.cover(source, now) {
+            None => false,
+            Some(Cover::Address) => true,
+            Some(Cover::Prefix(_)) => {
+                !rules.allowlist.contains(source) && !self.is_trusted(source, now)
+            }
+        }
     }
 
     /// Judges one message from `source`: a UDP datagram, or a message framed from a TCP or TLS
     /// connection. Over a stream the handshake proved the address, so evidence against it cannot
     /// be forged in its name: unlike over UDP, a trusted source that sends a scanner's signature
-    /// is banned like any other. A flood from a trusted source is still only dropped (real
-    /// phones burst: BLF subscriptions at boot), and allowlisted sources are never banned.
+    /// is banned like any other. A burst from a trusted source is let through up to the flood
+    /// rule's trusted threshold and then only dropped (real phones burst: BLF subscriptions at
+    /// boot), and allowlisted sources are never banned.
     pub fn check<'a>(
         &self,
         datagram: &'a [u8],
@@ -256,24 +319,35 @@ impl Policy {
     ) -> Checked<'a> {
         // The ban first, before even the rules are loaded: it is what a flood from banned
         // sources costs.
-        if self.bans.is_banned(source, now) {
+        let cover = self.bans.cover(source, now);
+        if cover == Some(Cover::Address) {
             return Verdict::Drop(DropReason::Banned).into();
         }
         let rules = self.rules.load();
+        if cover.is_some() && self.banned(&rules, source, now) {
+            return Verdict::Drop(DropReason::Banned).into();
+        }
         if let Err(reason) = screen(&rules, source) {
             return Verdict::Drop(reason).into();
         }
-        let allowlisted = rules.allowlist.contains(source);
+        let judge = Judge {
+            policy: self,
+            rules: &rules,
+            source,
+            allowlisted: rules.allowlist.contains(source),
+            transport,
+            now,
+        };
         if datagram.len() > rules.config.max_message_size {
-            return Verdict::Drop(DropReason::TooLarge).into();
+            return judge.garbage(DropReason::TooLarge);
         }
         if is_keepalive(datagram) {
             return Verdict::Keepalive.into();
         }
         let view = match SipView::parse(datagram) {
             Ok(view) => view,
-            Err(ParseError::NotSip) => return Verdict::Drop(DropReason::NotSip).into(),
-            Err(_) => return Verdict::Drop(DropReason::Malformed).into(),
+            Err(ParseError::NotSip) => return judge.garbage(DropReason::NotSip),
+            Err(_) => return judge.garbage(DropReason::Malformed),
         };
         if view.method().is_none() {
             return Verdict::Forward(view).into();
@@ -284,41 +358,12 @@ impl Policy {
                 count: 1,
                 first_seen: now,
             };
-            return self.packet_rule(
-                view,
-                source,
-                allowlisted,
-                transport,
-                &rules.config.scanner,
-                evidence,
-                DropReason::Scanner,
-                now,
-            );
+            let action = judge.packet_rule(&rules.config.scanner, evidence);
+            return judge.conclude(view, RuleId::Scanner, action, DropReason::Scanner);
         }
-        if !allowlisted {
-            let flood = rules.config.flood;
-            let (count, first_seen) = self.sources.upsert(
-                source,
-                now,
-                || SourceState::new(rules.horizon),
-                |state| (state.flood.hit(now, flood.window), state.flood.start),
-            );
-            if count > flood.threshold {
-                let evidence = Evidence {
-                    rule: RuleId::Flood,
-                    count,
-                    first_seen,
-                };
-                return self.packet_rule(
-                    view,
-                    source,
-                    allowlisted,
-                    transport,
-                    &flood,
-                    evidence,
-                    DropReason::Flood,
-                    now,
-                );
+        if !judge.allowlisted {
+            if let Some(action) = judge.flood() {
+                return judge.conclude(view, RuleId::Flood, action, DropReason::Flood);
             }
         }
         let user = self.username(&view);
@@ -332,55 +377,9 @@ impl Policy {
         }
     }
 
-    /// A rule judged on one packet (signature, flood): allowlisted sources lose the packet but
-    /// are not banned, and so do trusted ones, except for a signature over a stream.
-    #[allow(clippy::too_many_arguments)]
-    fn packet_rule<'a>(
-        &self,
-        view: SipView<'a>,
-        source: IpAddr,
-        allowlisted: bool,
-        transport: Transport,
-        rule: &Rule,
-        evidence: Evidence,
-        reason: DropReason,
-        now: Timestamp,
-    ) -> Checked<'a> {
-        // Over UDP the evidence may be forged in a trusted source's name. Over a stream it is
-        // the source's own, and a scanner's signature from an authenticated host means the host
-        // is abused; a burst (a phone subscribing to forty BLF keys at boot) still does not ban.
-        let shielded_by_trust =
-            transport == Transport::Datagram || evidence.rule != RuleId::Scanner;
-        let (verdict, action) = match rule.mode {
-            Mode::Observe => (Verdict::Forward(view), Action::Observed { would_ban: true }),
-            Mode::Drop => (Verdict::Drop(reason), Action::Dropped),
-            Mode::Ban if allowlisted || (shielded_by_trust && self.is_trusted(source, now)) => {
-                (Verdict::Drop(reason), Action::Dropped)
-            }
-            Mode::Ban => {
-                let Some(action) = self.ban(source, evidence, rule.ban_for, now) else {
-                    return Verdict::Drop(reason).into();
-                };
-                (Verdict::Drop(reason), action)
-            }
-        };
-        // Observe mode forwards: the response path still judges the PBX's answer.
-        let memo = match &verdict {
-            Verdict::Forward(view) => Some(self.memo(view, self.username(view))),
-            _ => None,
-        };
-        Checked {
-            verdict,
-            event: Some(Event {
-                source,
-                rule: evidence.rule,
-                action,
-            }),
-            memo,
-        }
-    }
-
-    fn is_trusted(&self, source: IpAddr, now: Timestamp) -> bool {
+    /// Whether `source` is trusted at `now`: it authenticated without a run of failures before,
+    /// and has not failed across several usernames since.
+    pub fn is_trusted(&self, source: IpAddr, now: Timestamp) -> bool {
         self.trust.get(&source, now, |_| ()).is_some()
     }
 
@@ -396,37 +395,45 @@ impl Policy {
             .unwrap_or(false)
     }
 
-    /// Bans `source` by hand for exactly `duration` (an operator's ban, with the operator's
-    /// `note`), replacing any ban in force, unless it is allowlisted.
+    /// Bans `source` (an address or a network) by hand for exactly `duration` (an operator's
+    /// ban, with the operator's `note`), replacing any ban in force, unless it is allowlisted.
     pub fn ban_manually(
         &self,
-        source: IpAddr,
+        source: impl Into<IpNet>,
         duration: Duration,
         note: Option<Arc<str>>,
         now: Timestamp,
     ) -> Option<Ban> {
-        if self.rules.load().allowlist.contains(source) {
+        let source = source.into().trunc();
+        if self.rules.load().allowlist.contains(source.addr()) {
             return None;
         }
         let ban = self.bans.ban_manually(source, note, duration, now);
-        self.publish(BanEvent::Banned {
+        self.publish(Change::Banned {
             source,
             ban: ban.clone(),
         });
         Some(ban)
     }
 
-    /// Lifts a ban and forgets the source's evidence (per source and per username), so it is let
-    /// through at once and starts from zero.
-    pub fn lift(&self, source: IpAddr) -> Option<Ban> {
-        self.sources.remove(&source);
+    /// Lifts a ban and forgets the evidence against the addresses it covered (per source and
+    /// per username), so they are let through at once and start from zero.
+    pub fn lift(&self, source: impl Into<IpNet>) -> Option<Ban> {
+        let source = source.into().trunc();
+        if source.prefix_len() == source.max_prefix_len() {
+            self.sources.remove(&source.addr());
+        } else {
+            self.sources.retain(|address| !source.contains(address));
+            self.prefixes.remove(&source);
+        }
         // Keyed by (source, username): finding a source's entries takes a scan of the table,
         // which an operator's lift can afford.
         if self.users.len() > 0 {
-            self.users.retain(|(user_source, _)| *user_source != source);
+            self.users
+                .retain(|(user_source, _)| !source.contains(user_source));
         }
         let ban = self.bans.lift(source)?;
-        self.publish(BanEvent::Lifted {
+        self.publish(Change::Lifted {
             source,
             ban: ban.clone(),
         });
@@ -436,27 +443,53 @@ impl Policy {
     /// Puts back a ban read from the journal, with its expiry and offence count as they were,
     /// without telling the observers (they are the journal's readers). Returns false,
     /// restoring nothing, when it has expired or the source is now allowlisted.
-    pub fn restore(&self, source: IpAddr, ban: Ban, now: Timestamp) -> bool {
-        if now >= ban.expires || self.rules.load().allowlist.contains(source) {
+    pub fn restore(&self, source: IpNet, ban: Ban, now: Timestamp) -> bool {
+        if now >= ban.expires || self.rules.load().allowlist.contains(source.addr()) {
             return false;
         }
-        self.bans.restore(source, ban, now);
+        self.bans.restore(source.trunc(), ban, now);
         true
     }
 
-    /// Whether `source` is banned at `now`.
+    /// Puts back trust read from the journal. Returns false, restoring nothing, when it has run
+    /// out.
+    pub fn restore_trust(&self, source: IpAddr, until: Timestamp, now: Timestamp) -> bool {
+        if now >= until {
+            return false;
+        }
+        let trust = Trust {
+            until,
+            published: until,
+        };
+        self.trust
+            .upsert(source, now, || trust, |current| *current = trust);
+        true
+    }
+
+    /// Whether a ban covers `source` at `now` (its own, or its prefix's).
     pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
-        self.bans.is_banned(source, now)
+        self.banned(&self.rules.load(), source, now)
     }
 
-    /// The ban on `source`, if one is in force.
+    /// The ban that covers `source`, if one is in force: its own, else its prefix's.
     pub fn ban_of(&self, source: IpAddr, now: Timestamp) -> Option<Ban> {
-        self.bans.get(source, now)
+        self.bans.get(host(source), now).or_else(|| {
+            let prefix = self.bans.prefix_of(source)?;
+            self.bans.get(prefix, now)
+        })
     }
 
-    /// Every ban in force.
-    pub fn bans(&self, now: Timestamp) -> Vec<(IpAddr, Ban)> {
+    /// Every ban in force: addresses, and IPv6 prefixes.
+    pub fn bans(&self, now: Timestamp) -> Vec<(IpNet, Ban)> {
         self.bans.list(now)
+    }
+
+    /// Every trusted source, with its expiry: what the journal keeps across a restart.
+    pub fn trusted_sources(&self, now: Timestamp) -> Vec<(IpAddr, Timestamp)> {
+        let mut trusted = Vec::new();
+        self.trust
+            .for_each(now, |source, trust| trusted.push((*source, trust.until)));
+        trusted
     }
 
     /// Drops expired entries from every table, telling the observers of each ban that ran out.
@@ -465,7 +498,7 @@ impl Policy {
         // Published once the table's locks are let go: an observer may look at the bans.
         let mut expired = Vec::new();
         self.bans.sweep(now, |&source, ban| {
-            expired.push(BanEvent::Expired { source, ban })
+            expired.push(Change::Expired { source, ban })
         });
         for event in expired {
             self.publish(event);
@@ -473,6 +506,7 @@ impl Policy {
         self.sources.sweep(now);
         self.users.sweep(now);
         self.trust.sweep(now);
+        self.prefixes.sweep(now);
     }
 
     /// Table sizes and evictions.
@@ -484,9 +518,152 @@ impl Policy {
             trusted: self.trust.len(),
             bans_expired: self.bans.expired(),
             evictions: self.bans.evictions()
+                + self.prefixes.evictions()
                 + self.sources.evictions()
                 + self.users.evictions()
                 + self.trust.evictions(),
+        }
+    }
+}
+
+/// One message's judgement: what the packet rules (signature, flood, garbage) need to know of
+/// it, gathered once.
+struct Judge<'p> {
+    policy: &'p Policy,
+    rules: &'p Rules,
+    source: IpAddr,
+    allowlisted: bool,
+    transport: Transport,
+    now: Timestamp,
+}
+
+impl Judge<'_> {
+    /// What a rule judged on one packet does to its source; `None` when the source is banned
+    /// already. Allowlisted sources lose the packet but are not banned, and so do trusted ones:
+    /// over UDP the evidence may be forged in their name. Over a stream it is the source's own,
+    /// and a scanner's signature from an authenticated host means the host is abused; a burst or
+    /// garbage still does not ban it.
+    fn packet_rule(&self, rule: &Rule, evidence: Evidence) -> Option<Action> {
+        let policy = self.policy;
+        let shielded_by_trust =
+            self.transport == Transport::Datagram || evidence.rule != RuleId::Scanner;
+        match rule.mode {
+            Mode::Observe => Some(Action::Observed { would_ban: true }),
+            Mode::Drop => Some(Action::Dropped),
+            Mode::Ban
+                if self.allowlisted
+                    || (shielded_by_trust && policy.is_trusted(self.source, self.now)) =>
+            {
+                Some(Action::Dropped)
+            }
+            Mode::Ban => policy.ban(host(self.source), evidence, rule.ban_for, self.now),
+        }
+    }
+
+    /// The verdict on a message a packet rule tripped on: forwarded in observe mode (with the
+    /// memo the response path needs), dropped otherwise.
+    fn conclude<'a>(
+        &self,
+        view: SipView<'a>,
+        rule: RuleId,
+        action: Option<Action>,
+        reason: DropReason,
+    ) -> Checked<'a> {
+        let observed = matches!(action, Some(Action::Observed { .. }));
+        let event = action.map(|action| self.event(rule, action));
+        if observed {
+            let policy = self.policy;
+            return Checked {
+                memo: Some(policy.memo(&view, policy.username(&view))),
+                verdict: Verdict::Forward(view),
+                event,
+            };
+        }
+        Checked {
+            verdict: Verdict::Drop(reason),
+            event,
+            memo: None,
+        }
+    }
+
+    fn event(&self, rule: RuleId, action: Action) -> Event {
+        Event {
+            source: self.source,
+            rule,
+            action,
+            proven: self.transport == Transport::Stream,
+        }
+    }
+
+    /// Counts a request against the flood rule (and, for IPv6, against the source's prefix).
+    /// Once the count passes the threshold (the trusted threshold, for a source that has
+    /// authenticated), the rule has tripped: `Some` of its action.
+    fn flood(&self) -> Option<Option<Action>> {
+        let policy = self.policy;
+        let (now, flood) = (self.now, self.rules.config.flood);
+        if let Some(prefix) = policy.bans.prefix_of(self.source) {
+            let spread = self.rules.config.ipv6_offenders.max(1);
+            let (count, first_seen) = policy.prefixes.upsert(
+                prefix,
+                now,
+                || PrefixState::new(self.rules.horizon),
+                |state| (state.flood.hit(now, flood.window), state.flood.start),
+            );
+            if count > flood.threshold.saturating_mul(spread) && flood.mode == Mode::Ban {
+                let evidence = Evidence {
+                    rule: RuleId::Flood,
+                    count,
+                    first_seen,
+                };
+                policy.ban(prefix, evidence, flood.ban_for, now);
+            }
+        }
+        let (count, first_seen) = policy.sources.upsert(
+            self.source,
+            now,
+            || SourceState::new(self.rules.horizon),
+            |state| (state.flood.hit(now, flood.window), state.flood.start),
+        );
+        if count <= flood.threshold
+            || (count <= self.rules.config.flood_trusted_threshold
+                && policy.is_trusted(self.source, now))
+        {
+            return None;
+        }
+        let evidence = Evidence {
+            rule: RuleId::Flood,
+            count,
+            first_seen,
+        };
+        Some(self.packet_rule(&flood, evidence))
+    }
+
+    /// A message that is not SIP, is malformed or is too large: dropped, and counted against
+    /// the garbage rule.
+    fn garbage(&self, reason: DropReason) -> Checked<'static> {
+        let policy = self.policy;
+        let (now, rule) = (self.now, self.rules.config.garbage);
+        let mut action = None;
+        if !self.allowlisted {
+            let (count, first_seen) = policy.sources.upsert(
+                self.source,
+                now,
+                || SourceState::new(self.rules.horizon),
+                |state| (state.garbage.hit(now, rule.window), state.garbage.start),
+            );
+            if count >= rule.threshold {
+                let evidence = Evidence {
+                    rule: RuleId::Garbage,
+                    count,
+                    first_seen,
+                };
+                action = self.packet_rule(&rule, evidence);
+            }
+        }
+        Checked {
+            verdict: Verdict::Drop(reason),
+            event: action.map(|action| self.event(RuleId::Garbage, action)),
+            memo: None,
         }
     }
 }

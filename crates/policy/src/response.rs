@@ -1,17 +1,35 @@
-//! The response path: what is remembered of a forwarded request, and how the PBX's answer to it
-//! feeds the failure, enumeration and trust rules.
+//! The response path: what is remembered of a client's exchange with the PBX, and how the PBX's
+//! answers feed the failure, enumeration and trust rules.
 //!
 //! A response carries neither the request's credentials nor, reliably, the username that was
 //! tried, so the relay keeps a [`RequestMemo`] per forwarded request in the client's
-//! [`Exchange`] (one per UDP session or stream connection) and hands it back with the response. Matching is by Call-ID, CSeq number
-//! and CSeq method, which identify the transaction from the client's side.
+//! [`Exchange`] (one per UDP session or stream connection) and hands it back with the response.
+//! Matching is by Call-ID, CSeq number and CSeq method, which identify the transaction from the
+//! client's side; within a transaction each distinct credential attempt (nonce, response,
+//! cnonce, nc) counts once, so a cracker that reuses one Call-ID and CSeq for every guess has
+//! every guess counted, and a retransmission none.
+//!
+//! Evidence is bound to an address that can receive: the exchange remembers the nonces the PBX
+//! sent this client in its challenges, and a refused attempt is proven evidence only when it
+//! answers one of them (over TCP and TLS every attempt is proven: the handshake proved the
+//! address). A spoofer never sees those nonces, so whatever it forges in a phone's name stays
+//! unproven: counted, never enough to ban or block a source that has authenticated.
 
 use crate::bans::Evidence;
 use crate::state::{SourceState, Trust, UserState};
-use crate::{Action, Event, Mode, Policy, Rule, RuleId, Rules, Timestamp};
+use crate::{Action, Change, Event, Mode, Policy, Rule, RuleId, Rules, Timestamp};
 use sipguard_sip::{Method, SipView};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
+
+/// A source with proven failures for this many distinct usernames in the enumeration window is
+/// cracking: it earns no trust, and loses what it had.
+const TRUST_WITHHELD_AT_USERS: usize = 3;
+
+/// A (source, username) with this many proven failures in the window has run into them: a
+/// success that follows is a guess that came good, not a phone, and earns no trust. (One is a
+/// typo, or a nonce the PBX no longer takes.)
+const TRUST_WITHHELD_AT_FAILURES: u32 = 2;
 
 /// The methods whose failures the rules count separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,66 +64,136 @@ impl AuthMethod {
     }
 }
 
+/// Credentials the PBX refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// The method of the refused request.
+    pub method: AuthMethod,
+    /// Whether the attempt answered a challenge sent to the client (or came over a stream):
+    /// only proven failures count against a source.
+    pub proven: bool,
+}
+
 /// What [`Policy::judge_response`] found in a response.
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Judged {
     /// The rule that tripped, if one did.
     pub event: Option<Event>,
-    /// Set when the PBX refused credentials: a 401/407 to a request that carried them, or a
-    /// 403. A bare first challenge is not a failure.
-    pub auth_failure: Option<AuthMethod>,
+    /// Set when the PBX refused credentials: a 401/407 to a request that carried them (not a
+    /// stale nonce), or a 403. A bare first challenge is not a failure.
+    pub auth_failure: Option<AuthFailure>,
 }
 
 /// What the response path needs to know of a forwarded request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestMemo {
     transaction: u64,
+    /// The Call-ID alone: credentials on it follow up a challenge.
+    call: u64,
+    /// The credential attempt (nonce, response, cnonce, nc); 0 without credentials.
+    attempt: u64,
+    /// The nonce the credentials answer; 0 without one.
+    nonce: u64,
     kind: Kind,
     credentialed: bool,
     user: Option<u64>,
-    /// Set by the first final response: the PBX's answers to retransmissions of the same
-    /// request, and its retransmitted answers, are the same evidence and count once.
-    answered: bool,
+    /// The credentials answer a challenge the PBX sent this client.
+    proven: bool,
+    /// Attempts forwarded in this transaction and not yet answered.
+    outstanding: u8,
 }
 
+/// Nonces remembered per client: its last challenges.
+const NONCES: usize = 16;
+
 /// What the policy keeps of one client's exchange with the PBX: the last few requests it sent,
-/// awaiting their responses. Fixed size: a client that sends more than this many requests before
-/// any answer loses the oldest memos, which only means their failures go uncounted.
+/// awaiting their responses, and the nonces the PBX challenged it with. Fixed size: a client
+/// that sends more than this many requests before any answer loses the oldest memos, which only
+/// means their failures go uncounted.
 #[derive(Debug, Clone, Default)]
 pub struct Exchange {
     ring: [Option<RequestMemo>; 16],
     next: usize,
+    /// Keyed hashes of the nonces sent to this client; 0 is no nonce.
+    nonces: [u64; NONCES],
+    next_nonce: usize,
+    /// Over TCP or TLS: the address is proven by the handshake.
+    stream: bool,
+    /// The client answered a challenge sent to it: it receives at this address.
+    reachable: bool,
 }
 
 impl Exchange {
+    /// The exchange of a UDP client, whose address proves nothing until it answers.
+    pub fn datagram() -> Self {
+        Exchange::default()
+    }
+
+    /// The exchange of a TCP or TLS connection, whose address the handshake proved.
+    pub fn stream() -> Self {
+        Exchange {
+            stream: true,
+            ..Exchange::default()
+        }
+    }
+
+    /// Whether the client has shown that it receives what is sent to its address: it answered
+    /// a challenge sent to it, or it is on a stream.
+    pub fn is_proven(&self) -> bool {
+        self.stream || self.reachable
+    }
+
     /// Remembers a forwarded request. A retransmission keeps the memo it already has, so a
-    /// transaction that was answered stays answered.
-    pub fn remember(&mut self, memo: RequestMemo) {
-        if self
+    /// transaction that was answered stays answered; a new credential attempt within the same
+    /// transaction (a cracker's next guess) is one more to answer.
+    pub fn remember(&mut self, mut memo: RequestMemo) {
+        memo.proven = memo.credentialed
+            && (self.stream || (memo.nonce != 0 && self.nonces.contains(&memo.nonce)));
+        self.reachable |= memo.proven;
+        if let Some(known) = self
             .ring
-            .iter()
+            .iter_mut()
             .flatten()
-            .any(|m| m.transaction == memo.transaction)
+            .find(|m| m.transaction == memo.transaction)
         {
+            if known.attempt != memo.attempt {
+                let outstanding = known.outstanding.saturating_add(1);
+                *known = RequestMemo {
+                    outstanding,
+                    ..memo
+                };
+            }
             return;
         }
-        self.ring[self.next] = Some(memo);
+        self.ring[self.next] = Some(RequestMemo {
+            outstanding: 1,
+            ..memo
+        });
         self.next = (self.next + 1) % self.ring.len();
     }
 
-    /// The memo of the request a final response answers, the first time only.
+    /// The memo of the request a final response answers, once per attempt forwarded.
     fn answer(&mut self, transaction: u64) -> Option<RequestMemo> {
         let memo = self
             .ring
             .iter_mut()
             .flatten()
             .find(|memo| memo.transaction == transaction)?;
-        if memo.answered {
+        if memo.outstanding == 0 {
             return None;
         }
-        memo.answered = true;
+        memo.outstanding -= 1;
         Some(*memo)
+    }
+
+    /// The PBX challenged this client with `nonce`.
+    fn challenged(&mut self, nonce: u64) {
+        if nonce == 0 || self.nonces.contains(&nonce) {
+            return;
+        }
+        self.nonces[self.next_nonce] = nonce;
+        self.next_nonce = (self.next_nonce + 1) % NONCES;
     }
 }
 
@@ -131,6 +219,11 @@ impl Policy {
         hasher.finish()
     }
 
+    /// A keyed hash that is never 0 (0 stands for "none").
+    fn token(&self, bytes: &[u8]) -> u64 {
+        self.hasher.hash_one(bytes).max(1)
+    }
+
     /// What to remember of a request being forwarded, whose username hashes to `user`.
     pub(crate) fn memo(&self, request: &SipView<'_>, user: Option<u64>) -> RequestMemo {
         let kind = match request.method() {
@@ -138,17 +231,33 @@ impl Policy {
             Some(Method::Invite) => Kind::Invite,
             _ => Kind::Other,
         };
+        let credentials = request.credentials();
+        let (attempt, nonce) = match credentials {
+            Some(c) => {
+                let mut hasher = self.hasher.build_hasher();
+                for part in [c.nonce, c.response, c.cnonce, c.nc] {
+                    part.hash(&mut hasher);
+                }
+                (hasher.finish().max(1), c.nonce.map_or(0, |n| self.token(n)))
+            }
+            None => (0, 0),
+        };
         RequestMemo {
             transaction: self.transaction(request),
+            call: self.token(request.call_id),
+            attempt,
+            nonce,
             kind,
-            credentialed: request.credentials().is_some(),
+            credentialed: credentials.is_some(),
             user,
-            answered: false,
+            proven: false,
+            outstanding: 0,
         }
     }
 
-    /// Feeds a final response from the PBX to `client` into the rules. Each transaction counts
-    /// once, however often it was retransmitted. Returns the rule that tripped, if one did.
+    /// Feeds a final response from the PBX to `client` into the rules. Each credential attempt
+    /// counts once, however often it was retransmitted. Returns the rule that tripped, if one
+    /// did.
     pub fn observe_response(
         &self,
         client: IpAddr,
@@ -172,14 +281,24 @@ impl Policy {
         let Some(code) = response.status().filter(|&code| code >= 200) else {
             return Judged::default();
         };
+        let challenge = response.challenge.filter(|_| matches!(code, 401 | 407));
+        if let Some(nonce) = challenge.and_then(|c| c.nonce) {
+            exchange.challenged(self.token(nonce));
+        }
         let Some(memo) = exchange.answer(self.transaction(response)) else {
             return Judged::default();
         };
-        let refused = matches!(code, 401 | 407 if memo.credentialed) || code == 403;
-        let auth_failure = refused.then_some(match memo.kind {
-            Kind::Register => AuthMethod::Register,
-            Kind::Invite => AuthMethod::Invite,
-            Kind::Other => AuthMethod::Other,
+        // A stale nonce: the credentials were right, the nonce too old (RFC 2617 section 3.2.1).
+        let stale = challenge.is_some_and(|c| c.stale);
+        let proven = memo.proven || exchange.stream;
+        let refused = (matches!(code, 401 | 407) && memo.credentialed && !stale) || code == 403;
+        let auth_failure = refused.then_some(AuthFailure {
+            method: match memo.kind {
+                Kind::Register => AuthMethod::Register,
+                Kind::Invite => AuthMethod::Invite,
+                Kind::Other => AuthMethod::Other,
+            },
+            proven,
         });
         let rules = self.rules.load();
         if rules.allowlist.contains(client) {
@@ -188,18 +307,21 @@ impl Policy {
                 auth_failure,
             };
         }
+        if memo.credentialed {
+            self.sources
+                .get(&client, now, |state| state.probes.followed_up(memo.call));
+        }
         let event = match code {
             200..=299 => {
                 self.succeeded(&rules, client, memo, now);
                 None
             }
-            401 | 407 if memo.credentialed => self
-                .failed(&rules, client, memo, now)
-                .or_else(|| self.probed(&rules, client, memo, now)),
-            401 | 407 | 404 => self.probed(&rules, client, memo, now),
-            403 => self
-                .failed(&rules, client, memo, now)
-                .or_else(|| self.probed(&rules, client, memo, now)),
+            401 | 407 if memo.credentialed && stale => None,
+            401 | 407 if !memo.credentialed => self.challenged(&rules, client, memo, proven, now),
+            401 | 407 | 403 => self
+                .failed(&rules, client, memo, proven, now)
+                .or_else(|| self.probed(&rules, client, memo, proven, now)),
+            404 => self.probed(&rules, client, memo, proven, now),
             _ => None,
         };
         Judged {
@@ -208,80 +330,155 @@ impl Policy {
         }
     }
 
+    /// A credentialed request succeeded: the username is no probe, and the source earns trust
+    /// unless the success came after a run of failures (a guess that came good) or the source
+    /// fails across several usernames.
     fn succeeded(&self, rules: &Rules, client: IpAddr, memo: RequestMemo, now: Timestamp) {
-        if memo.kind == Kind::Register && memo.credentialed {
-            let until = now + rules.config.trust_for;
-            self.trust
-                .upsert(client, now, || Trust { until }, |trust| trust.until = until);
+        let Some(user) = memo.user else {
+            return;
+        };
+        self.sources
+            .get(&client, now, |state| state.probes.succeeded(user));
+        if !memo.credentialed {
+            return;
         }
-        if let Some(user) = memo.user {
-            self.sources
-                .get(&client, now, |state| state.probes.succeeded(user));
-            self.users.get(&(client, user), now, |state| {
-                state.register_failures = Default::default()
+        let window = rules.config.enumeration.window;
+        let failures = self
+            .users
+            .get(&(client, user), now, |state| {
+                state.failures.current(now, window)
+            })
+            .unwrap_or(0);
+        let failing_users = self
+            .sources
+            .get(&client, now, |state| state.failing_users.current(now, window))
+            .unwrap_or(0);
+        if failures >= TRUST_WITHHELD_AT_FAILURES || failing_users >= TRUST_WITHHELD_AT_USERS {
+            return;
+        }
+        self.trust_until(client, now + rules.config.trust_for, now);
+    }
+
+    /// Trusts `client` until `until`, telling the observers when that moves the expiry they
+    /// know of by more than an eighth of the trust period (not at every re-registration).
+    pub(crate) fn trust_until(&self, client: IpAddr, until: Timestamp, now: Timestamp) {
+        let rules = self.rules.load();
+        let slack = rules.config.trust_for / 8;
+        let publish = self.trust.upsert(
+            client,
+            now,
+            || Trust {
+                until,
+                published: Timestamp::ZERO,
+            },
+            |trust| {
+                trust.until = trust.until.max(until);
+                let publish = trust.until > trust.published + slack;
+                if publish {
+                    trust.published = trust.until;
+                }
+                publish.then_some(trust.until)
+            },
+        );
+        if let Some(until) = publish {
+            self.publish(Change::Trusted {
+                source: client,
+                until,
             });
         }
     }
 
-    /// A REGISTER or INVITE that failed with credentials, or got a 403.
+    /// A bare request was challenged: the normal first step of authenticating, unless no
+    /// credentials follow on its Call-ID (a scanner sweeping extensions).
+    fn challenged(
+        &self,
+        rules: &Rules,
+        client: IpAddr,
+        memo: RequestMemo,
+        proven: bool,
+        now: Timestamp,
+    ) -> Option<Event> {
+        let user = memo.user?;
+        let rule = rules.config.enumeration;
+        let cap = usize::try_from(rule.threshold).unwrap_or(usize::MAX);
+        let count = self.sources.upsert(
+            client,
+            now,
+            || SourceState::new(rules.horizon),
+            |state| {
+                state
+                    .probes
+                    .challenged(user, memo.call, proven, now, rule.window, cap)
+            },
+        );
+        self.enumeration(rules, client, count, now)
+    }
+
+    /// A REGISTER or INVITE refused after credentials, or a 403. Only proven failures count:
+    /// an unproven one may be a spoofer's, in the name of the source.
     fn failed(
         &self,
         rules: &Rules,
         client: IpAddr,
         memo: RequestMemo,
+        proven: bool,
         now: Timestamp,
     ) -> Option<Event> {
+        if !proven {
+            return None;
+        }
+        let user = memo.user?;
+        let horizon = rules.horizon;
+        let window = rules.config.enumeration.window;
+        let register = rules.config.register_failures;
+        let register_count = self.users.upsert(
+            (client, user),
+            now,
+            || UserState {
+                horizon,
+                ..UserState::default()
+            },
+            |state| {
+                state.failures.hit(now, window);
+                (memo.kind == Kind::Register).then(|| {
+                    (
+                        state.register_failures.hit(now, register.window),
+                        state.register_failures.start,
+                    )
+                })
+            },
+        );
+        let failing_users = self.sources.upsert(
+            client,
+            now,
+            || SourceState::new(horizon),
+            |state| {
+                state
+                    .failing_users
+                    .add(user, now, window, TRUST_WITHHELD_AT_USERS)
+            },
+        );
+        if failing_users >= TRUST_WITHHELD_AT_USERS {
+            // Cracking from behind a trusted address: it is trusted no more.
+            self.trust.remove(&client);
+        }
         match memo.kind {
             Kind::Register => {
-                let rule = rules.config.register_failures;
-                let user = memo.user?;
-                let horizon = rules.horizon;
-                let (count, first_seen) = self.users.upsert(
-                    (client, user),
-                    now,
-                    || UserState {
-                        horizon,
-                        ..UserState::default()
-                    },
-                    |state| {
-                        (
-                            state.register_failures.hit(now, rule.window),
-                            state.register_failures.start,
-                        )
-                    },
-                );
-                if count < rule.threshold {
-                    return None;
-                }
+                let (count, first_seen) = register_count?;
+                (count >= register.threshold).then_some(())?;
                 let evidence = Evidence {
                     rule: RuleId::RegisterFailures,
                     count,
                     first_seen,
                 };
-                // One bad password behind an address others authenticate from (an office NAT)
-                // blocks that username there, not the whole address.
-                if rule.mode == Mode::Drop
-                    || (rule.mode == Mode::Ban && self.is_trusted(client, now))
-                {
-                    let until = now + rule.ban_for;
-                    self.users
-                        .get(&(client, user), now, |state| state.blocked_until = until);
-                    self.blocks_end
-                        .fetch_max(until.as_millis(), std::sync::atomic::Ordering::Relaxed);
-                    return Some(Event {
-                        source: client,
-                        rule: evidence.rule,
-                        action: Action::UserBlocked { until },
-                    });
-                }
-                self.enforce(client, &rule, evidence, now)
+                self.refuse_user(client, user, &register, evidence, now)
             }
             Kind::Invite => {
                 let rule = rules.config.invite_failures;
                 let (count, first_seen) = self.sources.upsert(
                     client,
                     now,
-                    || SourceState::new(rules.horizon),
+                    || SourceState::new(horizon),
                     |state| {
                         (
                             state.invite_failures.hit(now, rule.window),
@@ -290,51 +487,80 @@ impl Policy {
                     },
                 );
                 (count >= rule.threshold).then_some(())?;
-                self.enforce(
-                    client,
-                    &rule,
-                    Evidence {
-                        rule: RuleId::InviteFailures,
-                        count,
-                        first_seen,
-                    },
-                    now,
-                )
+                let evidence = Evidence {
+                    rule: RuleId::InviteFailures,
+                    count,
+                    first_seen,
+                };
+                self.refuse_user(client, user, &rule, evidence, now)
             }
             Kind::Other => None,
         }
     }
 
-    /// A username challenged or refused. A trusted source's bare challenges are the normal
-    /// first step of authenticating and do not count.
+    /// A failure rule tripped for one username: one bad password behind an address others
+    /// authenticate from (an office NAT) blocks that username there, not the whole address;
+    /// anywhere else the source is banned.
+    fn refuse_user(
+        &self,
+        client: IpAddr,
+        user: u64,
+        rule: &Rule,
+        evidence: Evidence,
+        now: Timestamp,
+    ) -> Option<Event> {
+        if rule.mode == Mode::Drop || (rule.mode == Mode::Ban && self.is_trusted(client, now)) {
+            let until = now + rule.ban_for;
+            self.users
+                .get(&(client, user), now, |state| state.blocked_until = until);
+            self.blocks_end
+                .fetch_max(until.as_millis(), std::sync::atomic::Ordering::Relaxed);
+            return Some(Event {
+                source: client,
+                rule: evidence.rule,
+                action: Action::UserBlocked { until },
+                proven: true,
+            });
+        }
+        self.enforce(client, rule, evidence, true, now)
+    }
+
+    /// A username refused (after credentials, or 403/404).
     fn probed(
         &self,
         rules: &Rules,
         client: IpAddr,
         memo: RequestMemo,
+        proven: bool,
         now: Timestamp,
     ) -> Option<Event> {
         let user = memo.user?;
-        if !memo.credentialed && self.is_trusted(client, now) {
-            return None;
-        }
         let rule = rules.config.enumeration;
         let cap = usize::try_from(rule.threshold).unwrap_or(usize::MAX);
-        let (distinct, first_seen) = self.sources.upsert(
+        let count = self.sources.upsert(
             client,
             now,
             || SourceState::new(rules.horizon),
-            |state| {
-                (
-                    state.probes.add(user, now, rule.window, cap),
-                    state.probes.start,
-                )
-            },
+            |state| state.probes.add(user, proven, now, rule.window, cap),
         );
-        if distinct < cap {
+        self.enumeration(rules, client, count, now)
+    }
+
+    /// Whether the usernames a source probed trip the enumeration rule. A source that has
+    /// authenticated is judged on proven probes only: unproven ones may be a spoofer's.
+    fn enumeration(
+        &self,
+        rules: &Rules,
+        client: IpAddr,
+        count: crate::state::ProbeCount,
+        now: Timestamp,
+    ) -> Option<Event> {
+        let rule = rules.config.enumeration;
+        let cap = usize::try_from(rule.threshold).unwrap_or(usize::MAX);
+        let proven = count.proven >= cap;
+        if count.distinct < cap || (!proven && self.is_trusted(client, now)) {
             return None;
         }
-        let count = u32::try_from(distinct).unwrap_or(u32::MAX);
         let rule = Rule {
             mode: if rule.mode == Mode::Drop {
                 Mode::Observe
@@ -343,16 +569,15 @@ impl Policy {
             },
             ..rule
         };
-        self.enforce(
-            client,
-            &rule,
-            Evidence {
-                rule: RuleId::Enumeration,
-                count,
-                first_seen,
-            },
-            now,
-        )
+        let evidence = Evidence {
+            rule: RuleId::Enumeration,
+            count: u32::try_from(count.distinct).unwrap_or(u32::MAX),
+            first_seen: self
+                .sources
+                .get(&client, now, |state| state.probes.start)
+                .unwrap_or(now),
+        };
+        self.enforce(client, &rule, evidence, proven, now)
     }
 
     /// Applies a tripped response-judged rule: observe, or ban (unless banned already).
@@ -361,17 +586,19 @@ impl Policy {
         client: IpAddr,
         rule: &Rule,
         evidence: Evidence,
+        proven: bool,
         now: Timestamp,
     ) -> Option<Event> {
         let action = match rule.mode {
             Mode::Observe => Action::Observed { would_ban: true },
             Mode::Drop => Action::Dropped,
-            Mode::Ban => self.ban(client, evidence, rule.ban_for, now)?,
+            Mode::Ban => self.ban(crate::bans::host(client), evidence, rule.ban_for, now)?,
         };
         Some(Event {
             source: client,
             rule: evidence.rule,
             action,
+            proven,
         })
     }
 }

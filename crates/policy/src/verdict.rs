@@ -88,18 +88,21 @@ pub enum RuleId {
     Enumeration,
     /// Too many requests in a short window.
     Flood,
+    /// Too many messages that are not SIP, malformed or too large.
+    Garbage,
     /// Added by the operator.
     Manual,
 }
 
 impl RuleId {
     /// Every rule, for pre-registering metrics.
-    pub const ALL: [RuleId; 6] = [
+    pub const ALL: [RuleId; 7] = [
         RuleId::Scanner,
         RuleId::RegisterFailures,
         RuleId::InviteFailures,
         RuleId::Enumeration,
         RuleId::Flood,
+        RuleId::Garbage,
         RuleId::Manual,
     ];
 
@@ -111,6 +114,7 @@ impl RuleId {
             RuleId::InviteFailures => "invite_failures",
             RuleId::Enumeration => "enumeration",
             RuleId::Flood => "flood",
+            RuleId::Garbage => "garbage",
             RuleId::Manual => "manual",
         }
     }
@@ -145,4 +149,8 @@ pub struct Event {
     pub rule: RuleId,
     /// What was done.
     pub action: Action,
+    /// Whether the evidence could not have been forged: a refused attempt answering a challenge
+    /// sent to the source, or anything over a stream. Unproven evidence never bans or blocks a
+    /// source that has authenticated.
+    pub proven: bool,
 }

@@ -16,12 +16,20 @@ const ATTACKER: &str = "192.0.2.66";
 const OFFICE: &str = "203.0.113.7";
 const CARRIER: &str = "198.51.100.9";
 
-/// One client as the relay sees it: its requests, their memos, the PBX's responses.
+/// One client as the relay sees it (one address and port: one [`Exchange`]): its requests,
+/// their memos, the PBX's responses. Like a phone, it answers credentials to the last nonce the
+/// PBX challenged it with, fetching one with a bare request first when it has none, and keeps
+/// one Call-ID per username.
 struct Client<'p> {
     policy: &'p Policy,
     source: IpAddr,
     pending: Exchange,
     cseq: u32,
+    transport: Transport,
+    /// The last nonce the PBX sent this client.
+    nonce: Option<String>,
+    /// Challenges the PBX has sent this client: each carries a nonce of its own.
+    challenges: u32,
 }
 
 struct Request {
@@ -59,9 +67,11 @@ fn options(user_agent: &'static str) -> Request {
 }
 
 impl Request {
-    fn text(&self, cseq: u32, call_id: &str) -> String {
+    /// The request as sent; with credentials, answering `nonce` (a distinct response per CSeq,
+    /// so each attempt is one of its own).
+    fn text(&self, cseq: u32, call_id: &str, nonce: &str) -> String {
         let auth = if self.credentials {
-            format!("Authorization: Digest username=\"{}\", realm=\"pbx\", nonce=\"n\", uri=\"sip:pbx\", response=\"r\"\r\n", self.user)
+            format!("Authorization: Digest username=\"{}\", realm=\"pbx\", nonce=\"{nonce}\", uri=\"sip:pbx\", response=\"r{cseq}\"\r\n", self.user)
         } else {
             String::new()
         };
@@ -86,36 +96,109 @@ impl<'p> Client<'p> {
         Client {
             policy,
             source: ip(source),
-            pending: Exchange::default(),
+            pending: Exchange::datagram(),
             cseq: 0,
+            transport: Transport::Datagram,
+            nonce: None,
+            challenges: 0,
         }
     }
 
+    /// A client over TCP or TLS: its address is proven.
+    fn over_stream(policy: &'p Policy, source: &str) -> Self {
+        Client {
+            pending: Exchange::stream(),
+            transport: Transport::Stream,
+            ..Client::new(policy, source)
+        }
+    }
+
+    fn call_id(&self, request: &Request) -> String {
+        format!("{}-{}", request.user, request.method)
+    }
+
     /// Sends a request; when it is forwarded, the PBX answers `code`. Returns the drop reason
-    /// (None when forwarded) and every event raised on the way.
+    /// (None when forwarded) and every event raised on the way. Credentials answer the last
+    /// nonce this client was sent: a bare request fetches one first when it has none.
     fn exchange(
         &mut self,
         request: &Request,
         code: u16,
         now: Timestamp,
     ) -> (Option<DropReason>, Vec<Event>) {
+        let mut events = Vec::new();
+        if request.credentials && self.nonce.is_none() {
+            let bare = Request {
+                credentials: false,
+                user: request.user.clone(),
+                ..*request
+            };
+            let (dropped, first) = self.exchange(&bare, 401, now);
+            events.extend(first);
+            if dropped.is_some() {
+                return (dropped, events);
+            }
+        }
         self.cseq += 1;
-        self.retransmit(request, code, now)
+        let nonce = self.nonce.clone().unwrap_or_default();
+        let (dropped, more) = self.send(request, &nonce, code, now);
+        events.extend(more);
+        (dropped, events)
     }
 
-    /// Sends the last request again (same Call-ID and CSeq), as a phone does when the answer
-    /// is lost; the PBX answers it again.
+    /// A spoofer's request in this client's name (same address and port), with credentials on
+    /// a nonce the PBX never sent here: it never sees the replies.
+    fn forge(
+        &mut self,
+        request: &Request,
+        code: u16,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
+        self.cseq += 1;
+        let nonce = format!("forged-{}", self.cseq);
+        let saved = self.nonce.clone();
+        let result = self.send(request, &nonce, code, now);
+        self.nonce = saved;
+        result
+    }
+
+    /// Sends the last request again (same Call-ID, CSeq and credentials), as a phone does when
+    /// the answer is lost; the PBX answers it again.
     fn retransmit(
         &mut self,
         request: &Request,
         code: u16,
         now: Timestamp,
     ) -> (Option<DropReason>, Vec<Event>) {
-        let call_id = format!("{}-{}", request.user, self.cseq);
-        let text = request.text(self.cseq, &call_id);
+        let nonce = self.nonce.clone().unwrap_or_default();
+        self.send_as(request, &nonce, code, now, false)
+    }
+
+    fn send(
+        &mut self,
+        request: &Request,
+        nonce: &str,
+        code: u16,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
+        self.send_as(request, nonce, code, now, true)
+    }
+
+    /// One request with the current CSeq, answered `code`; a 401/407 carries a fresh nonce,
+    /// which the client keeps when `learn` (a spoofer never learns it).
+    fn send_as(
+        &mut self,
+        request: &Request,
+        nonce: &str,
+        code: u16,
+        now: Timestamp,
+        learn: bool,
+    ) -> (Option<DropReason>, Vec<Event>) {
+        let call_id = self.call_id(request);
+        let text = request.text(self.cseq, &call_id, nonce);
         let checked = self
             .policy
-            .check(text.as_bytes(), self.source, Transport::Datagram, now);
+            .check(text.as_bytes(), self.source, self.transport, now);
         let mut events: Vec<Event> = checked.event.into_iter().collect();
         let view = match checked.verdict {
             Verdict::Forward(view) => view,
@@ -124,9 +207,19 @@ impl<'p> Client<'p> {
         };
         self.pending
             .remember(checked.memo.expect("a forwarded request has a memo"));
+        let challenge = if matches!(code, 401 | 407) {
+            self.challenges += 1;
+            let fresh = format!("{}-{}-{}", self.source, self.transport_name(), self.challenges);
+            if learn {
+                self.nonce = Some(fresh.clone());
+            }
+            format!("WWW-Authenticate: Digest realm=\"pbx\", nonce=\"{fresh}\"\r\n")
+        } else {
+            String::new()
+        };
         let response = format!(
             "SIP/2.0 {code} Whatever\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\nCall-ID: {call_id}\r\n\
-CSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n",
+CSeq: {cseq} {m}\r\n{challenge}Content-Length: 0\r\n\r\n",
             via = String::from_utf8_lossy(view.via),
             cseq = self.cseq,
             m = request.method,
@@ -137,6 +230,13 @@ CSeq: {cseq} {m}\r\nContent-Length: 0\r\n\r\n",
                 .observe_response(self.source, &response, &mut self.pending, now),
         );
         (None, events)
+    }
+
+    fn transport_name(&self) -> &'static str {
+        match self.transport {
+            Transport::Datagram => "udp",
+            Transport::Stream => "tcp",
+        }
     }
 
     /// A phone's normal registration: a bare REGISTER challenged, then one with credentials.
@@ -283,12 +383,7 @@ fn enumeration_bans_at_ten_distinct_failing_users() {
     }
     let (_, events) = scanner.exchange(&register("109", false), 401, at(6));
     assert_eq!(banned_by(&events), Some(RuleId::Enumeration));
-    let ban = p
-        .bans(at(7))
-        .into_iter()
-        .find(|(s, _)| *s == ip(ATTACKER))
-        .unwrap()
-        .1;
+    let ban = p.ban_of(ip(ATTACKER), at(7)).unwrap();
     assert_eq!(ban.evidence, 10);
     assert_eq!(ban.expires, at(6) + Duration::from_secs(3600));
 }
@@ -607,8 +702,8 @@ fn lifting_a_ban_lets_the_source_through_and_clears_its_evidence() {
 #[test]
 fn a_million_spoofed_sources_stay_within_the_table_caps() {
     let p = policy(|c| c.max_tracked_sources = 10_000);
-    let register = register("1001", false).text(1, "spoof");
-    let scanner = options("friendly-scanner").text(1, "s");
+    let register = register("1001", false).text(1, "spoof", "");
+    let scanner = options("friendly-scanner").text(1, "s", "");
     for i in 0..1_000_000u32 {
         let source = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
         let datagram = if i % 2 == 0 { &register } else { &scanner };
@@ -661,12 +756,7 @@ fn reconfigure_swaps_the_rules_and_keeps_bans_and_evidence() {
     let (_, events) = cracker.exchange(&register("1001", true), 401, at(6));
     assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
     assert_eq!(
-        p.bans(at(6))
-            .iter()
-            .find(|(s, _)| *s == ip("192.0.2.67"))
-            .unwrap()
-            .1
-            .evidence,
+        p.ban_of(ip("192.0.2.67"), at(6)).unwrap().evidence,
         6
     );
 
@@ -700,14 +790,14 @@ fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
         expires: at(3600),
         offence: 2,
     };
-    assert!(p.restore(ip(ATTACKER), ban.clone(), at(10)));
-    assert_eq!(p.bans(at(10)), [(ip(ATTACKER), ban.clone())]);
+    assert!(p.restore(ip(ATTACKER).into(), ban.clone(), at(10)));
+    assert_eq!(p.bans(at(10)), [(ip(ATTACKER).into(), ban.clone())]);
     assert!(
-        !p.restore(ip(OFFICE), ban.clone(), at(3600)),
+        !p.restore(ip(OFFICE).into(), ban.clone(), at(3600)),
         "an expired ban was restored"
     );
     let listed = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
-    assert!(!listed.restore(ip(CARRIER), ban, at(10)));
+    assert!(!listed.restore(ip(CARRIER).into(), ban, at(10)));
 
     // Its third offence: the scanner rule's hour, doubled twice.
     let (_, events) = Client::new(&p, ATTACKER).exchange(&options("sipvicious"), 200, at(4000));
@@ -748,53 +838,88 @@ fn lifting_a_ban_lets_the_source_through_and_clears_its_counters() {
 }
 
 #[test]
-fn judge_response_reports_refused_credentials_by_method_and_never_a_bare_challenge() {
-    use sipguard_policy::AuthMethod;
+fn judge_response_reports_refused_credentials_by_method_and_proof_and_never_a_bare_challenge() {
+    use sipguard_policy::{AuthFailure, AuthMethod};
     let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let failure = |method, proven| Some(AuthFailure { method, proven });
+    // (source, request, the nonce it answers: one challenged to it or a made-up one, answer,
+    // expected)
     let cases = [
-        (ATTACKER, register("1001", false), 401, None),
+        (ATTACKER, register("1001", false), true, 401, None),
         (
             ATTACKER,
             register("1001", true),
+            true,
             401,
-            Some(AuthMethod::Register),
+            failure(AuthMethod::Register, true),
         ),
-        (ATTACKER, register("1001", true), 200, None),
+        (
+            ATTACKER,
+            register("1001", true),
+            false,
+            401,
+            failure(AuthMethod::Register, false),
+        ),
+        (ATTACKER, register("1001", true), true, 200, None),
         (
             ATTACKER,
             invite("1001", true),
+            true,
             407,
-            Some(AuthMethod::Invite),
+            failure(AuthMethod::Invite, true),
         ),
-        (ATTACKER, options("Yealink"), 403, Some(AuthMethod::Other)),
+        (
+            ATTACKER,
+            options("Yealink"),
+            true,
+            403,
+            failure(AuthMethod::Other, false),
+        ),
         (
             CARRIER,
             register("1001", true),
+            true,
             401,
-            Some(AuthMethod::Register),
+            failure(AuthMethod::Register, true),
         ),
     ];
-    for (n, (source, request, code, expected)) in cases.into_iter().enumerate() {
+    for (n, (source, request, challenged, code, expected)) in cases.into_iter().enumerate() {
+        let mut exchange = Exchange::datagram();
         let call_id = format!("judge-{n}");
-        let text = request.text(1, &call_id);
-        let checked = p.check(text.as_bytes(), ip(source), Transport::Datagram, at(0));
-        let Verdict::Forward(view) = checked.verdict else {
-            panic!("case {n} dropped");
+        let mut respond = |cseq: u32, nonce: &str, code: u16, request: &Request| {
+            let text = request.text(cseq, &call_id, nonce);
+            let checked = p.check(text.as_bytes(), ip(source), Transport::Datagram, at(0));
+            let Verdict::Forward(view) = checked.verdict else {
+                panic!("case {n} dropped");
+            };
+            exchange.remember(checked.memo.unwrap());
+            let response = format!(
+                "SIP/2.0 {code} X\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} {m}\r\nWWW-Authenticate: Digest nonce=\"n{n}\"\r\n\
+Content-Length: 0\r\n\r\n",
+                via = String::from_utf8_lossy(view.via),
+                m = request.method,
+            );
+            let response = SipView::parse(response.as_bytes()).unwrap();
+            let judged = p.judge_response(ip(source), &response, &mut exchange, at(0));
+            // A retransmitted answer is the same failure, reported once.
+            let again = p.judge_response(ip(source), &response, &mut exchange, at(0));
+            assert_eq!(again.auth_failure, None, "case {n} again");
+            judged.auth_failure
         };
-        let mut pending = Exchange::default();
-        pending.remember(checked.memo.unwrap());
-        let response = format!(
-            "SIP/2.0 {code} X\r\nVia: {via}\r\nFrom: <sip:x@y>;tag=f\r\nTo: <sip:x@y>;tag=t\r\n\
-Call-ID: {call_id}\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n",
-            via = String::from_utf8_lossy(view.via),
-            m = request.method,
-        );
-        let response = SipView::parse(response.as_bytes()).unwrap();
-        let judged = p.judge_response(ip(source), &response, &mut pending, at(0));
-        assert_eq!(judged.auth_failure, expected, "case {n}");
-        // A retransmitted answer is the same failure, reported once.
-        let again = p.judge_response(ip(source), &response, &mut pending, at(0));
-        assert_eq!(again.auth_failure, None, "case {n} again");
+        // The nonce this client was challenged with.
+        let bare = Request {
+            credentials: false,
+            user: request.user.clone(),
+            ..request
+        };
+        respond(1, "", 401, &bare);
+        let nonce = if challenged {
+            format!("n{n}")
+        } else {
+            "made-up".into()
+        };
+        assert_eq!(respond(2, &nonce, code, &request), expected, "case {n}");
     }
 }
 

@@ -6,7 +6,7 @@
 //! is registered by an [`Admission`], which takes it out of the registry when dropped, so no
 //! path out of a connection task can leak a slot.
 
-use sipguard_policy::{BanEvent, BanObserver};
+use sipguard_policy::{Change, IpNet, Observer};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,16 +101,24 @@ impl Registry {
         })
     }
 
-    /// Asks every connection from `source` to close; returns how many were asked.
-    pub fn close(&self, source: IpAddr) -> usize {
+    /// Asks every connection from `source` (an address, or every address of a network) to
+    /// close; returns how many were asked.
+    pub fn close(&self, source: IpNet) -> usize {
         let by_ip = self.lock();
-        let Some(entries) = by_ip.get(&source) else {
-            return 0;
+        let close = |entries: &Vec<Arc<Entry>>| {
+            for entry in entries {
+                entry.close.notify_one();
+            }
+            entries.len()
         };
-        for entry in entries {
-            entry.close.notify_one();
+        if source.prefix_len() == source.max_prefix_len() {
+            return by_ip.get(&source.addr()).map_or(0, close);
         }
-        entries.len()
+        by_ip
+            .iter()
+            .filter(|(ip, _)| source.contains(*ip))
+            .map(|(_, entries)| close(entries))
+            .sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Vec<Arc<Entry>>>> {
@@ -118,9 +126,9 @@ impl Registry {
     }
 }
 
-impl BanObserver for Registry {
-    fn ban_event(&self, event: &BanEvent) {
-        if let BanEvent::Banned { source, .. } = event {
+impl Observer for Registry {
+    fn changed(&self, event: &Change) {
+        if let Change::Banned { source, .. } = event {
             let asked = self.close(*source);
             if asked > 0 {
                 tracing::debug!(%source, asked, "closing the connections of a banned source");
@@ -160,7 +168,7 @@ mod tests {
             registry.admit(ip("192.0.2.66")).unwrap(),
         ];
         let innocent = registry.admit(ip("192.0.2.7")).unwrap();
-        let asked = registry.close(ip("192.0.2.66"));
+        let asked = registry.close(ip("192.0.2.66").into());
         assert_eq!(asked, 2);
         for admission in &banned {
             admission.entry().closed().await;

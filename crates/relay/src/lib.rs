@@ -33,7 +33,7 @@ pub use tls::{TlsError, TlsFiles, TlsReload};
 
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use sipguard_policy::{BanEvent, BanObserver, Policy};
+use sipguard_policy::{Change, Observer, Policy};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -175,16 +175,16 @@ async fn sweep(pipeline: Arc<Pipeline>) {
 /// Passes ban events to a follower for as long as it lives.
 struct Follow<T>(Weak<T>);
 
-impl<T: BanObserver + Send + Sync> BanObserver for Follow<T> {
-    fn ban_event(&self, event: &BanEvent) {
+impl<T: Observer + Send + Sync> Observer for Follow<T> {
+    fn changed(&self, event: &Change) {
         if let Some(follower) = self.0.upgrade() {
-            follower.ban_event(event);
+            follower.changed(event);
         }
     }
 }
 
-impl BanObserver for Pipeline {
-    fn ban_event(&self, event: &BanEvent) {
-        self.metrics.bans().ban_event(event);
+impl Observer for Pipeline {
+    fn changed(&self, event: &Change) {
+        self.metrics.bans().changed(event);
     }
 }

@@ -6,7 +6,7 @@
 use crate::Transport;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use sipguard_policy::{
-    Action, AuthMethod, BanEvent, BanObserver, DropReason, Event, RuleId, Stats,
+    Action, AuthFailure, AuthMethod, Change, DropReason, Event, Observer, RuleId, Stats,
 };
 use sipguard_sip::FrameError;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +32,10 @@ const BANS_ACTIVE: &str = "sipguard_bans_active";
 const SOURCES_TRACKED: &str = "sipguard_sources_tracked";
 const EVICTIONS: &str = "sipguard_state_evictions_total";
 const AUTH_FAILURES: &str = "sipguard_auth_failures_total";
+
+/// The `evidence` label: whether a spoofer could have forged the evidence (index 0) or not
+/// (index 1, by `bool` as `usize`).
+const EVIDENCE: [&str; 2] = ["unproven", "proven"];
 
 /// One received message in this many has its processing time recorded: two clock reads and a
 /// histogram sample on every packet would cost more than the cheapest drops they measure, and
@@ -262,9 +266,11 @@ pub(crate) struct Metrics {
     pub tls_connections: ConnectionCounters,
     pub sessions_active: Gauge,
     pub sessions_expired: Counter,
-    /// Per rule: observe-mode hits, drops without a ban, usernames blocked.
-    rule_hits: Vec<(RuleId, [Counter; 3])>,
-    auth_failures: Vec<(AuthMethod, Counter)>,
+    /// Per rule, for unproven then proven evidence: observe-mode hits, drops without a ban,
+    /// usernames blocked.
+    rule_hits: Vec<(RuleId, [[Counter; 3]; 2])>,
+    /// Per method, for unproven then proven evidence.
+    auth_failures: Vec<(AuthMethod, [Counter; 2])>,
     policy: PolicyGauges,
     bans: BanCounters,
 }
@@ -284,16 +290,17 @@ pub(crate) struct BanCounters {
     lifted: Counter,
 }
 
-impl BanObserver for BanCounters {
-    fn ban_event(&self, event: &BanEvent) {
+impl Observer for BanCounters {
+    fn changed(&self, event: &Change) {
         match event {
-            BanEvent::Banned { ban, .. } => {
+            Change::Banned { ban, .. } => {
                 if let Some((_, counter)) = self.issued.iter().find(|(rule, _)| *rule == ban.rule) {
                     counter.increment(1);
                 }
             }
-            BanEvent::Expired { .. } => self.expired.increment(1),
-            BanEvent::Lifted { .. } => self.lifted.increment(1),
+            Change::Expired { .. } => self.expired.increment(1),
+            Change::Lifted { .. } => self.lifted.increment(1),
+            Change::Trusted { .. } => {}
         }
     }
 }
@@ -312,13 +319,17 @@ impl Metrics {
             rule_hits: RuleId::ALL
                 .iter()
                 .map(|&rule| {
-                    let hits = |action: &'static str| counter!(RULE_HITS, "rule" => rule.as_str(), "action" => action);
-                    (rule, [hits("observed"), hits("dropped"), hits("user_blocked")])
+                    let hits = |evidence: &'static str| {
+                        ["observed", "dropped", "user_blocked"].map(|action| counter!(RULE_HITS, "rule" => rule.as_str(), "action" => action, "evidence" => evidence))
+                    };
+                    (rule, EVIDENCE.map(hits))
                 })
                 .collect(),
             auth_failures: AuthMethod::ALL
                 .iter()
-                .map(|&method| (method, counter!(AUTH_FAILURES, "method" => method.as_str())))
+                .map(|&method| {
+                    (method, EVIDENCE.map(|evidence| counter!(AUTH_FAILURES, "method" => method.as_str(), "evidence" => evidence)))
+                })
                 .collect(),
             policy: PolicyGauges {
                 bans_active: gauge!(BANS_ACTIVE),
@@ -360,9 +371,13 @@ impl Metrics {
     }
 
     /// Counts credentials the PBX refused.
-    pub fn auth_failure(&self, method: AuthMethod) {
-        if let Some((_, counter)) = self.auth_failures.iter().find(|(m, _)| *m == method) {
-            counter.increment(1);
+    pub fn auth_failure(&self, failure: AuthFailure) {
+        if let Some((_, counters)) = self
+            .auth_failures
+            .iter()
+            .find(|(method, _)| *method == failure.method)
+        {
+            counters[usize::from(failure.proven)].increment(1);
         }
     }
 
@@ -373,6 +388,7 @@ impl Metrics {
         else {
             return;
         };
+        let counters = &counters[usize::from(event.proven)];
         let rule = event.rule.as_str();
         match event.action {
             Action::Banned(ref ban) => {

@@ -97,8 +97,8 @@ impl Pipeline {
         let judged = self
             .policy
             .judge_response(client.ip(), &response, exchange, self.now());
-        if let Some(method) = judged.auth_failure {
-            self.metrics.auth_failure(method);
+        if let Some(failure) = judged.auth_failure {
+            self.metrics.auth_failure(failure);
         }
         if let Some(event) = &judged.event {
             self.metrics.rule_event(event);

@@ -219,7 +219,7 @@ impl Front {
             packets: self.pipeline.metrics.packets(transport),
             client,
             upstream: None,
-            exchange: Exchange::default(),
+            exchange: Exchange::stream(),
             seen_message: false,
         };
         let mut from_client = Vec::new();

@@ -11,7 +11,7 @@ use crate::reload::{ReloadHook, Reloader};
 use crate::Sockets;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sipguard_policy::{BanEvent, BanObserver, RuleId, Timestamp};
+use sipguard_policy::{Change, Observer, RuleId, Timestamp};
 use sipguard_relay::TlsReload;
 use std::collections::HashMap;
 use std::future::Future;
@@ -78,9 +78,9 @@ pub struct Daemon {
 /// bans and lifts are journalled by the admin API, which waits for them to be durable.
 struct JournalSink(Journal);
 
-impl BanObserver for JournalSink {
-    fn ban_event(&self, event: &BanEvent) {
-        let BanEvent::Banned { source, ban } = event else {
+impl Observer for JournalSink {
+    fn changed(&self, event: &Change) {
+        let Change::Banned { source, ban } = event else {
             return;
         };
         if ban.rule == RuleId::Manual {

@@ -102,8 +102,27 @@ pub(crate) struct RawRules {
     pub register_failures: Option<RawRule>,
     pub invite_failures: Option<RawRule>,
     pub enumeration: Option<RawRule>,
-    pub flood: Option<RawRule>,
+    pub flood: Option<RawFloodRule>,
+    pub garbage: Option<RawRule>,
+    pub ipv6_prefix: Option<RawIpv6Prefix>,
     pub repeat_offenders: Option<RawRepeat>,
+}
+
+/// The flood rule: a [`RawRule`] with a higher threshold for sources that authenticated.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawFloodRule {
+    pub mode: Option<String>,
+    pub threshold: Option<String>,
+    pub trusted_threshold: Option<String>,
+    pub window: Option<String>,
+    pub ban_for: Option<String>,
+}
+
+/// How evidence against IPv6 addresses aggregates to their prefix.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawIpv6Prefix {
+    pub length: Option<String>,
+    pub offenders: Option<String>,
 }
 
 /// A rule that trips at a count of events within a window.
@@ -273,6 +292,18 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     ("rules.flood.threshold", THRESHOLD),
     ("rules.flood.window", DURATION),
     ("rules.flood.ban_for", DURATION),
+    ("rules.flood.trusted_threshold", THRESHOLD),
+    ("rules.garbage", "a mapping"),
+    ("rules.garbage.mode", MODES),
+    ("rules.garbage.threshold", THRESHOLD),
+    ("rules.garbage.window", DURATION),
+    ("rules.garbage.ban_for", DURATION),
+    ("rules.ipv6_prefix", "a mapping"),
+    ("rules.ipv6_prefix.length", "a prefix length from 1 to 128, such as 64"),
+    (
+        "rules.ipv6_prefix.offenders",
+        "a whole number of banned addresses, such as 4 (0: never ban a prefix)",
+    ),
     ("rules.repeat_offenders", "a mapping"),
     ("rules.repeat_offenders.within", DURATION),
     ("rules.repeat_offenders.max_ban", DURATION),

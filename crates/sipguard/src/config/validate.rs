@@ -165,6 +165,10 @@ pub(crate) fn validate(
             invite_failures: rules.invite_failures,
             enumeration: rules.enumeration,
             flood: rules.flood,
+            flood_trusted_threshold: rules.flood_trusted_threshold,
+            garbage: rules.garbage,
+            ipv6_prefix_len: rules.ipv6_prefix_len,
+            ipv6_offenders: rules.ipv6_offenders,
             repeat: rules.repeat,
             trust_for: trust_for?,
             max_tracked_sources: max_tracked_sources?,
@@ -181,6 +185,10 @@ struct Rules {
     invite_failures: Rule,
     enumeration: Rule,
     flood: Rule,
+    flood_trusted_threshold: u32,
+    garbage: Rule,
+    ipv6_prefix_len: u8,
+    ipv6_offenders: u32,
     repeat: RepeatConfig,
 }
 
@@ -679,7 +687,35 @@ impl<'a> Validator<'a, '_> {
             &defaults.invite_failures,
         );
         let enumeration = rule("enumeration", raw.enumeration, &defaults.enumeration);
-        let flood = rule("flood", raw.flood, &defaults.flood);
+        let garbage = rule("garbage", raw.garbage, &defaults.garbage);
+        let raw_flood = raw.flood.unwrap_or_default();
+        let flood_trusted_threshold = self.threshold(
+            "rules.flood.trusted_threshold",
+            raw_flood.trusted_threshold.as_deref(),
+            defaults.flood_trusted_threshold,
+        );
+        let flood = self.rule(
+            "flood",
+            RawRule {
+                mode: raw_flood.mode,
+                threshold: raw_flood.threshold,
+                window: raw_flood.window,
+                ban_for: raw_flood.ban_for,
+            },
+            &defaults.flood,
+            &mut bans,
+        );
+        let ipv6 = raw.ipv6_prefix.unwrap_or_default();
+        let ipv6_prefix_len = self.prefix_len(ipv6.length.as_deref(), defaults.ipv6_prefix_len);
+        let ipv6_offenders = match ipv6.offenders.as_deref() {
+            None => Some(defaults.ipv6_offenders),
+            Some(text) => text.parse::<u32>().ok().or_else(|| {
+                let key = self.key("rules.ipv6_prefix.offenders");
+                let expected = expected_at("rules.ipv6_prefix.offenders").unwrap_or_default();
+                self.problem(key.invalid(text, expected));
+                None
+            }),
+        };
         let repeat = self.repeat(raw.repeat_offenders.unwrap_or_default(), defaults, &bans);
         Some(Rules {
             scanner_user_agents: scanner_user_agents?,
@@ -688,6 +724,10 @@ impl<'a> Validator<'a, '_> {
             invite_failures: invite_failures?,
             enumeration: enumeration?,
             flood: flood?,
+            flood_trusted_threshold: flood_trusted_threshold?,
+            garbage: garbage?,
+            ipv6_prefix_len: ipv6_prefix_len?,
+            ipv6_offenders: ipv6_offenders?,
             repeat: repeat?,
         })
     }
@@ -772,6 +812,22 @@ impl<'a> Validator<'a, '_> {
             window: window?,
             ban_for: ban_for?,
         })
+    }
+
+    /// `rules.ipv6_prefix.length`: 1 to 128.
+    fn prefix_len(&mut self, text: Option<&str>, default: u8) -> Option<u8> {
+        let Some(text) = text else {
+            return Some(default);
+        };
+        match text.parse::<u8>() {
+            Ok(len) if (1..=128).contains(&len) => Some(len),
+            _ => {
+                let key = self.key("rules.ipv6_prefix.length");
+                let expected = expected_at("rules.ipv6_prefix.length").unwrap_or_default();
+                self.problem(key.invalid(text, expected));
+                None
+            }
+        }
     }
 
     fn mode(&mut self, path: &str, text: Option<&str>, default: Mode) -> Option<Mode> {
