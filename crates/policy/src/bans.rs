@@ -226,7 +226,16 @@ impl BanTable {
             || ban.clone(),
             |current| *current = ban.clone(),
         );
+        self.note_prefix(source, &ban);
         ban
+    }
+
+    /// Keeps the second probe of IPv6 lookups on while a prefix ban is in force.
+    fn note_prefix(&self, source: IpNet, ban: &Ban) {
+        if source.prefix_len() < source.max_prefix_len() {
+            self.prefixes_end
+                .fetch_max(ban.expires.as_millis(), Ordering::Relaxed);
+        }
     }
 
     /// Puts back a ban as it was, with its offence count, so a later ban keeps doubling.
@@ -237,6 +246,7 @@ impl BanTable {
         };
         self.offences
             .upsert(source, now, || offences, |current| *current = offences);
+        self.note_prefix(source, &ban);
         self.bans.upsert(
             source,
             now,

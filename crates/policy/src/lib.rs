@@ -23,9 +23,9 @@ mod verdict;
 
 pub use bans::{Ban, RepeatConfig};
 pub use changes::{Change, Observer};
-pub use ipnet::IpNet;
 pub use cidr::CidrSet;
 pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
+pub use ipnet::IpNet;
 pub use response::{AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
 pub use time::Timestamp;

@@ -351,7 +351,9 @@ impl Policy {
             .unwrap_or(0);
         let failing_users = self
             .sources
-            .get(&client, now, |state| state.failing_users.current(now, window))
+            .get(&client, now, |state| {
+                state.failing_users.current(now, window)
+            })
             .unwrap_or(0);
         if failures >= TRUST_WITHHELD_AT_FAILURES || failing_users >= TRUST_WITHHELD_AT_USERS {
             return;

@@ -115,7 +115,11 @@ impl Probes {
         cap: usize,
     ) -> ProbeCount {
         self.open(now, window);
-        if !self.pending.iter().any(|p| p.call == call && p.user == user) {
+        if !self
+            .pending
+            .iter()
+            .any(|p| p.call == call && p.user == user)
+        {
             if self.pending.len() >= PENDING_CHALLENGES {
                 let oldest = self.pending.remove(0);
                 self.insert(

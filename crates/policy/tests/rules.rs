@@ -2,7 +2,7 @@
 //! requests go through `check_datagram`, the PBX's answers through `observe_response`.
 
 use sipguard_policy::{
-    Action, AllowlistMode, DropReason, Event, Exchange, Mode, Policy, PolicyConfig, RuleId,
+    Action, AllowlistMode, DropReason, Event, Exchange, IpNet, Mode, Policy, PolicyConfig, RuleId,
     Timestamp, Transport, Verdict,
 };
 use sipguard_sip::SipView;
@@ -30,6 +30,8 @@ struct Client<'p> {
     nonce: Option<String>,
     /// Challenges the PBX has sent this client: each carries a nonce of its own.
     challenges: u32,
+    /// The next challenge says the nonce was stale.
+    stale: bool,
 }
 
 struct Request {
@@ -101,6 +103,7 @@ impl<'p> Client<'p> {
             transport: Transport::Datagram,
             nonce: None,
             challenges: 0,
+            stale: false,
         }
     }
 
@@ -162,6 +165,18 @@ impl<'p> Client<'p> {
         result
     }
 
+    /// Guesses again in the same transaction (same Call-ID and CSeq), answering the nonce of
+    /// the last challenge: what svcrack does for every password it tries.
+    fn guess_again(
+        &mut self,
+        request: &Request,
+        code: u16,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
+        let nonce = self.nonce.clone().unwrap_or_default();
+        self.send_as(request, &nonce, code, now, true)
+    }
+
     /// Sends the last request again (same Call-ID, CSeq and credentials), as a phone does when
     /// the answer is lost; the PBX answers it again.
     fn retransmit(
@@ -182,6 +197,24 @@ impl<'p> Client<'p> {
         now: Timestamp,
     ) -> (Option<DropReason>, Vec<Event>) {
         self.send_as(request, nonce, code, now, true)
+    }
+
+    /// Credentials on a nonce the PBX no longer takes: it answers 401 with `stale=true` and a
+    /// fresh nonce, and the phone answers that with the same (right) password.
+    fn exchange_stale(
+        &mut self,
+        request: &Request,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
+        self.stale = true;
+        let (dropped, mut events) = self.exchange(request, 401, now);
+        self.stale = false;
+        if dropped.is_some() {
+            return (dropped, events);
+        }
+        let (dropped, more) = self.exchange(request, 200, now);
+        events.extend(more);
+        (dropped, events)
     }
 
     /// One request with the current CSeq, answered `code`; a 401/407 carries a fresh nonce,
@@ -209,11 +242,21 @@ impl<'p> Client<'p> {
             .remember(checked.memo.expect("a forwarded request has a memo"));
         let challenge = if matches!(code, 401 | 407) {
             self.challenges += 1;
-            let fresh = format!("{}-{}-{}", self.source, self.transport_name(), self.challenges);
+            let fresh = format!(
+                "{}-{}-{}",
+                self.source,
+                self.transport_name(),
+                self.challenges
+            );
             if learn {
                 self.nonce = Some(fresh.clone());
             }
-            format!("WWW-Authenticate: Digest realm=\"pbx\", nonce=\"{fresh}\"\r\n")
+            let stale = if self.stale && request.credentials {
+                ", stale=true"
+            } else {
+                ""
+            };
+            format!("WWW-Authenticate: Digest realm=\"pbx\", nonce=\"{fresh}\"{stale}\r\n")
         } else {
             String::new()
         };
@@ -285,13 +328,18 @@ fn register_failures_ban_after_five_in_window() {
 }
 
 #[test]
-fn a_403_counts_as_a_failure_even_without_credentials() {
+fn a_403_to_a_bare_request_counts_over_a_stream_and_not_over_udp_where_it_can_be_forged() {
     let p = policy(|_| {});
-    let mut cracker = Client::new(&p, ATTACKER);
+    let mut cracker = Client::over_stream(&p, ATTACKER);
     let events: Vec<_> = (0..5)
         .flat_map(|i| cracker.exchange(&register("1001", false), 403, at(i)).1)
         .collect();
     assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    let mut spoofed = Client::new(&p, OFFICE);
+    let events: Vec<_> = (0..20)
+        .flat_map(|i| spoofed.exchange(&register("1001", false), 403, at(i)).1)
+        .collect();
+    assert_eq!(banned_by(&events), None);
 }
 
 #[test]
@@ -319,17 +367,26 @@ fn window_edge_a_failure_exactly_one_window_later_starts_afresh() {
 }
 
 #[test]
-fn success_resets_the_users_failures() {
+fn a_success_after_a_run_of_failures_earns_no_trust_and_does_not_wipe_them() {
+    let p = policy(|_| {});
+    let mut cracker = Client::new(&p, ATTACKER);
+    for i in 0..4 {
+        cracker.exchange(&register("1001", true), 401, at(i));
+    }
+    // The fifth guess is right: no trust for it, so a spoofed scanner packet bans it.
+    cracker.exchange(&register("1001", true), 200, at(5));
+    assert!(!p.is_trusted(ip(ATTACKER), at(6)));
+    let (_, events) = cracker.exchange(&register("1001", true), 401, at(7));
+    assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+}
+
+#[test]
+fn a_phone_with_one_typo_then_the_right_password_is_trusted() {
     let p = policy(|_| {});
     let mut phone = Client::new(&p, OFFICE);
-    for i in 0..4 {
-        phone.exchange(&register("1001", true), 401, at(i));
-    }
-    phone.exchange(&register("1001", true), 200, at(5));
-    for i in 0..4 {
-        let (_, events) = phone.exchange(&register("1001", true), 401, at(10 + i));
-        assert_eq!(banned_by(&events), None);
-    }
+    phone.exchange(&register("1001", true), 401, at(0));
+    phone.exchange(&register("1001", true), 200, at(1));
+    assert!(p.is_trusted(ip(OFFICE), at(2)));
 }
 
 #[test]
@@ -374,18 +431,36 @@ fn untrusted_source_failing_one_user_is_banned_per_ip() {
 }
 
 #[test]
-fn enumeration_bans_at_ten_distinct_failing_users() {
+fn enumeration_bans_at_ten_distinct_users_refused() {
     let p = policy(|_| {});
     let mut scanner = Client::new(&p, ATTACKER);
     for ext in 100..109 {
-        let (_, events) = scanner.exchange(&register(&ext.to_string(), false), 401, at(ext / 20));
+        let (_, events) = scanner.exchange(&register(&ext.to_string(), false), 404, at(ext / 20));
         assert_eq!(banned_by(&events), None, "extension {ext}");
     }
-    let (_, events) = scanner.exchange(&register("109", false), 401, at(6));
+    let (_, events) = scanner.exchange(&register("109", false), 404, at(6));
     assert_eq!(banned_by(&events), Some(RuleId::Enumeration));
     let ban = p.ban_of(ip(ATTACKER), at(7)).unwrap();
     assert_eq!(ban.evidence, 10);
     assert_eq!(ban.expires, at(6) + Duration::from_secs(3600));
+}
+
+/// Asterisk answers every unknown user with a 401 like a known one: a sweep is told apart from
+/// phones by never following its challenges up.
+#[test]
+fn challenges_never_followed_up_are_enumeration_once_the_follow_up_time_has_passed() {
+    let p = policy(|_| {});
+    let mut svwar = Client::new(&p, ATTACKER);
+    for ext in 100..110u64 {
+        let (_, events) = svwar.exchange(&register(&ext.to_string(), false), 401, at(ext - 100));
+        assert_eq!(
+            banned_by(&events),
+            None,
+            "extension {ext}: too early to tell"
+        );
+    }
+    let (_, events) = svwar.exchange(&register("110", false), 401, at(16));
+    assert_eq!(banned_by(&events), Some(RuleId::Enumeration));
 }
 
 #[test]
@@ -483,31 +558,48 @@ fn trust_lapses_after_its_period() {
 }
 
 #[test]
-fn flood_bans_after_sixteen_requests_in_two_seconds() {
+fn flood_bans_after_sixty_four_requests_in_two_seconds() {
     let p = policy(|_| {});
     let mut flooder = Client::new(&p, ATTACKER);
-    for _ in 0..16 {
-        assert_eq!(
-            flooder.exchange(&register("1001", false), 401, at(0)).0,
-            None
-        );
+    for _ in 0..64 {
+        assert_eq!(flooder.exchange(&options("Yealink"), 200, at(0)).0, None);
     }
-    let (dropped, events) = flooder.exchange(&register("1001", false), 401, at(1));
+    let (dropped, events) = flooder.exchange(&options("Yealink"), 200, at(1));
     assert_eq!(dropped, Some(DropReason::Flood));
     assert_eq!(banned_by(&events), Some(RuleId::Flood));
 }
 
 #[test]
-fn flood_from_a_trusted_source_is_dropped_without_ban() {
+fn a_trusted_phones_burst_passes_and_a_flood_in_its_name_is_dropped_without_ban() {
     let p = policy(|_| {});
     let mut phone = Client::new(&p, OFFICE);
     phone.register_ok("1001", at(0));
+    // A receptionist's phone subscribes to sixty BLF keys at boot, each challenged first.
+    for key in 0..60 {
+        let blf = Request {
+            method: "SUBSCRIBE",
+            user: format!("1001-blf{key}"),
+            credentials: false,
+            user_agent: "Yealink",
+        };
+        assert_eq!(phone.exchange(&blf, 401, at(1)).0, None, "BLF key {key}");
+        let answered = Request {
+            credentials: true,
+            ..blf
+        };
+        assert_eq!(
+            phone.exchange(&answered, 200, at(1)).0,
+            None,
+            "BLF key {key}"
+        );
+    }
+    // A forged flood at the phone's address, far beyond any phone: dropped, never banned.
     let mut reasons = Vec::new();
-    for _ in 0..40 {
-        reasons.push(phone.exchange(&options("Yealink"), 200, at(1)).0);
+    for _ in 0..600 {
+        reasons.push(phone.forge(&options("Yealink"), 200, at(2)).0);
     }
     assert!(reasons.contains(&Some(DropReason::Flood)));
-    assert!(!p.is_banned(ip(OFFICE), at(2)));
+    assert!(!p.is_banned(ip(OFFICE), at(3)));
     assert_eq!(phone.exchange(&options("Yealink"), 200, at(10)).0, None);
 }
 
@@ -686,11 +778,11 @@ fn lifting_a_ban_lets_the_source_through_and_clears_its_evidence() {
     let p = policy(|_| {});
     let mut scanner = Client::new(&p, ATTACKER);
     for ext in 100..110 {
-        scanner.exchange(&register(&ext.to_string(), false), 401, at(ext / 20));
+        scanner.exchange(&register(&ext.to_string(), false), 404, at(ext / 20));
     }
     assert!(p.is_banned(ip(ATTACKER), at(10)));
     assert!(p.lift(ip(ATTACKER)).is_some());
-    let (dropped, events) = scanner.exchange(&register("200", false), 401, at(11));
+    let (dropped, events) = scanner.exchange(&register("200", false), 404, at(11));
     assert_eq!(dropped, None);
     assert_eq!(
         banned_by(&events),
@@ -755,10 +847,7 @@ fn reconfigure_swaps_the_rules_and_keeps_bans_and_evidence() {
     assert_eq!(banned_by(&events), None);
     let (_, events) = cracker.exchange(&register("1001", true), 401, at(6));
     assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
-    assert_eq!(
-        p.ban_of(ip("192.0.2.67"), at(6)).unwrap().evidence,
-        6
-    );
+    assert_eq!(p.ban_of(ip("192.0.2.67"), at(6)).unwrap().evidence, 6);
 
     config.allowlist = vec!["203.0.113.0/24".parse().unwrap()];
     config.allowlist_mode = AllowlistMode::Enforce;
@@ -987,6 +1076,359 @@ mod properties {
                         prop_assert!(p.is_banned(event.source, now));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The detection issue's attacks, each beside the innocent pattern it must not hurt.
+mod detection {
+    use super::*;
+
+    fn subscribe(user: &str, credentials: bool) -> Request {
+        Request {
+            method: "SUBSCRIBE",
+            user: user.into(),
+            credentials,
+            user_agent: "Yealink SIP-T46S",
+        }
+    }
+
+    /// svcrack reuses one Call-ID and CSeq for every guess: each new credential attempt (a new
+    /// nonce and response) still counts once, and a retransmission of one does not.
+    #[test]
+    fn a_cracker_reusing_one_call_id_and_cseq_has_every_guess_counted() {
+        let p = policy(|_| {});
+        let mut svcrack = Client::new(&p, ATTACKER);
+        let guess = register("1001", true);
+        let mut events = svcrack.exchange(&guess, 401, at(0)).1;
+        for i in 1..4 {
+            // The same CSeq, answering the nonce of the last 401: the next guess.
+            events.extend(svcrack.guess_again(&guess, 401, at(i)).1);
+            assert_eq!(banned_by(&events), None, "guess {}", i + 1);
+        }
+        events.extend(svcrack.guess_again(&guess, 401, at(5)).1);
+        assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    }
+
+    #[test]
+    fn a_cracker_with_a_new_call_id_or_cseq_per_guess_is_banned_at_the_fifth() {
+        let p = policy(|_| {});
+        let mut cracker = Client::new(&p, ATTACKER);
+        let mut events = Vec::new();
+        for i in 0..5u64 {
+            let mut guess = register("1001", true);
+            guess.user = "1001".into();
+            events.extend(cracker.exchange(&guess, 401, at(i)).1);
+        }
+        assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    }
+
+    /// A spoofer bound to a phone's address never sees the nonces the PBX sends the phone:
+    /// whatever it forges is unproven, and never bans or blocks the phone.
+    #[test]
+    fn forged_failures_enumeration_scanner_and_flood_never_ban_or_block_an_authenticated_phone() {
+        let p = policy(|_| {});
+        let mut phone = Client::new(&p, OFFICE);
+        phone.register_ok("1001", at(0));
+        // The same port as the phone, and another one.
+        let mut other_port = Client::new(&p, OFFICE);
+        for forger in [&mut phone, &mut other_port] {
+            let mut events = Vec::new();
+            for i in 0..20 {
+                events.extend(forger.forge(&register("1001", true), 401, at(1 + i)).1);
+            }
+            for user in 0..10 {
+                let other = register(&format!("20{user}"), true);
+                events.extend(forger.forge(&other, 401, at(30)).1);
+                events.extend(
+                    forger
+                        .forge(&register(&format!("30{user}"), false), 401, at(30))
+                        .1,
+                );
+            }
+            events.extend(forger.forge(&options("friendly-scanner"), 200, at(40)).1);
+            for _ in 0..600 {
+                events.extend(forger.forge(&options("Yealink"), 200, at(41)).1);
+            }
+            let punished = events
+                .iter()
+                .find(|e| matches!(e.action, Action::Banned(_) | Action::UserBlocked { .. }));
+            assert_eq!(punished, None);
+        }
+        assert!(!p.is_banned(ip(OFFICE), at(60)));
+        phone.register_ok("1001", at(60));
+    }
+
+    #[test]
+    fn forged_failures_on_nonces_never_sent_count_against_no_one() {
+        let p = policy(|_| {});
+        // Not even a source that never authenticated (a trunk identified by its address).
+        let mut trunk = Client::new(&p, CARRIER);
+        let events: Vec<_> = (0..30)
+            .flat_map(|i| trunk.forge(&register("1001", true), 401, at(i)).1)
+            .collect();
+        assert_eq!(banned_by(&events), None);
+    }
+
+    #[test]
+    fn thirty_phones_behind_one_address_booting_at_once_are_neither_enumeration_nor_a_flood() {
+        // One port for all (the worst case), and then one port each.
+        for ports in [1usize, 30] {
+            let p = policy(|_| {});
+            let mut office: Vec<Client> = (0..ports).map(|_| Client::new(&p, OFFICE)).collect();
+            let mut events = Vec::new();
+            let users: Vec<String> = (0..30).map(|n| format!("4{n:02}")).collect();
+            // Every first REGISTER at once, then their answers, then four SUBSCRIBEs each.
+            for (n, user) in users.iter().enumerate() {
+                let phone = &mut office[n % ports];
+                events.extend(phone.exchange(&register(user, false), 401, at(0)).1);
+            }
+            for (n, user) in users.iter().enumerate() {
+                let phone = &mut office[n % ports];
+                let (dropped, more) = phone.exchange(&register(user, true), 200, at(0));
+                assert_eq!(dropped, None, "{user}'s REGISTER");
+                events.extend(more);
+            }
+            for (n, user) in users.iter().enumerate() {
+                let phone = &mut office[n % ports];
+                for key in 0..4 {
+                    let blf = format!("{user}-{key}");
+                    events.extend(phone.exchange(&subscribe(&blf, false), 401, at(1)).1);
+                    let (dropped, more) = phone.exchange(&subscribe(&blf, true), 200, at(1));
+                    assert_eq!(dropped, None, "{user}'s SUBSCRIBE");
+                    events.extend(more);
+                }
+            }
+            assert_eq!(banned_by(&events), None);
+            assert!(!p.is_banned(ip(OFFICE), at(20)));
+        }
+    }
+
+    /// After a restart the office's trust is back from the journal: one stale password heard
+    /// first blocks that phone's username, not the office.
+    #[test]
+    fn restored_trust_keeps_one_stale_password_from_banning_the_office() {
+        let p = policy(|_| {});
+        assert!(p.restore_trust(ip(OFFICE), at(3600), at(0)));
+        let mut stale = Client::new(&p, OFFICE);
+        let events: Vec<_> = (0..8)
+            .flat_map(|i| stale.exchange(&register("1009", true), 401, at(i)).1)
+            .collect();
+        assert_eq!(banned_by(&events), None);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e.action, Action::UserBlocked { .. })));
+        Client::new(&p, OFFICE).register_ok("1001", at(10));
+    }
+
+    /// A trunk authenticating its calls: each INVITE's caller ID is new and drew a challenge,
+    /// and each was followed up with credentials on its Call-ID.
+    #[test]
+    fn a_digest_trunk_placing_calls_with_distinct_caller_ids_is_not_enumeration() {
+        let p = policy(|_| {});
+        let mut trunk = Client::new(&p, CARRIER);
+        let mut events = Vec::new();
+        for call in 0..20 {
+            let caller = format!("+4930555{call:04}");
+            events.extend(trunk.exchange(&invite(&caller, false), 407, at(call)).1);
+            events.extend(trunk.exchange(&invite(&caller, true), 200, at(call)).1);
+        }
+        events.extend(
+            trunk
+                .exchange(&invite("+49305559999", false), 407, at(30))
+                .1,
+        );
+        assert_eq!(banned_by(&events), None);
+    }
+
+    #[test]
+    fn a_stale_nonce_is_not_a_failure() {
+        let p = policy(|_| {});
+        let mut phone = Client::new(&p, OFFICE);
+        let mut events = Vec::new();
+        for i in 0..10 {
+            events.extend(phone.exchange_stale(&register("1001", true), at(i * 60)).1);
+        }
+        assert_eq!(banned_by(&events), None);
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn a_source_failing_across_several_usernames_loses_its_trust() {
+        let p = policy(|_| {});
+        let mut office = Client::new(&p, OFFICE);
+        office.register_ok("1001", at(0));
+        assert!(p.is_trusted(ip(OFFICE), at(1)));
+        for user in ["2001", "2002", "2003"] {
+            office.exchange(&register(user, true), 401, at(2));
+        }
+        assert!(!p.is_trusted(ip(OFFICE), at(3)));
+        // And a success now earns none.
+        office.register_ok("1001", at(4));
+        assert!(!p.is_trusted(ip(OFFICE), at(5)));
+    }
+
+    /// An office banned for enumeration before its phones' answers came: the late 401s of the
+    /// same burst are no new offences.
+    #[test]
+    fn a_source_already_banned_is_not_banned_again() {
+        let p = policy(|_| {});
+        let mut scanner = Client::new(&p, ATTACKER);
+        let mut bans = 0;
+        for ext in 100..130 {
+            let (_, events) = scanner.exchange(&register(&ext.to_string(), false), 404, at(1));
+            bans += events
+                .iter()
+                .filter(|e| matches!(e.action, Action::Banned(_)))
+                .count();
+            scanner.pending = Exchange::datagram();
+        }
+        assert_eq!(bans, 1);
+        assert_eq!(p.ban_of(ip(ATTACKER), at(2)).unwrap().offence, 1);
+    }
+
+    fn garbage(p: &Policy, source: &str, count: u64, now: Timestamp) -> Vec<Event> {
+        (0..count)
+            .filter_map(|i| {
+                let junk: &[u8] = if i % 2 == 0 {
+                    b"\x16\x03\x01junk"
+                } else {
+                    b"GET / HTTP/1.0\r\n\r\n"
+                };
+                p.check(junk, ip(source), Transport::Datagram, now).event
+            })
+            .collect()
+    }
+
+    #[test]
+    fn garbage_above_the_rate_bans_an_unknown_source_and_only_drops_a_trusted_one() {
+        let p = policy(|_| {});
+        assert_eq!(
+            banned_by(&garbage(&p, ATTACKER, 20, at(0))),
+            Some(RuleId::Garbage)
+        );
+        let mut phone = Client::new(&p, OFFICE);
+        phone.register_ok("1001", at(0));
+        assert_eq!(banned_by(&garbage(&p, OFFICE, 1000, at(1))), None);
+        assert!(!p.is_banned(ip(OFFICE), at(2)));
+        // A phone's occasional broken packet is no flood of garbage.
+        let q = policy(|_| {});
+        for second in 0..100 {
+            assert_eq!(banned_by(&garbage(&q, CARRIER, 1, at(second))), None);
+        }
+    }
+
+    const PREFIX: &str = "2001:db8:1:2::";
+
+    fn v6(host: u32) -> String {
+        format!("{PREFIX}{host:x}")
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_banned_once_four_of_its_addresses_are_and_one_offender_bans_no_neighbour()
+    {
+        let p = policy(|c| c.allowlist = vec![format!("{PREFIX}ffff/128").parse().unwrap()]);
+        let scan = |host: u32| {
+            Client::new(&p, &v6(host)).exchange(&options("friendly-scanner"), 200, at(0));
+        };
+        scan(1);
+        assert!(
+            !p.is_banned(ip(&v6(2)), at(1)),
+            "one offender banned its neighbour"
+        );
+        for host in 2..=4 {
+            scan(host);
+        }
+        assert!(p.is_banned(ip(&v6(77)), at(1)), "the /64 is not banned");
+        let prefix: IpNet = format!("{PREFIX}/64").parse().unwrap();
+        assert!(p.bans(at(1)).iter().any(|(net, _)| *net == prefix));
+        assert!(
+            !p.is_banned(ip(&v6(0xffff)), at(1)),
+            "the allowlist wins for its own entries"
+        );
+        assert!(!p.is_banned(ip("2001:db8:1:3::1"), at(1)), "another /64");
+    }
+
+    #[test]
+    fn addresses_rotating_within_an_ipv6_prefix_flood_it_together() {
+        let p = policy(|_| {});
+        // Forty addresses, sixteen requests each: none floods alone.
+        for host in 1..=40 {
+            let mut client = Client::new(&p, &v6(host));
+            for _ in 0..16 {
+                client.exchange(&options("Yealink"), 200, at(0));
+            }
+        }
+        assert!(p.is_banned(ip(&v6(1000)), at(1)));
+    }
+
+    #[test]
+    fn a_trusted_address_inside_a_banned_prefix_still_gets_through() {
+        let p = policy(|_| {});
+        let mut phone = Client::new(&p, &v6(0x50));
+        phone.register_ok("1001", at(0));
+        p.ban_manually(
+            format!("{PREFIX}/64").parse::<IpNet>().unwrap(),
+            Duration::from_secs(600),
+            None,
+            at(1),
+        );
+        assert!(p.is_banned(ip(&v6(0x51)), at(2)));
+        assert!(!p.is_banned(ip(&v6(0x50)), at(2)));
+        phone.register_ok("1001", at(3));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One forged packet: a REGISTER with credentials on a made-up nonce, a bare one, an
+        /// INVITE, a scanner's OPTIONS, garbage; the PBX's answer to it; a pause before it.
+        fn forgery() -> impl Strategy<Value = (u8, u8, u16, u64, bool)> {
+            (
+                0..5u8,
+                0..40u8,
+                prop::sample::select(vec![200u16, 401, 403, 404, 407, 500]),
+                0..30u64,
+                any::<bool>(),
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// The forger never sees a reply: it cannot answer a nonce sent to the phone. Then
+            /// nothing it sends bans or blocks the phone, whose own registration goes on.
+            #[test]
+            fn no_forged_packets_ban_or_block_a_phone_that_authenticated(
+                forgeries in prop::collection::vec(forgery(), 1..300)
+            ) {
+                let p = policy(|_| {});
+                let mut phone = Client::new(&p, OFFICE);
+                phone.register_ok("1001", at(0));
+                let mut now = at(1);
+                for (kind, user, code, pause, same_port) in forgeries {
+                    now = now + Duration::from_millis(pause * 100);
+                    let user = format!("1{user:03}");
+                    let mut other_port = Client::new(&p, OFFICE);
+                    let forger = if same_port { &mut phone } else { &mut other_port };
+                    let events = match kind {
+                        0 => forger.forge(&register(&user, true), code, now).1,
+                        1 => forger.forge(&register(&user, false), code, now).1,
+                        2 => forger.forge(&invite(&user, true), code, now).1,
+                        3 => forger.forge(&options("friendly-scanner"), code, now).1,
+                        _ => p.check(b"\x00junk", ip(OFFICE), Transport::Datagram, now).event.into_iter().collect(),
+                    };
+                    let punished = events.iter().any(|e| matches!(e.action, Action::Banned(_) | Action::UserBlocked { .. }));
+                    prop_assert!(!punished, "{:?}", events);
+                    prop_assert!(!p.is_banned(ip(OFFICE), now));
+                }
+                // The phone's own registration still goes through, unblocked.
+                let (dropped, _) = phone.exchange(&register("1001", false), 401, now);
+                prop_assert_eq!(dropped, None);
+                let (dropped, _) = phone.exchange(&register("1001", true), 200, now);
+                prop_assert_eq!(dropped, None);
             }
         }
     }

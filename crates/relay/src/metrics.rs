@@ -21,6 +21,7 @@ const CLIENT_SEND_ERRORS: &str = "sipguard_client_send_errors_total";
 const PROCESSING: &str = "sipguard_packet_processing_seconds";
 const SESSIONS_ACTIVE: &str = "sipguard_sessions_active";
 const SESSIONS_EXPIRED: &str = "sipguard_sessions_expired_total";
+const SESSIONS_EVICTED: &str = "sipguard_sessions_evicted_total";
 const CONNECTIONS_ACTIVE: &str = "sipguard_connections_active";
 const CONNECTIONS_TOTAL: &str = "sipguard_connections_total";
 const CONNECTIONS_REFUSED: &str = "sipguard_connections_refused_total";
@@ -266,6 +267,8 @@ pub(crate) struct Metrics {
     pub tls_connections: ConnectionCounters,
     pub sessions_active: Gauge,
     pub sessions_expired: Counter,
+    /// Sessions that never proved anything, evicted from a full table for a newcomer.
+    pub sessions_evicted: Counter,
     /// Per rule, for unproven then proven evidence: observe-mode hits, drops without a ban,
     /// usernames blocked.
     rule_hits: Vec<(RuleId, [[Counter; 3]; 2])>,
@@ -316,6 +319,7 @@ impl Metrics {
             tls_connections: ConnectionCounters::new("tls"),
             sessions_active: gauge!(SESSIONS_ACTIVE, "transport" => "udp"),
             sessions_expired: counter!(SESSIONS_EXPIRED, "transport" => "udp"),
+            sessions_evicted: counter!(SESSIONS_EVICTED, "transport" => "udp"),
             rule_hits: RuleId::ALL
                 .iter()
                 .map(|&rule| {

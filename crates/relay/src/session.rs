@@ -2,15 +2,26 @@
 //!
 //! Activity is kept as milliseconds since the table's epoch in an atomic, so the front loop can
 //! mark a session active without a lock; the session's own task reads it when its timer fires.
+//!
+//! A table full of forged one-packet sources must not lock out the phones: when it is full, the
+//! oldest session that never proved anything (its client never answered a challenge sent to
+//! it) makes room for the newcomer. Sessions are queued in the order they opened; a proven one
+//! leaves the queue for good when it comes up, so it is never evicted for anyone, and each
+//! opening looks at a bounded number of entries.
 
 use dashmap::DashMap;
 use sipguard_policy::Exchange;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// Queue entries looked at per opening of a session into a full table.
+const EVICTION_SCAN: usize = 16;
 
 /// One client's binding to the PBX.
 pub(crate) struct Session {
@@ -22,11 +33,19 @@ pub(crate) struct Session {
     /// answers), so the PBX's responses can be judged.
     exchange: Mutex<Exchange>,
     last_active_ms: AtomicU64,
+    /// Told when the session was evicted to make room: its task closes it.
+    evicted: Notify,
 }
 
 impl Session {
     pub fn exchange(&self) -> MutexGuard<'_, Exchange> {
         self.exchange.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes once the session has been evicted (a permit is stored, so an eviction while
+    /// the task was busy is not lost).
+    pub async fn evicted(&self) {
+        self.evicted.notified().await;
     }
 }
 
@@ -41,6 +60,9 @@ pub(crate) enum Refusal {
 
 pub(crate) struct SessionTable {
     sessions: DashMap<SocketAddr, Arc<Session>>,
+    /// Sessions in the order they opened, minus the proven ones already looked at: the
+    /// candidates for eviction, oldest first.
+    unproven: Mutex<VecDeque<Weak<Session>>>,
     /// Kept beside the map so the limit check is one atomic load, exact under concurrency.
     active: AtomicUsize,
     max: usize,
@@ -51,6 +73,7 @@ impl SessionTable {
     pub fn new(max: usize) -> Self {
         SessionTable {
             sessions: DashMap::new(),
+            unproven: Mutex::default(),
             active: AtomicUsize::new(0),
             max,
             epoch: Instant::now(),
@@ -79,7 +102,10 @@ impl SessionTable {
         }
         if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Full);
+            if !self.evict_one() {
+                return Err(Refusal::Full);
+            }
+            return self.open(client, connect);
         }
         let upstream = match connect() {
             Ok(socket) => socket,
@@ -93,6 +119,7 @@ impl SessionTable {
             upstream,
             exchange: Mutex::default(),
             last_active_ms: AtomicU64::new(self.now_ms()),
+            evicted: Notify::new(),
         });
         match self.sessions.entry(client) {
             dashmap::Entry::Occupied(entry) => {
@@ -101,6 +128,7 @@ impl SessionTable {
             }
             dashmap::Entry::Vacant(entry) => {
                 entry.insert(Arc::clone(&session));
+                self.queue().push_back(Arc::downgrade(&session));
                 Ok((session, true))
             }
         }
@@ -134,6 +162,37 @@ impl SessionTable {
     /// Removes `session` now, if it is still the one in the table for its client.
     pub fn remove(&self, session: &Arc<Session>) {
         self.remove_if_idle(session, Duration::ZERO);
+    }
+
+    /// Evicts the oldest session that never proved anything, looking at no more than
+    /// [`EVICTION_SCAN`] queued entries; false when none of them could go.
+    fn evict_one(&self) -> bool {
+        let mut queue = self.queue();
+        for _ in 0..EVICTION_SCAN {
+            let Some(candidate) = queue.pop_front() else {
+                return false;
+            };
+            // Gone already (expired or evicted), or proven: out of the queue for good.
+            let Some(session) = candidate.upgrade() else {
+                continue;
+            };
+            if session.exchange().is_proven() {
+                continue;
+            }
+            let removed = self
+                .sessions
+                .remove_if(&session.client, |_, current| Arc::ptr_eq(current, &session));
+            if removed.is_some() {
+                self.active.fetch_sub(1, Ordering::AcqRel);
+                session.evicted.notify_one();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Weak<Session>>> {
+        self.unproven.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn now_ms(&self) -> u64 {

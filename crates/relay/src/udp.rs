@@ -194,6 +194,13 @@ impl Front {
                         break;
                     }
                 },
+                () = session.evicted() => {
+                    let metrics = &self.pipeline.metrics;
+                    metrics.sessions_evicted.increment(1);
+                    metrics.sessions_active.set(self.sessions.len() as f64);
+                    debug!(client = %session.client, "session evicted to make room");
+                    return;
+                }
                 () = &mut timer => {
                     if self.sessions.remove_if_idle(&session, idle) {
                         let metrics = &self.pipeline.metrics;

@@ -399,7 +399,7 @@ async fn a_manual_ban_closes_the_sources_connections_within_50_ms() {
     relay
         .policy
         .ban_manually(
-            "127.0.0.13".parse().unwrap(),
+            "127.0.0.13".parse::<std::net::IpAddr>().unwrap(),
             Duration::from_secs(60),
             None,
             now,

@@ -212,7 +212,12 @@ fn uri_user<'a>(scheme: &[u8], rest: &'a [u8]) -> Option<&'a [u8]> {
 fn auth_params(value: &[u8]) -> (&[u8], AuthParams<'_>) {
     let value = trim_lws(value);
     let end = value.iter().position(|&b| is_lws(b)).unwrap_or(value.len());
-    (&value[..end], AuthParams { rest: &value[end..] })
+    (
+        &value[..end],
+        AuthParams {
+            rest: &value[end..],
+        },
+    )
 }
 
 /// The comma-separated `name=value` parameters after an authentication scheme, read in one
@@ -463,7 +468,11 @@ mod tests {
             br#"Digest realm="a, nonce=fake, b", username="x\"y, response=z", nonce="real""#,
         );
         assert_eq!(c.realm, Some(&b"a, nonce=fake, b"[..]));
-        assert_eq!(c.username, Some(&br#"x\"y, response=z"#[..]), "escapes stay as written");
+        assert_eq!(
+            c.username,
+            Some(&br#"x\"y, response=z"#[..]),
+            "escapes stay as written"
+        );
         assert_eq!(c.nonce, Some(&b"real"[..]));
         assert_eq!(c.response, None);
     }
@@ -473,9 +482,15 @@ mod tests {
         let c = Credentials::parse(b"Digest username=\"\", nonce=, opaque=\"o\"");
         assert_eq!(c.username, Some(&b""[..]));
         assert_eq!(c.nonce, Some(&b""[..]));
-        assert_eq!((c.realm, c.response, c.cnonce, c.nc), (None, None, None, None));
+        assert_eq!(
+            (c.realm, c.response, c.cnonce, c.nc),
+            (None, None, None, None)
+        );
         let c = Credentials::parse(b"Digest");
-        assert_eq!((c.scheme, c.username, c.nonce), (&b"Digest"[..], None, None));
+        assert_eq!(
+            (c.scheme, c.username, c.nonce),
+            (&b"Digest"[..], None, None)
+        );
         let c = Credentials::parse(b"");
         assert_eq!((c.scheme, c.username), (&b""[..], None));
     }
@@ -497,7 +512,11 @@ mod tests {
         assert_eq!(c.nonce, Some(&b"\"abc, username=1001"[..]));
         assert_eq!(c.username, None, "an unterminated quote runs to the end");
         let c = Credentials::parse(b"Digest username=\"1001, nonce=\"n1, response=r");
-        assert_eq!(c.username, Some(&b"1001, nonce="[..]), "the quote closes where it closes");
+        assert_eq!(
+            c.username,
+            Some(&b"1001, nonce="[..]),
+            "the quote closes where it closes"
+        );
         assert_eq!((c.nonce, c.response), (None, Some(&b"r"[..])));
         let c = Credentials::parse(b"Digest nonce=\"");
         assert_eq!(c.nonce, Some(&b"\""[..]));
@@ -525,7 +544,10 @@ mod tests {
         let c = Challenge::parse(b"Digest realm=a, realm=b, nonce=\"n1\", nonce=\"n2\"");
         assert_eq!((c.realm, c.nonce), (Some(&b"a"[..]), Some(&b"n1"[..])));
         let c = Challenge::parse(b"Basic");
-        assert_eq!((c.scheme, c.realm, c.nonce, c.stale), (&b"Basic"[..], None, None, false));
+        assert_eq!(
+            (c.scheme, c.realm, c.nonce, c.stale),
+            (&b"Basic"[..], None, None, false)
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use crate::error::{Header, ParseError};
 use crate::field::{
-    find_byte, first_value, is_lws, is_token, is_token_byte, param, trim_lws, Challenge, Credentials,
-    NameAddr,
+    find_byte, first_value, is_lws, is_token, is_token_byte, param, trim_lws, Challenge,
+    Credentials, NameAddr,
 };
 use crate::method::Method;
 

@@ -299,7 +299,10 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     ("rules.garbage.window", DURATION),
     ("rules.garbage.ban_for", DURATION),
     ("rules.ipv6_prefix", "a mapping"),
-    ("rules.ipv6_prefix.length", "a prefix length from 1 to 128, such as 64"),
+    (
+        "rules.ipv6_prefix.length",
+        "a prefix length from 1 to 128, such as 64",
+    ),
     (
         "rules.ipv6_prefix.offenders",
         "a whole number of banned addresses, such as 4 (0: never ban a prefix)",
