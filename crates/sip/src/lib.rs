@@ -1,8 +1,9 @@
 //! SIP inspection for sipguard, with no I/O.
 //!
 //! [`SipView::parse`] reads a datagram in one pass and returns a view that borrows every field
-//! the policy needs (start line, top Via branch, From/To user and tag, Call-ID, CSeq, User-Agent,
-//! credentials, Contact, Content-Length) from the packet itself: nothing is allocated per packet.
+//! the policy needs (start line, top Via branch, From/To user and tag, Call-ID, CSeq, every
+//! User-Agent, credentials, a response's challenge, Contact, Content-Length) from the packet
+//! itself: nothing is allocated per packet.
 //! It is deliberately narrower than a SIP parser: it checks what a filter must be able to trust
 //! and leaves the rest of the message untouched, because sipguard forwards the original bytes.
 //! [`strict`] runs a full parse through `rsip` where a complete message tree is wanted.
@@ -17,7 +18,7 @@ pub mod strict;
 mod view;
 
 pub use error::{Header, ParseError};
-pub use field::{Credentials, NameAddr};
+pub use field::{Challenge, Credentials, NameAddr};
 pub use framing::{next_frame, Frame, FrameError};
 pub use method::Method;
-pub use view::{is_keepalive, CSeq, SipView, StartLine};
+pub use view::{is_keepalive, CSeq, SipView, StartLine, UserAgents};

@@ -1,8 +1,10 @@
-//! The borrowed view over one SIP message and the single pass that builds it.
+//! The borrowed view over one SIP message and the single pass that builds it, including the
+//! fixed-size record of every User-Agent header (no allocation however many there are).
 
 use crate::error::{Header, ParseError};
 use crate::field::{
-    find_byte, first_value, is_lws, is_token, is_token_byte, param, trim_lws, Credentials, NameAddr,
+    find_byte, first_value, is_lws, is_token, is_token_byte, param, trim_lws, Challenge,
+    Credentials, NameAddr,
 };
 use crate::method::Method;
 
@@ -32,6 +34,48 @@ pub struct CSeq<'a> {
     pub method: Method<'a>,
 }
 
+/// Every User-Agent value of a message, in order, without allocating: the first
+/// [`UserAgents::KEPT`] values are kept and the rest only counted, so a matcher can still tell
+/// that values went unseen ([`UserAgents::is_truncated`]). RFC 3261 allows one User-Agent
+/// header; a second one is no reason to refuse the message, but it may hide a scanner's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserAgents<'a> {
+    kept: [&'a [u8]; UserAgents::KEPT],
+    count: u32,
+}
+
+impl<'a> UserAgents<'a> {
+    /// How many values are kept: more than any real client sends.
+    pub const KEPT: usize = 4;
+
+    /// Adds the next User-Agent value, or only counts it once the array is full.
+    fn push(&mut self, value: &'a [u8]) {
+        if let Some(slot) = self.kept.get_mut(self.count as usize) {
+            *slot = value;
+        }
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// The kept values, the first User-Agent header's first, each without surrounding LWS.
+    pub fn values(&self) -> &[&'a [u8]] {
+        &self.kept[..self.len_kept()]
+    }
+
+    /// How many User-Agent headers the message has, kept or not.
+    pub fn count(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the message has more User-Agent headers than [`UserAgents::values`] holds.
+    pub fn is_truncated(&self) -> bool {
+        self.count() > Self::KEPT
+    }
+
+    fn len_kept(&self) -> usize {
+        self.count().min(Self::KEPT)
+    }
+}
+
 /// What sipguard reads from one SIP message. Every slice borrows from the datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SipView<'a> {
@@ -52,12 +96,18 @@ pub struct SipView<'a> {
     pub call_id: &'a [u8],
     /// The CSeq.
     pub cseq: CSeq<'a>,
-    /// The User-Agent value (for responses, Server is not read: the policy judges requests).
+    /// The first User-Agent value (for responses, Server is not read: the policy judges
+    /// requests).
     pub user_agent: Option<&'a [u8]>,
+    /// Every User-Agent value: a scanner's name may follow an innocent first one.
+    pub user_agents: UserAgents<'a>,
     /// The first Authorization header.
     pub authorization: Option<Credentials<'a>>,
     /// The first Proxy-Authorization header.
     pub proxy_authorization: Option<Credentials<'a>>,
+    /// The first WWW-Authenticate challenge, else the first Proxy-Authenticate one (a response
+    /// may carry one per realm or algorithm).
+    pub challenge: Option<Challenge<'a>>,
     /// The first Contact value, as written.
     pub contact: Option<&'a [u8]>,
     /// Content-Length when the header is present.
@@ -149,9 +199,14 @@ impl<'a> SipView<'a> {
             to,
             call_id,
             cseq,
-            user_agent: found.user_agent.map(trim_lws),
+            user_agent: found.user_agents.values().first().copied(),
+            user_agents: found.user_agents,
             authorization: found.authorization.map(Credentials::parse),
             proxy_authorization: found.proxy_authorization.map(Credentials::parse),
+            challenge: found
+                .www_authenticate
+                .or(found.proxy_authenticate)
+                .map(Challenge::parse),
             contact: found.contact.map(first_value),
             content_length,
             body,
@@ -189,9 +244,11 @@ struct Found<'a> {
     call_id: Option<&'a [u8]>,
     cseq: Option<&'a [u8]>,
     content_length: Option<&'a [u8]>,
-    user_agent: Option<&'a [u8]>,
+    user_agents: UserAgents<'a>,
     authorization: Option<&'a [u8]>,
     proxy_authorization: Option<&'a [u8]>,
+    www_authenticate: Option<&'a [u8]>,
+    proxy_authenticate: Option<&'a [u8]>,
     contact: Option<&'a [u8]>,
 }
 
@@ -233,9 +290,14 @@ impl<'a> Found<'a> {
                 once(&mut self.content_length, value, Header::ContentLength)
             }
             (4, b'c') if is(b"cseq") => once(&mut self.cseq, value, Header::CSeq),
-            (10, b'u') if is(b"user-agent") => first(&mut self.user_agent, value),
+            (10, b'u') if is(b"user-agent") => {
+                self.user_agents.push(trim_lws(value));
+                Ok(())
+            }
             (13, b'a') if is(b"authorization") => first(&mut self.authorization, value),
             (19, b'p') if is(b"proxy-authorization") => first(&mut self.proxy_authorization, value),
+            (16, b'w') if is(b"www-authenticate") => first(&mut self.www_authenticate, value),
+            (18, b'p') if is(b"proxy-authenticate") => first(&mut self.proxy_authenticate, value),
             _ => Ok(()),
         }
     }
@@ -349,4 +411,121 @@ fn parse_cseq(raw: &[u8]) -> Result<CSeq<'_>, ParseError> {
         seq,
         method: Method::from_token(method),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request or response with the mandatory headers and `extra` header lines.
+    fn message(start: &str, extra: &[&str]) -> Vec<u8> {
+        let mut text = format!(
+            "{start}\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+             From: <sip:1001@example.com>;tag=f\r\nTo: <sip:1001@example.com>\r\n\
+             Call-ID: c1\r\nCSeq: 1 REGISTER\r\n"
+        );
+        for line in extra {
+            text += line;
+            text += "\r\n";
+        }
+        text += "Content-Length: 0\r\n\r\n";
+        text.into_bytes()
+    }
+
+    fn request(extra: &[&str]) -> Vec<u8> {
+        message("REGISTER sip:example.com SIP/2.0", extra)
+    }
+
+    fn response(extra: &[&str]) -> Vec<u8> {
+        message("SIP/2.0 401 Unauthorized", extra)
+    }
+
+    #[test]
+    fn repeated_user_agent_is_not_malformed_and_every_value_is_seen() {
+        let bytes = request(&[
+            "User-Agent: Yealink SIP-T46S",
+            "X-Other: 1",
+            "user-agent :\t friendly-scanner \r\n\tv1 ",
+        ]);
+        let view = SipView::parse(&bytes).unwrap();
+        assert_eq!(view.user_agent, Some(&b"Yealink SIP-T46S"[..]));
+        assert_eq!(
+            view.user_agents.values(),
+            [&b"Yealink SIP-T46S"[..], &b"friendly-scanner \r\n\tv1"[..]]
+        );
+        assert_eq!(view.user_agents.count(), 2);
+        assert!(!view.user_agents.is_truncated());
+    }
+
+    #[test]
+    fn user_agents_beyond_the_kept_four_are_counted_and_flag_truncation() {
+        let bytes = request(&[
+            "User-Agent: a",
+            "User-Agent: b",
+            "User-Agent:",
+            "User-Agent: d",
+            "User-Agent: e",
+            "User-Agent: f",
+        ]);
+        let view = SipView::parse(&bytes).unwrap();
+        assert_eq!(
+            view.user_agents.values(),
+            [&b"a"[..], &b"b"[..], &b""[..], &b"d"[..]]
+        );
+        assert_eq!(view.user_agents.count(), 6);
+        assert!(view.user_agents.is_truncated());
+    }
+
+    #[test]
+    fn message_without_user_agent_has_no_values() {
+        let bytes = request(&[]);
+        let view = SipView::parse(&bytes).unwrap();
+        assert_eq!(view.user_agent, None);
+        assert!(view.user_agents.values().is_empty());
+        assert_eq!(view.user_agents.count(), 0);
+    }
+
+    #[test]
+    fn several_www_authenticate_headers_are_legal_and_the_first_is_read() {
+        let bytes = response(&[
+            "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n-md5\", algorithm=MD5",
+            "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n-sha\", algorithm=SHA-256",
+        ]);
+        let challenge = SipView::parse(&bytes).unwrap().challenge.unwrap();
+        assert_eq!(challenge.nonce, Some(&b"n-md5"[..]));
+        assert_eq!(challenge.realm, Some(&b"pbx"[..]));
+        assert!(!challenge.stale);
+    }
+
+    #[test]
+    fn www_authenticate_wins_over_an_earlier_proxy_authenticate() {
+        let bytes = response(&[
+            "proxy-authenticate: Digest realm=\"proxy\", nonce=\"p1\"",
+            "Proxy-Authenticate: Digest realm=\"proxy\", nonce=\"p2\"",
+            "www-AUTHENTICATE: Digest realm=\"pbx\", nonce=\"w1\", stale=true",
+        ]);
+        let challenge = SipView::parse(&bytes).unwrap().challenge.unwrap();
+        assert_eq!(challenge.nonce, Some(&b"w1"[..]));
+        assert!(challenge.stale);
+    }
+
+    #[test]
+    fn proxy_authenticate_alone_is_the_challenge() {
+        let bytes = response(&["Proxy-Authenticate: Digest realm=\"proxy\", nonce=\"p1\""]);
+        let challenge = SipView::parse(&bytes).unwrap().challenge.unwrap();
+        assert_eq!(challenge.realm, Some(&b"proxy"[..]));
+        assert_eq!(SipView::parse(&response(&[])).unwrap().challenge, None);
+    }
+
+    #[test]
+    fn credentials_carry_nonce_and_response_through_the_view() {
+        let bytes = request(&[
+            "Authorization: Digest username=\"1001\", realm=\"pbx\", nonce=\"n1\", \
+             uri=\"sip:example.com\", response=\"r1\"",
+        ]);
+        let creds = SipView::parse(&bytes).unwrap().credentials().unwrap();
+        assert_eq!(creds.nonce, Some(&b"n1"[..]));
+        assert_eq!(creds.response, Some(&b"r1"[..]));
+        assert_eq!(creds.realm, Some(&b"pbx"[..]));
+    }
 }
