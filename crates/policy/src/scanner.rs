@@ -11,8 +11,9 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, 
 use sipguard_sip::SipView;
 
 /// User agents of SIP scanners and attack tools (DESIGN.md section 3: MOR's list and Kamailio's
-/// default configuration; nmap's SIP library, nselib/sip.lua, sends `Nmap NSE`). `=VOIP` is a
-/// whole value: a bare `VOIP` is a scanner's, "VoIP" inside a longer string is not.
+/// default configuration; nmap's SIP library, nselib/sip.lua, sends `Nmap NSE`; `pplsip` is
+/// SIPPTS's default and `sipptk` that of its older Perl tools). `=VOIP` is a whole value: a bare
+/// `VOIP` is a scanner's, "VoIP" inside a longer string is not.
 pub const DEFAULT_USER_AGENTS: &[&str] = &[
     "friendly-scanner",
     "sipvicious",
@@ -33,6 +34,7 @@ pub const DEFAULT_USER_AGENTS: &[&str] = &[
     "siparmyknife",
     "Test Agent",
     "pplsip",
+    "sipptk",
     "Nmap NSE",
     "=VOIP",
 ];
@@ -293,6 +295,11 @@ mod tests {
             ..Request::default()
         };
         assert_eq!(site(&defaults(), &request), Some(SignatureSite::From));
+    }
+
+    #[test]
+    fn old_sippts_perl_user_agent_is_a_scanner() {
+        assert_eq!(user_agent_site("sipptk"), Some(SignatureSite::UserAgent));
     }
 
     #[test]
