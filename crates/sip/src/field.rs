@@ -63,6 +63,16 @@ pub(crate) fn find_byte(needle: u8, s: &[u8]) -> Option<usize> {
     }
 }
 
+/// `memchr2` for short slices, as [`find_byte`].
+#[inline]
+fn find_any2(a: u8, b: u8, s: &[u8]) -> Option<usize> {
+    if s.len() < SHORT {
+        s.iter().position(|&x| x == a || x == b)
+    } else {
+        memchr::memchr2(a, b, s)
+    }
+}
+
 /// `memchr3` for short slices, as [`find_byte`].
 #[inline]
 fn find_any3(a: u8, b: u8, c: u8, s: &[u8]) -> Option<usize> {
@@ -223,8 +233,9 @@ fn auth_params(value: &[u8]) -> (&[u8], AuthParams<'_>) {
 /// The comma-separated `name=value` parameters after an authentication scheme, read in one
 /// pass from left to right that jumps from one `=`, `,` or quote to the next. A value in quotes
 /// comes without them (escapes inside left as written; unterminated, it runs to the end as
-/// written); any other value runs to the next comma, LWS trimmed. A comma inside a quoted
-/// string does not split, and an item without `=` is skipped.
+/// written), and what follows its closing quote up to the next comma is ignored; any other
+/// value runs to the next comma, LWS trimmed. A comma inside a quoted string does not split,
+/// and an item without `=` is skipped.
 struct AuthParams<'a> {
     rest: &'a [u8],
 }
@@ -264,7 +275,7 @@ impl<'a> Iterator for AuthParams<'a> {
                 None => (&s[open..], s.len()),
             },
             _ => {
-                let end = find_any3(b',', b'"', b',', &s[open..]).map_or(s.len(), |at| open + at);
+                let end = find_any2(b',', b'"', &s[open..]).map_or(s.len(), |at| open + at);
                 (trim_lws(&s[open..end]), item_end(s, end))
             }
         };
@@ -281,7 +292,7 @@ fn item_end(s: &[u8], mut from: usize) -> usize {
         match s.get(from) {
             None => return s.len(),
             Some(b',') => return from,
-            Some(_) => match memchr::memchr2(b',', b'"', &s[from..]) {
+            Some(_) => match find_any2(b',', b'"', &s[from..]) {
                 None => return s.len(),
                 Some(at) if s[from + at] == b',' => return from + at,
                 Some(at) => match after_quoted(s, from + at) {

@@ -1,12 +1,13 @@
 //! Properties of the view: it never panics, it only ever hands out slices of its input, it reads
-//! back every field of a generated request however that request is spelled (header order,
-//! compact names, case, LWS and folding), and it agrees with rsip wherever rsip accepts one.
+//! back every field of a generated request (every User-Agent, every digest parameter) and the
+//! challenge of a generated 401 however they are spelled (header order, compact names, case,
+//! LWS and folding, quoting), and it agrees with rsip wherever rsip accepts a request.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use sipguard_sip::{strict, Method, SipView, StartLine};
+use sipguard_sip::{strict, Method, SipView, StartLine, UserAgents};
 
 /// Whether `part` lies within `whole` by address: proves the view borrowed instead of copying.
 fn within(whole: &[u8], part: &[u8]) -> bool {
@@ -39,12 +40,30 @@ fn check_borrows(input: &[u8], view: &SipView<'_>) -> Result<(), TestCaseError> 
         view.contact,
     ];
     slices.extend(optional.into_iter().flatten());
+    prop_assert_eq!(view.user_agent, view.user_agents.values().first().copied());
+    prop_assert_eq!(
+        view.user_agents.values().len(),
+        view.user_agents.count().min(UserAgents::KEPT)
+    );
+    slices.extend(view.user_agents.values());
     for creds in [view.authorization, view.proxy_authorization]
         .into_iter()
         .flatten()
     {
         slices.push(creds.scheme);
-        slices.extend(creds.username);
+        let params = [
+            creds.username,
+            creds.realm,
+            creds.nonce,
+            creds.response,
+            creds.cnonce,
+            creds.nc,
+        ];
+        slices.extend(params.into_iter().flatten());
+    }
+    if let Some(challenge) = view.challenge {
+        slices.push(challenge.scheme);
+        slices.extend([challenge.realm, challenge.nonce].into_iter().flatten());
     }
     if let StartLine::Request { method, uri } = view.start {
         slices.push(uri);
@@ -224,13 +243,24 @@ struct Request {
     branch: String,
     from: Party,
     to: Party,
-    user_agent: Option<Vec<String>>,
-    /// Username and realm for Authorization (or Proxy-Authorization).
-    auth: Option<(String, String)>,
+    /// One entry per User-Agent header, each a list of words (folded apart when spelled).
+    user_agents: Vec<Vec<String>>,
+    /// Authorization (or Proxy-Authorization).
+    auth: Option<Auth>,
     body: Vec<u8>,
     with_content_length: bool,
     /// Bytes after the message in the same datagram (only with Content-Length).
     trailing: Vec<u8>,
+}
+
+/// The digest parameters of one credential attempt; `qop` adds `cnonce` and `nc`.
+#[derive(Debug, Clone)]
+struct Auth {
+    user: String,
+    realm: String,
+    nonce: String,
+    response: String,
+    qop: Option<(String, String)>,
 }
 
 /// A request spelled out, and where its message lies within the datagram.
@@ -287,24 +317,38 @@ impl Request {
         let cseq = format!("{zeros}{}{}{}", self.cseq, dice.lws(), self.method);
         headers.push(dice.header("CSeq", None, &cseq));
         headers.push(dice.header("Max-Forwards", None, "70"));
-        if let Some(words) = &self.user_agent {
+        // The User-Agent lines stay together and in order when the headers are shuffled.
+        let mut user_agents = String::new();
+        for words in &self.user_agents {
             let mut ua = words[0].clone();
             for word in &words[1..] {
                 ua += dice.lws();
                 ua += word;
             }
-            headers.push(dice.header("User-Agent", None, &ua));
+            user_agents += &dice.header("User-Agent", None, &ua);
         }
-        if let Some((user, realm)) = &self.auth {
-            let mut params = [
-                format!("username{}={}\"{user}\"", dice.sws(), dice.sws()),
-                format!("realm=\"{realm}\""),
-                "nonce=\"5f2a9c\"".to_owned(),
+        if !user_agents.is_empty() {
+            headers.push(user_agents);
+        }
+        if let Some(auth) = &self.auth {
+            let quoted = |dice: &mut Dice, name: &str, value: &str| {
+                format!("{name}{}={}\"{value}\"", dice.sws(), dice.sws())
+            };
+            let mut params = vec![
+                quoted(dice, "username", &auth.user),
+                quoted(dice, "realm", &auth.realm),
+                quoted(dice, "nonce", &auth.nonce),
                 format!("uri=\"sip:{host}\""),
-                "response=\"0123456789abcdef0123456789abcdef\"".to_owned(),
+                quoted(dice, "response", &auth.response),
                 "algorithm=MD5".to_owned(),
             ];
-            params.rotate_left(usize::from(dice.roll()) % 6);
+            if let Some((cnonce, nc)) = &auth.qop {
+                params.push(quoted(dice, "cnonce", cnonce));
+                params.push(format!("nc{}={}{nc}", dice.sws(), dice.sws()));
+                params.push("qop=auth".to_owned());
+            }
+            let turn = usize::from(dice.roll()) % params.len();
+            params.rotate_left(turn);
             let mut value = format!("Digest{}", dice.lws());
             for (i, param) in params.iter().enumerate() {
                 if i > 0 {
@@ -405,6 +449,26 @@ fn party(with_tag: bool) -> impl Strategy<Value = Party> {
         })
 }
 
+/// Digest parameters as clients send them, with commas, `=` and escaped quotes in the quoted
+/// values that must not split or end them (`realm` and `nonce` may be empty).
+fn auth() -> impl Strategy<Value = Auth> {
+    let quoted = "([a-zA-Z0-9 ,=@.:/+]|\\\\\"){0,24}";
+    (
+        "[a-zA-Z0-9._+-]{1,12}",
+        quoted,
+        quoted,
+        "[0-9a-f]{32}",
+        proptest::option::of(("[0-9a-zA-Z+/=]{8,16}", "[0-9a-f]{8}")),
+    )
+        .prop_map(|(user, realm, nonce, response, qop)| Auth {
+            user,
+            realm,
+            nonce,
+            response,
+            qop,
+        })
+}
+
 fn request() -> impl Strategy<Value = Request> {
     let word = "[a-zA-Z0-9.!%*_+`'~()<>:/?{}\\[\\]\\\\\"-]{1,20}";
     let call_id = (word, proptest::option::of(word)).prop_map(|(a, b)| match b {
@@ -420,14 +484,14 @@ fn request() -> impl Strategy<Value = Request> {
         party(false),
     );
     let extras = (
-        proptest::option::of(vec("[A-Za-z0-9._!~*'+/()-]{1,12}", 1..4)),
-        proptest::option::of(("[a-zA-Z0-9._+-]{1,12}", "[a-z0-9 ,=@.]{0,16}")),
+        vec(vec("[A-Za-z0-9._!~*'+/()-]{1,12}", 1..4), 0..7),
+        proptest::option::of(auth()),
         vec(any::<u8>(), 0..48),
         any::<bool>(),
         vec(any::<u8>(), 0..16),
     );
     (fields, extras).prop_map(
-        |((method, call_id, cseq, branch, from, to), (user_agent, auth, body, cl, trailing))| {
+        |((method, call_id, cseq, branch, from, to), (user_agents, auth, body, cl, trailing))| {
             Request {
                 method,
                 call_id,
@@ -435,7 +499,7 @@ fn request() -> impl Strategy<Value = Request> {
                 branch,
                 from,
                 to,
-                user_agent,
+                user_agents,
                 auth,
                 body,
                 with_content_length: cl || !trailing.is_empty(),
@@ -459,6 +523,70 @@ fn rendered(plain: impl Strategy<Value = bool>) -> impl Strategy<Value = (Reques
             plain,
         });
         (req, rendered)
+    })
+}
+
+/// One WWW-Authenticate (`www`) or Proxy-Authenticate challenge of a 401/407 response.
+#[derive(Debug, Clone)]
+struct Challenged {
+    www: bool,
+    realm: String,
+    nonce: String,
+    /// How `stale` is written, if at all, and whether that spelling means true.
+    stale: Option<(&'static str, bool)>,
+}
+
+/// A 401 response carrying `challenges` (several WWW-Authenticate headers are legal: one per
+/// realm or algorithm), spelled with the dice.
+fn challenge_response(challenges: &[Challenged], dice: &mut Dice) -> Vec<u8> {
+    let mut out = String::from("SIP/2.0 401 Unauthorized\r\n");
+    out += &dice.header("Via", Some("v"), "SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK7");
+    out += &dice.header("From", Some("f"), "<sip:1001@example.com>;tag=f7");
+    out += &dice.header("To", Some("t"), "<sip:1001@example.com>;tag=t7");
+    out += &dice.header("Call-ID", Some("i"), "c7@192.0.2.7");
+    out += &dice.header("CSeq", None, "7 REGISTER");
+    for c in challenges {
+        let mut params = vec![
+            format!("realm{}={}\"{}\"", dice.sws(), dice.sws(), c.realm),
+            format!("nonce{}={}\"{}\"", dice.sws(), dice.sws(), c.nonce),
+            "algorithm=MD5".to_owned(),
+        ];
+        if let Some((spelling, _)) = c.stale {
+            params.push(spelling.to_owned());
+        }
+        let turn = usize::from(dice.roll()) % params.len();
+        params.rotate_left(turn);
+        let separator = format!("{},{}", dice.sws(), dice.sws());
+        let value = format!("Digest{}{}", dice.lws(), params.join(&separator));
+        let name = if c.www {
+            dice.pick(&["WWW-Authenticate", "www-authenticate"])
+        } else {
+            dice.pick(&["Proxy-Authenticate", "PROXY-AUTHENTICATE"])
+        };
+        out += &dice.header(name, None, &value);
+    }
+    out += &dice.header("Content-Length", Some("l"), "0");
+    out += "\r\n";
+    out.into_bytes()
+}
+
+fn challenged() -> impl Strategy<Value = Challenged> {
+    let quoted = "([a-zA-Z0-9 ,=@.:/+]|\\\\\"){0,24}";
+    let stale = proptest::option::of(select(
+        &[
+            ("stale=true", true),
+            ("stale=TRUE", true),
+            ("stale=\"true\"", true),
+            ("Stale = \"True\"", true),
+            ("stale=false", false),
+            ("stale=\"FALSE\"", false),
+        ][..],
+    ));
+    (any::<bool>(), quoted, quoted, stale).prop_map(|(www, realm, nonce, stale)| Challenged {
+        www,
+        realm,
+        nonce,
+        stale,
     })
 }
 
@@ -490,9 +618,15 @@ fn sip_shaped() -> impl Strategy<Value = Vec<u8>> {
         &["CSeq: 1 INVITE", "CSeq: 4294967295 INVITE", "cseq: 2 ACK"],
         &["Content-Length: 4", "l: 0", "Content-Length:\r\n 2"],
         &["User-Agent: friendly-scanner", "User-Agent:"],
+        &["User-Agent: Yealink", "user-agent: VOIP \r\n sipcli"],
         &[
             "Authorization: Digest realm=\"a,username=x\", username=\"1001\"",
             "Authorization: Basic",
+            "Authorization: Digest nonce=\"n\\\"x\", response=r, nc=1, cnonce=\"",
+        ],
+        &[
+            "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"a,b\", stale=TRUE",
+            "Proxy-Authenticate: Digest nonce=, stale=\"true",
         ],
         &[
             "Proxy-Authorization: Digest username=1002",
@@ -597,9 +731,45 @@ proptest! {
         prop_assert_eq!(view.from.tag, req.from.tag.as_deref().map(str::as_bytes));
         prop_assert_eq!(view.to.user, Some(req.to.user.as_bytes()));
         prop_assert_eq!(view.to.tag, req.to.tag.as_deref().map(str::as_bytes));
-        prop_assert_eq!(view.user_agent.map(unfold), req.user_agent.as_ref().map(|words| words.join(" ")));
-        let username = view.credentials().and_then(|c| c.username);
-        prop_assert_eq!(username, req.auth.as_ref().map(|(user, _)| user.as_bytes()));
+        let user_agents: Vec<String> = req.user_agents.iter().map(|words| words.join(" ")).collect();
+        prop_assert_eq!(view.user_agents.count(), user_agents.len());
+        prop_assert_eq!(view.user_agents.is_truncated(), user_agents.len() > UserAgents::KEPT);
+        let seen: Vec<String> = view.user_agents.values().iter().map(|ua| unfold(ua)).collect();
+        prop_assert_eq!(&seen[..], &user_agents[..user_agents.len().min(UserAgents::KEPT)]);
+        prop_assert_eq!(view.user_agent.map(unfold), user_agents.first().cloned());
+        let creds = view.credentials();
+        prop_assert_eq!(creds.is_some(), req.auth.is_some());
+        if let (Some(creds), Some(auth)) = (creds, &req.auth) {
+            prop_assert_eq!(creds.username, Some(auth.user.as_bytes()));
+            prop_assert_eq!(creds.realm, Some(auth.realm.as_bytes()));
+            prop_assert_eq!(creds.nonce, Some(auth.nonce.as_bytes()));
+            prop_assert_eq!(creds.response, Some(auth.response.as_bytes()));
+            let qop = auth.qop.as_ref();
+            prop_assert_eq!(creds.cnonce, qop.map(|(cnonce, _)| cnonce.as_bytes()));
+            prop_assert_eq!(creds.nc, qop.map(|(_, nc)| nc.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn the_first_www_authenticate_else_proxy_authenticate_is_the_challenge(
+        challenges in vec(challenged(), 0..4),
+        rolls in vec(any::<u8>(), 64..128),
+    ) {
+        let bytes = challenge_response(&challenges, &mut Dice { rolls, next: 0, plain: false });
+        let view = SipView::parse(&bytes)
+            .map_err(|e| TestCaseError::fail(format!("{e:?} on {:?}", String::from_utf8_lossy(&bytes))))?;
+        check_borrows(&bytes, &view)?;
+        let expected = challenges
+            .iter()
+            .find(|c| c.www)
+            .or_else(|| challenges.iter().find(|c| !c.www));
+        prop_assert_eq!(view.challenge.is_some(), expected.is_some());
+        if let (Some(challenge), Some(expected)) = (view.challenge, expected) {
+            prop_assert_eq!(challenge.scheme, &b"Digest"[..]);
+            prop_assert_eq!(challenge.realm, Some(expected.realm.as_bytes()));
+            prop_assert_eq!(challenge.nonce, Some(expected.nonce.as_bytes()));
+            prop_assert_eq!(challenge.stale, expected.stale.is_some_and(|(_, stale)| stale));
+        }
     }
 
     #[test]

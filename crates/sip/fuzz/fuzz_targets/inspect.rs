@@ -1,9 +1,10 @@
 //! Feeds arbitrary bytes to `SipView::parse` and checks the view's promises: no panic, and
-//! when it accepts, every field is a slice of the input and the framing adds up.
+//! when it accepts, every field (every User-Agent, digest parameter and challenge included) is a
+//! slice of the input and the framing adds up.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sipguard_sip::{is_keepalive, Method, SipView, StartLine};
+use sipguard_sip::{is_keepalive, Method, SipView, StartLine, UserAgents};
 
 /// Whether `part` lies within `whole` (pointer ranges, so it proves the view did not copy).
 fn within(whole: &[u8], part: &[u8]) -> bool {
@@ -68,11 +69,29 @@ fuzz_target!(|data: &[u8]| {
     assert!(!view.call_id.is_empty() && within(m, view.call_id));
     assert!(method_within(m, view.cseq.method));
     assert!(view.user_agent.is_none_or(|ua| within(m, ua)));
+    assert_eq!(view.user_agent, view.user_agents.values().first().copied());
+    assert_eq!(
+        view.user_agents.values().len(),
+        view.user_agents.count().min(UserAgents::KEPT)
+    );
+    assert!(view.user_agents.values().iter().all(|ua| within(m, ua)));
     assert!(view.contact.is_none_or(|c| within(m, c)));
     for creds in [view.authorization, view.proxy_authorization]
         .into_iter()
         .flatten()
     {
-        assert!(within(m, creds.scheme) && creds.username.is_none_or(|u| within(m, u)));
+        let params = [
+            creds.username,
+            creds.realm,
+            creds.nonce,
+            creds.response,
+            creds.cnonce,
+            creds.nc,
+        ];
+        assert!(within(m, creds.scheme) && params.iter().flatten().all(|p| within(m, p)));
+    }
+    if let Some(challenge) = view.challenge {
+        let params = [challenge.realm, challenge.nonce];
+        assert!(within(m, challenge.scheme) && params.iter().flatten().all(|p| within(m, p)));
     }
 });
