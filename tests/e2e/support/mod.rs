@@ -23,7 +23,7 @@ pub use daemon::{bans_cli, Daemon, DaemonConfig, Scrape};
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use phone::Phone;
 pub use sipguard::Sipguard;
-pub use sipp::Sipp;
+pub use sipp::{qualify, Sipp};
 pub use sipvicious::{SipVicious, Tool};
 pub use stunnel::Stunnel;
 pub use wait::{
