@@ -3,11 +3,13 @@
 //! phone's name, crowds that are innocent (an office behind one address, a digest trunk, a
 //! receptionist's BLF keys), a flood spread over an IPv6 /64, a session table filled by forged
 //! sources, and a garbage flood. Each innocent pattern runs beside the attack it must not be
-//! taken for, and each test is placed next to its counterpart.
+//! taken for (a legitimate phone beside every attack, an INVITE sweep beside the trunk, a
+//! stranger's burst beside the receptionist's), and the tests are ordered so that each innocent
+//! one follows the attacks it resembles.
 //!
-//! These tests state the behaviour the issue asks for; they were written before the fix and fail
-//! on the code they were written against. Each prints one line saying what reached the PBX and
-//! who was banned (`cargo test ... detection:: -- --nocapture`), the issue's before and after.
+//! These tests state the behaviour the issue asks for; they were written before the fix, and
+//! each says the bug it pins. Each prints one line saying what reached the PBX and who was
+//! banned (`cargo test ... detection:: -- --nocapture`): the issue's before and after.
 //!
 //! As in attacks.rs, what reached the PBX is read from its log, keyed by the top Via host that
 //! every client here writes; bans come from the in-process sipguard's policy, or from
@@ -111,6 +113,10 @@ fn describe(ban: Option<&Ban>) -> String {
     })
 }
 
+/// svcrack as an attacker runs it after editing its User-Agent, so that no signature matches.
+/// The bug it pins: every guess reuses one Call-ID and `CSeq: 2`, and the failure counter, which
+/// counts a transaction once, takes them all for retransmissions of the first guess; svcrack
+/// finds the password and registers the extension.
 #[test]
 fn svcrack_with_a_disguised_user_agent_is_banned_within_five_wrong_passwords() -> anyhow::Result<()>
 {
@@ -210,6 +216,8 @@ fn hand_written_cracker_is_stopped(
     guard.stop()
 }
 
+/// Each guess a transaction of its own: the failure counter stops this one already, and must
+/// go on doing so once attempts are counted some other way.
 #[test]
 fn cracker_with_a_new_call_id_per_guess_is_banned_within_five_wrong_passwords() -> anyhow::Result<()>
 {
@@ -221,6 +229,7 @@ fn cracker_with_a_new_call_id_per_guess_is_banned_within_five_wrong_passwords() 
     )
 }
 
+/// As a phone retrying would: stopped already, and must stay so.
 #[test]
 fn cracker_incrementing_its_cseq_is_banned_within_five_wrong_passwords() -> anyhow::Result<()> {
     hand_written_cracker_is_stopped(
@@ -231,6 +240,8 @@ fn cracker_incrementing_its_cseq_is_banned_within_five_wrong_passwords() -> anyh
     )
 }
 
+/// svcrack's layout (one Call-ID, `CSeq: 2`) over TCP, where nothing is ever retransmitted.
+/// The bug it pins is the UDP one's: the guesses count as one failure, the password is found.
 #[test]
 fn svcrack_style_cracker_over_tcp_is_banned_within_five_wrong_passwords() -> anyhow::Result<()> {
     hand_written_cracker_is_stopped(
@@ -272,6 +283,11 @@ fn forged_register(from: SocketAddr, user: &str, nonce: &str) -> String {
     )
 }
 
+/// Everything a forger can make the PBX say about an authenticated phone's address, sent in its
+/// name from its own port and from another one. The bug it pins: the PBX's answers to forged
+/// requests count as the phone's own failures. Five forged wrong passwords block its user at its
+/// address (its registrations go unanswered), and forged credentials for other users ban the
+/// address for enumeration, which trust does not cover.
 #[test]
 fn forged_evidence_in_an_authenticated_phones_name_neither_bans_nor_blocks_it() -> anyhow::Result<()>
 {
@@ -479,6 +495,11 @@ fn office_served(guard: &Daemon, boot: &Boot, when: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Thirty phones behind one address power up together, then subscribe to their colleagues' BLF
+/// keys; sipguard crashes and restarts, and the first it hears of the office is a phone with a
+/// stale password. The bugs it pins: at boot the bare challenges of ten users count as
+/// enumeration and the burst as a flood, so the office is banned before a phone registers; after
+/// a restart the office's trust is gone, and the stale phone's five failures ban every phone.
 #[test]
 fn office_of_thirty_phones_booting_at_once_is_not_banned_even_after_a_restart_with_a_stale_phone_first(
 ) -> anyhow::Result<()> {
@@ -544,6 +565,11 @@ fn office_of_thirty_phones_booting_at_once_is_not_banned_even_after_a_restart_wi
 // ---------------------------------------------------------------------------------------------
 // Innocent crowds of usernames and requests from one address, beside the attacks they resemble.
 
+/// A carrier's digest trunk delivering twenty calls, each challenged and then authenticated with
+/// the trunk's account, each from a different caller ID. The bug it pins: every challenged
+/// INVITE counts its caller ID (the From user) as a probed username, the authenticated INVITE's
+/// success clears only the account's name, and ten calls in progress ban the trunk for
+/// enumeration. The INVITE sweep beside it must still be banned.
 #[test]
 fn digest_trunk_with_distinct_caller_ids_is_not_banned_while_an_invite_sweep_is(
 ) -> anyhow::Result<()> {
@@ -612,6 +638,10 @@ fn digest_trunk_with_distinct_caller_ids_is_not_banned_while_an_invite_sweep_is(
     guard.stop()
 }
 
+/// A receptionist's phone registers and subscribes to its sixty BLF keys at once. The bug it
+/// pins: the flood rule still counts a trusted source's requests and drops all but sixteen in
+/// two seconds (it only spares the ban). The same burst from an address that never
+/// authenticated must still ban it.
 #[test]
 fn receptionist_subscribing_to_sixty_blf_keys_at_boot_loses_none_while_a_stranger_doing_so_is_banned(
 ) -> anyhow::Result<()> {
@@ -695,6 +725,9 @@ fn prefix_banned(guard: &Sipguard, net: Ipv6Net) -> Option<Ban> {
         .find_map(|(source, ban)| (source == IpAddr::V6(net.network())).then_some(ban))
 }
 
+/// Forty addresses of one /64 (what a single IPv6 host can use) each flood. The bug it pins:
+/// each address is banned on its own and the rest of the /64 is let through, so the host moves
+/// on to the next address.
 #[test]
 fn flood_from_forty_addresses_of_one_ipv6_64_bans_the_prefix_but_not_its_allowlisted_address(
 ) -> anyhow::Result<()> {
@@ -795,6 +828,9 @@ fn sipp_registers(
     Ok(run.success())
 }
 
+/// One forged datagram each from more sources than the session table holds. The bug it pins:
+/// a full table refuses every new client until sessions idle out (hours), so a new phone cannot
+/// register. The authenticated phone must keep its session all the same.
 #[test]
 fn full_session_table_of_forged_sources_admits_a_new_phone_and_keeps_the_authenticated_one(
 ) -> anyhow::Result<()> {
@@ -866,6 +902,9 @@ fn full_session_table_of_forged_sources_admits_a_new_phone_and_keeps_the_authent
 // ---------------------------------------------------------------------------------------------
 // Garbage.
 
+/// Non-SIP and oversized datagrams as fast as one address can send them. The bug it pins:
+/// they are dropped before the flood rule counts anything, so the source is never banned and may
+/// go on as long as it likes (and send valid requests between).
 #[test]
 fn garbage_flood_bans_its_source_while_a_phone_elsewhere_is_served() -> anyhow::Result<()> {
     const GARBAGE: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 70);
