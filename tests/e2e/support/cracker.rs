@@ -2,9 +2,10 @@
 //! wordlist with real digest answers (support/ua.rs), in one of the ways crackers vary what
 //! identifies an attempt:
 //!
-//! - [`Style::Svcrack`]: what svcrack does. One bare REGISTER fetches the first challenge; every
-//!   guess then answers the challenge of the 401 the last guess got, all with the Call-ID of the
-//!   first and `CSeq: 2`, so that every guess looks like a retransmission of one request.
+//! - [`Style::Svcrack`]: what svcrack does. A bare REGISTER (a new Call-ID, `CSeq: 1`) fetches a
+//!   challenge; every guess then answers the challenge of the 401 the last request got, with that
+//!   request's Call-ID and `CSeq: 2`, so that every guess looks like a retransmission of one
+//!   request.
 //! - [`Style::NewCallId`]: each guess fetches its own challenge on a Call-ID of its own (bare
 //!   REGISTER CSeq 1, the guess CSeq 2), as a tool that starts every attempt afresh.
 //! - [`Style::IncrementingCSeq`]: one Call-ID, the CSeq going up with every request, each guess
@@ -83,7 +84,7 @@ impl Cracker {
         while words.peek().is_some() {
             let (request, word) = match challenge.take() {
                 None => {
-                    if self.style == Style::NewCallId {
+                    if self.style != Style::IncrementingCSeq {
                         call_id = super::ua::call_id("crack");
                     }
                     cseq = match self.style {
