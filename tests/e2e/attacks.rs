@@ -14,15 +14,14 @@
 //! hand-made sweep by waiting for each answer), so the rule under test is the one that trips.
 
 use crate::support::{
-    free_udp_addr, password, poll_until, Kamailio, PbxRequest, Phone, SipVicious, Sipguard, Sipp,
-    Tool,
+    call_id, free_udp_addr, password, poll_until, Kamailio, PbxRequest, Phone, SipVicious,
+    Sipguard, Sipp, Tool,
 };
 use anyhow::{ensure, Context};
 use sipguard_policy::{AllowlistMode, Ban, RuleId};
 use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a condition the test causes (a ban, a registration) may take to show.
@@ -36,7 +35,7 @@ const SILENCE: Duration = Duration::from_millis(1500);
 const IN_FLIGHT: Duration = Duration::from_secs(1);
 
 /// The requests that reached the PBX from the client at `host` (by its top Via).
-fn from_client(pbx: &Kamailio, host: Ipv4Addr) -> Vec<PbxRequest> {
+pub(crate) fn from_client(pbx: &Kamailio, host: Ipv4Addr) -> Vec<PbxRequest> {
     let host = host.to_string();
     pbx.requests()
         .into_iter()
@@ -54,13 +53,13 @@ fn transactions<'a>(requests: impl IntoIterator<Item = &'a PbxRequest>) -> usize
 }
 
 /// When a first-offence ban was issued: its expiry less the rule's ban time.
-fn issued(ban: &Ban, ban_for: Duration) -> anyhow::Result<SystemTime> {
+pub(crate) fn issued(ban: &Ban, ban_for: Duration) -> anyhow::Result<SystemTime> {
     ensure!(ban.offence == 1, "expected a first offence: {ban:?}");
     Ok(UNIX_EPOCH + Duration::from_millis(ban.expires.as_millis()) - ban_for)
 }
 
 /// Waits until `source` is banned.
-fn banned(guard: &Sipguard, source: Ipv4Addr) -> anyhow::Result<Ban> {
+pub(crate) fn banned(guard: &Sipguard, source: Ipv4Addr) -> anyhow::Result<Ban> {
     poll_until(&format!("{source} to be banned"), SETTLE, || {
         guard.ban(source.into())
     })
@@ -69,7 +68,11 @@ fn banned(guard: &Sipguard, source: Ipv4Addr) -> anyhow::Result<Ban> {
 /// Waits until `source`'s ban has dropped its packets for `IN_FLIGHT` after it was issued (the
 /// ban's last sighting moves with every packet it drops), so that anything leaking past the ban
 /// would have reached the PBX after `issued + IN_FLIGHT`.
-fn dropped_after_ban(guard: &Sipguard, source: Ipv4Addr, issued: SystemTime) -> anyhow::Result<()> {
+pub(crate) fn dropped_after_ban(
+    guard: &Sipguard,
+    source: Ipv4Addr,
+    issued: SystemTime,
+) -> anyhow::Result<()> {
     let until = issued + IN_FLIGHT;
     poll_until(
         &format!("{source} to keep sending after its ban"),
@@ -83,7 +86,7 @@ fn dropped_after_ban(guard: &Sipguard, source: Ipv4Addr, issued: SystemTime) -> 
 }
 
 /// That nothing from `requests` reached the PBX after the ban was issued (plus `IN_FLIGHT`).
-fn nothing_after(requests: &[PbxRequest], issued: SystemTime) -> anyhow::Result<()> {
+pub(crate) fn nothing_after(requests: &[PbxRequest], issued: SystemTime) -> anyhow::Result<()> {
     let late = requests
         .iter()
         .filter(|r| r.at > issued + IN_FLIGHT)
@@ -99,25 +102,21 @@ fn nothing_after(requests: &[PbxRequest], issued: SystemTime) -> anyhow::Result<
 
 /// Waits for `phone` to register at least once more after `since` successes (so it registered
 /// while the attack was on), then stops it: an error if any of its registrations failed.
-fn kept_registering(phone: Phone, since: usize) -> anyhow::Result<()> {
+pub(crate) fn kept_registering(phone: Phone, since: usize) -> anyhow::Result<()> {
     poll_until("the phone to register again", SETTLE, || {
         (phone.successes() > since || phone.failures() > 0).then_some(())
     })?;
     phone.stop().map(drop)
 }
 
-/// A unique Call-ID.
-fn call_id(what: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{what}-{}-{}@sipguard-e2e",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A request for `user` from the socket at `from`, as a simple phone would send it.
-fn request(method: &str, from: SocketAddr, user: &str, call_id: &str, user_agent: &str) -> String {
+pub(crate) fn request(
+    method: &str,
+    from: SocketAddr,
+    user: &str,
+    call_id: &str,
+    user_agent: &str,
+) -> String {
     format!(
         "{method} sip:127.0.0.1 SIP/2.0\r\n\
          Via: SIP/2.0/UDP {from};branch=z9hG4bK-{call_id};rport\r\n\
@@ -134,7 +133,11 @@ fn request(method: &str, from: SocketAddr, user: &str, call_id: &str, user_agent
 }
 
 /// Waits up to `within` for the answer to `call_id` on `socket`; `None` if none came.
-fn answer(socket: &UdpSocket, call_id: &str, within: Duration) -> anyhow::Result<Option<String>> {
+pub(crate) fn answer(
+    socket: &UdpSocket,
+    call_id: &str,
+    within: Duration,
+) -> anyhow::Result<Option<String>> {
     let deadline = Instant::now() + within;
     let mut buf = vec![0u8; 65536];
     loop {

@@ -39,7 +39,7 @@ fn options_with(client: SocketAddr, id: &str, from: &str, to: &str) -> Vec<u8> {
 }
 
 /// Deterministic noise (xorshift), so a failure replays exactly.
-fn noise(len: usize, mut state: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, mut state: u64) -> Vec<u8> {
     (0..len)
         .map(|_| {
             state ^= state << 13;

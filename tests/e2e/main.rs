@@ -9,6 +9,7 @@ mod support;
 
 mod attacks;
 mod deploy;
+mod detection;
 mod inspection;
 mod ops;
 mod relay;

@@ -51,13 +51,13 @@ fn scan(guard: &Daemon, from: Ipv4Addr) -> anyhow::Result<UdpSocket> {
 }
 
 /// The `bans list --json` of a running sipguard, by IP.
-fn bans(guard: &Daemon) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn bans(guard: &Daemon) -> anyhow::Result<serde_json::Value> {
     let out = guard.bans(&["list", "--json"])?;
     ensure!(out.status.success(), "bans list failed: {out:?}");
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn ban_of(list: &serde_json::Value, ip: Ipv4Addr) -> Option<serde_json::Value> {
+pub(crate) fn ban_of(list: &serde_json::Value, ip: Ipv4Addr) -> Option<serde_json::Value> {
     list["bans"]
         .as_array()?
         .iter()

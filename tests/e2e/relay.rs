@@ -2,7 +2,7 @@
 //! reaches them back through their sessions, and each client address is its own peer at the PBX.
 
 use crate::support::{
-    free_udp_addr, password, poll_until, udp_port_bound, Kamailio, Sipguard, Sipp,
+    free_udp_addr, password, poll_until, qualify, udp_port_bound, Kamailio, Sipguard, Sipp,
 };
 use anyhow::{ensure, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -153,24 +153,7 @@ fn clients_from_two_addresses_are_distinct_peers_at_the_pbx() -> anyhow::Result<
     // entry. One at a time: were the sessions crossed, the ping would reach the phone that is not
     // listening and time out.
     for (phone, user) in [(phone_a, "1001"), (phone_b, "1002")] {
-        let mut uas = Sipp::new("uas_options.xml", pbx.dir())
-            .local(phone)
-            .service(user)
-            .spawn()?;
-        poll_until("the phone to bind its port", BIND_TIMEOUT, || {
-            (udp_port_bound(phone) || !uas.is_running()).then_some(())
-        })?;
-        let ping = Sipp::new("options.xml", pbx.dir())
-            .remote(pbx.addr())
-            .local_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .service(user)
-            .timeout(Duration::from_secs(10))
-            .run()?;
-        let uas = uas.wait()?;
-        ping.ensure_success()
-            .with_context(|| format!("OPTIONS for {user} at {phone}; phone:\n{}", uas.logs()))?;
-        uas.ensure_success()
-            .with_context(|| format!("phone {user} at {phone}; pinger:\n{}", ping.logs()))?;
+        qualify(&pbx, phone, user)?;
     }
 
     // And both still register again through their existing sessions, keeping their peers.

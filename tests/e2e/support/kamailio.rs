@@ -159,6 +159,18 @@ impl Kamailio {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Adds `user` with `password` to the PBX's users (pbx.cfg's `users` table), as an operator
+    /// provisions a phone: it registers like the built-in ones from then on.
+    pub fn add_user(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        // `s:` keeps a numeric user a string; kamcmd exits 0 on errors, so read its answer.
+        let key = format!("s:{user}");
+        let answer = self.kamcmd(&["htable.sets", "users", &key, password])?;
+        if !answer.contains("Ok") {
+            bail!("kamcmd did not add {user}: {answer}");
+        }
+        Ok(())
+    }
+
     /// The received addresses the location holds for `aor` (the user part), from `ul.dump`.
     pub fn received_addrs(&self, aor: &str) -> anyhow::Result<Vec<SocketAddr>> {
         parse_received(&self.kamcmd(&["ul.dump"])?, aor)

@@ -1,15 +1,21 @@
 //! What the end-to-end tests stand on: free ports, waiting with a deadline, child processes
 //! stopped on drop, and the peers (Kamailio, SIPp, sipvicious, an in-process sipguard, a phone
-//! that keeps registering, the sipguard binary as a child process with a /metrics scraper).
+//! that keeps registering, the sipguard binary as a child process with a /metrics scraper), and
+//! what no packaged peer does: a scriptable SIP client with digest auth, password crackers built
+//! on it, datagrams with forged sources, and a network namespace for more IPv6 addresses.
 
+mod cracker;
 mod daemon;
 mod kamailio;
+mod netns;
 mod phone;
 mod process;
 mod sipguard;
 mod sipp;
 mod sipvicious;
+mod spoof;
 mod stunnel;
+mod ua;
 mod wait;
 
 /// Test certificates, shared with the relay's TLS tests.
@@ -19,13 +25,17 @@ pub mod certs;
 #[path = "../../../crates/relay/tests/support/metrics.rs"]
 pub mod metrics;
 
+pub use cracker::{Cracked, Cracker, Style};
 pub use daemon::{http_exchange, Daemon, DaemonConfig, HttpReply, Scrape};
 pub use kamailio::{Kamailio, PbxRequest, USERS};
+pub use netns::in_private_namespace;
 pub use phone::Phone;
 pub use sipguard::Sipguard;
-pub use sipp::Sipp;
+pub use sipp::{qualify, Sipp};
 pub use sipvicious::{SipVicious, Tool};
+pub use spoof::Spoofer;
 pub use stunnel::Stunnel;
+pub use ua::{call_id, Registration, Ua};
 pub use wait::{
     free_tcp_addr, free_udp_addr, free_udp_port, poll_until, tcp_port_listening, udp_port_bound,
 };

@@ -139,6 +139,11 @@ impl Phone {
         })
     }
 
+    /// The address it registers from.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Successful registrations (attempts as the scenario expects) so far, the first included.
     pub fn successes(&self) -> usize {
         self.successes.load(Ordering::SeqCst)

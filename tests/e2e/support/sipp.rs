@@ -5,9 +5,9 @@
 //! error that carries SIPp's screen, error log and message trace.
 
 use super::process::Guarded;
-use super::{fixture, free_udp_port};
-use anyhow::bail;
-use std::net::{IpAddr, SocketAddr};
+use super::{fixture, free_udp_port, poll_until, udp_port_bound, Kamailio};
+use anyhow::{bail, Context};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +16,35 @@ use std::time::Duration;
 /// Added to SIPp's own `-timeout` before the harness kills it.
 const KILL_MARGIN: Duration = Duration::from_secs(10);
 
+/// How long a phone's SIPp gets to bind its port.
+const BIND_TIMEOUT: Duration = Duration::from_secs(5);
+
 static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A qualify of the phone at `phone`, registered as `user`: it waits for an OPTIONS
+/// (uas_options.xml) while a pinger on the PBX's side sends one to `user` (options.xml), which
+/// the PBX relays to the location the phone registered, so it reaches the phone only through
+/// the session the phone registered on. An error with both sides' logs unless it was answered.
+pub fn qualify(pbx: &Kamailio, phone: SocketAddr, user: &str) -> anyhow::Result<()> {
+    let mut uas = Sipp::new("uas_options.xml", pbx.dir())
+        .local(phone)
+        .service(user)
+        .spawn()?;
+    poll_until("the phone to bind its port", BIND_TIMEOUT, || {
+        (udp_port_bound(phone) || !uas.is_running()).then_some(())
+    })?;
+    let ping = Sipp::new("options.xml", pbx.dir())
+        .remote(pbx.addr())
+        .local_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .service(user)
+        .timeout(Duration::from_secs(10))
+        .run()?;
+    let uas = uas.wait()?;
+    ping.ensure_success()
+        .with_context(|| format!("OPTIONS for {user} at {phone}; phone:\n{}", uas.logs()))?;
+    uas.ensure_success()
+        .with_context(|| format!("phone {user} at {phone}; pinger:\n{}", ping.logs()))
+}
 
 /// One SIPp invocation being put together.
 #[derive(Debug)]

@@ -6,6 +6,8 @@
 //!   tests/fixtures/sipvicious/bind_source.py, which binds the tool's socket to the run's source
 //!   address; `-b` is passed as well (svmap honours it) and `-x` puts the address in Via.
 //! - Without `-P` the tools take 5060 or the next free port up; the harness picks a free one.
+//! - They send `User-Agent: friendly-scanner` and have no option to change it; a test that plays
+//!   an attacker who edited the tool sets [`SipVicious::user_agent`], which bind_source.py applies.
 //! - They keep sessions under `~/.sipvicious` only with `-s`, and prompt only with `-R`; HOME
 //!   still points into the test's tempdir so a run never touches the user's home.
 
@@ -56,6 +58,7 @@ pub struct SipVicious {
     target: SocketAddr,
     dir: PathBuf,
     args: Vec<String>,
+    user_agent: Option<String>,
 }
 
 impl SipVicious {
@@ -67,7 +70,15 @@ impl SipVicious {
             target,
             dir: dir.to_owned(),
             args: Vec::new(),
+            user_agent: None,
         }
+    }
+
+    /// Sends `user_agent` instead of `friendly-scanner`, as attackers who edit the tool do
+    /// (sipvicious has no option for it; bind_source.py changes the tool's default).
+    pub fn user_agent(mut self, user_agent: &str) -> Self {
+        self.user_agent = Some(user_agent.to_owned());
+        self
     }
 
     /// Adds the tool's own options.
@@ -101,6 +112,11 @@ impl SipVicious {
             .arg(self.target.ip().to_string())
             .env("HOME", &home)
             .env("PYTHONUNBUFFERED", "1")
+            .envs(
+                self.user_agent
+                    .iter()
+                    .map(|ua| ("SIPVICIOUS_USER_AGENT", ua)),
+            )
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
@@ -136,6 +152,11 @@ pub struct SipViciousProcess {
 }
 
 impl SipViciousProcess {
+    /// Whether the tool is still running (it exits by itself once it found the password).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(None))
+    }
+
     /// Waits for the tool to finish on its own; after `RUN_TIMEOUT` it is interrupted (it still
     /// prints what it found) and the run counts as not having run cleanly.
     pub fn wait(mut self) -> anyhow::Result<SipViciousRun> {
