@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real SIP peers the end-to-end tests run (DESIGN.md section 6), on Debian/Ubuntu:
+# Installs the real SIP peers the end-to-end tests run (docs/design.md section 6), on Debian/Ubuntu:
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
 # (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, and stunnel4 (the TLS
 # side of SIPp phones: Debian's SIPp is built without TLS). Does nothing when every command is

@@ -1,4 +1,4 @@
-//! Validated policy settings, with the defaults of DESIGN.md section 3.
+//! Validated policy settings, with the defaults of docs/design.md section 3.
 
 use crate::bans::RepeatConfig;
 use crate::scanner::DEFAULT_USER_AGENTS;

@@ -1,11 +1,13 @@
 //! sipguard's decisions, pure and I/O-free.
 //!
-//! [`Policy::check_datagram`] runs the request pipeline of DESIGN.md section 2 over one received
-//! datagram, cheapest check first (ban, deny list, allowlist, size, parse, scanner signature,
-//! flood, blocked username), and [`Policy::observe_response`] feeds the PBX's answers into the
-//! failure, enumeration and trust rules of section 3. Nothing here reads a clock, touches a
-//! socket or records a metric: time comes in as a [`Timestamp`], and rule hits come out as
-//! [`Event`]s for the caller to count and log. Every per-source table is capped.
+//! [`Policy::check`] runs the request pipeline of docs/design.md section 2 over one message
+//! (a datagram, or one framed from a stream), cheapest check first (ban, deny list, allowlist,
+//! size, garbage, parse, scanner signature, flood, blocked username), and returns with its
+//! verdict the memo the response path needs; [`Policy::judge_response`] feeds the PBX's answers
+//! into the failure, enumeration and trust rules of section 3. Nothing here reads a clock,
+//! touches a socket or records a metric: time comes in as a [`Timestamp`], rule hits come out as
+//! [`Event`]s for the caller to count and log, and changes to the ban and trust tables go to the
+//! [`Observer`]s as [`Change`]s. Every per-source table is capped.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -138,7 +140,7 @@ pub struct Policy {
     sources: BoundedMap<IpAddr, SourceState>,
     users: BoundedMap<(IpAddr, u64), UserState>,
     /// When the last username block ends (ms since the epoch): past it no username is blocked,
-    /// and the check skips the username's hash and lookup on every request.
+    /// and the check skips the blocked-username lookup on every request.
     blocks_end: AtomicU64,
     trust: BoundedMap<IpAddr, Trust>,
     /// Evidence per IPv6 prefix: its flood count and its banned addresses.

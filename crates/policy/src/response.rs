@@ -330,18 +330,17 @@ impl Policy {
         }
     }
 
-    /// A credentialed request succeeded: the username is no probe, and the source earns trust
+    /// A request succeeded. With credentials, the username is no probe, and the source earns trust
     /// unless the success came after a run of failures (a guess that came good) or the source
     /// fails across several usernames.
     fn succeeded(&self, rules: &Rules, client: IpAddr, memo: RequestMemo, now: Timestamp) {
-        let Some(user) = memo.user else {
+        // Only credentials that worked clear a username: any request's 2xx would let a sweep
+        // launder each probe with an OPTIONS or a BYE that the PBX accepts without them.
+        let (Some(user), true) = (memo.user, memo.credentialed) else {
             return;
         };
         self.sources
             .get(&client, now, |state| state.probes.succeeded(user));
-        if !memo.credentialed {
-            return;
-        }
         let window = rules.config.enumeration.window;
         let failures = self
             .users

@@ -10,7 +10,7 @@ pub use aho_corasick::BuildError;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, Anchored, Input, MatchKind, StartKind};
 use sipguard_sip::SipView;
 
-/// User agents of SIP scanners and attack tools (DESIGN.md section 3: MOR's list and Kamailio's
+/// User agents of SIP scanners and attack tools (docs/design.md section 3: MOR's list and Kamailio's
 /// default configuration; nmap's SIP library, nselib/sip.lua, sends `Nmap NSE`; `pplsip` is
 /// SIPPTS's default and `sipptk` that of its older Perl tools). `=VOIP` is a whole value: a bare
 /// `VOIP` is a scanner's, "VoIP" inside a longer string is not.

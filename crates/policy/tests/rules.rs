@@ -1,5 +1,5 @@
-//! The detection rules of DESIGN.md section 3, driven through the public API with time passed in:
-//! requests go through `check_datagram`, the PBX's answers through `observe_response`.
+//! The detection rules of docs/design.md section 3, driven through the public API with time passed in:
+//! requests go through `check`, the PBX's answers through `observe_response`.
 
 use sipguard_policy::{
     Action, AllowlistMode, DropReason, Event, Exchange, IpNet, Mode, Policy, PolicyConfig, RuleId,

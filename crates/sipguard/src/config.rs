@@ -1,6 +1,6 @@
 //! sipguard's configuration: YAML in, a validated [`Config`] out, or every problem at once.
 //!
-//! Two stages (DESIGN.md section 4): `raw` reads the file into a loose shape that keeps each
+//! Two stages (docs/design.md section 4): `raw` reads the file into a loose shape that keeps each
 //! value as written and collects unknown keys with their paths; `validate` turns that into typed
 //! settings (`SocketAddr`, `Duration`, `IpNet`), filling in defaults and gathering every problem,
 //! each naming file, key path, value and what was expected. `sipguard check-config` and `run`

@@ -1,4 +1,4 @@
-//! The allowlist file (DESIGN.md section 4): named groups of carrier and office networks, in
+//! The allowlist file (docs/design.md section 4): named groups of carrier and office networks, in
 //! categories the operator names (`carriers`, `offices`, ...), kept apart from the main config so
 //! it can be generated or shared across hosts.
 //!

@@ -1,7 +1,7 @@
 //! Stage two: [`RawConfig`] to the typed [`Config`], every problem gathered before failing.
 //!
 //! Defaults for keys the file leaves out live here, as constants, or for the detection rules in
-//! `PolicyConfig::default()` (which holds DESIGN.md's table); `config/default.yaml` spells the
+//! `PolicyConfig::default()` (which holds the table of docs/design.md section 3); `config/default.yaml` spells the
 //! same values out for operators, and a unit test keeps the two equal.
 //!
 //! Validation reads the allowlist file the config names, so its problems are reported with the
