@@ -491,7 +491,7 @@ fn a_ban_of_580000_years_is_refused_and_later_bans_are_still_journalled() -> any
     // What a version with the bug left in the journal: a ban expiring in the year 580000.
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let endless = sipguard::journal::BanEntry {
-        ip: LEFT_BY_THE_BUG.into(),
+        ip: std::net::IpAddr::from(LEFT_BY_THE_BUG).into(),
         rule: "manual".to_owned(),
         evidence: 0,
         first_seen: now,
