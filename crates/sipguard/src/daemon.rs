@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::SystemTime;
 use tokio::signal::unix::Signal;
 
@@ -108,6 +109,20 @@ pub async fn serve(
     for hook in reload_hooks {
         reloader.on_reload(hook);
     }
+    let token_file = crate::admin::token_file(&config.ops, journal.path());
+    let mut relay = std::pin::pin!(crate::run_with_policy(
+        config,
+        sockets,
+        Arc::clone(&policy),
+        shutdown
+    ));
+    // The relay's first step registers its metrics and subscribes them to the policy. The
+    // operator's services start after it: /metrics has every family from its first scrape, and
+    // a ban by the admin API, however early, is counted like any other.
+    let first_step = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx)));
+    if let Poll::Ready(result) = first_step.await {
+        return result;
+    }
     let mut services = tokio::task::JoinSet::new();
     if let (Some(listener), Some(handle)) = (ops.metrics, metrics) {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
@@ -125,8 +140,7 @@ pub async fn serve(
         }));
     }
     if let Some(listener) = ops.admin {
-        let admin = Admin::new(Arc::clone(&policy), journal.clone(), Arc::clone(&reloader));
-        let token_file = crate::admin::token_file(&config.ops, journal.path());
+        let admin = Admin::new(Arc::clone(&policy), journal, Arc::clone(&reloader));
         services.spawn(admin.serve(listener, &token_file)?);
     }
     let reload_on_hangup = Arc::clone(&reloader);
@@ -139,7 +153,7 @@ pub async fn serve(
         Ok(())
     });
 
-    let result = crate::run_with_policy(config, sockets, policy, shutdown).await;
+    let result = relay.await;
     services.shutdown().await;
     result
 }
