@@ -1,6 +1,7 @@
 //! The operator's side, on the real binary: `/metrics` while a phone registers and an attacker
-//! scans, bans that survive `kill -9`, `sipguard bans` against a running instance, the admin
-//! API's gate (its token, web pages, bounded input) over a real socket, and reload on SIGHUP.
+//! scans, bans that survive `kill -9` (an IPv6 network's too), `sipguard bans` against a running
+//! instance, the admin API's gate (its token, web pages, bounded input) over a real socket, and
+//! reload on SIGHUP.
 //! Each test starts its own sipguard process (and, where traffic must be answered, its own
 //! Kamailio) on free ports, from 127.0.0.150 up.
 
@@ -491,7 +492,7 @@ fn a_ban_of_580000_years_is_refused_and_later_bans_are_still_journalled() -> any
     // What a version with the bug left in the journal: a ban expiring in the year 580000.
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let endless = sipguard::journal::BanEntry {
-        ip: LEFT_BY_THE_BUG.into(),
+        ip: std::net::IpAddr::from(LEFT_BY_THE_BUG).into(),
         rule: "manual".to_owned(),
         evidence: 0,
         first_seen: now,
@@ -788,5 +789,91 @@ fn bans_cli_finds_the_token_file_the_config_names() -> anyhow::Result<()> {
     let listed = guard.bans(&["--config", &file, "list", "--json"])?;
     let list: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
     ensure!(ban_of(&list, SOURCE).is_some(), "{list}");
+    Ok(())
+}
+
+/// Whether `/metrics` counts `bans` manual bans and `lifts` manual lifts.
+fn manual_bans_and_lifts_counted(guard: &Daemon, bans: f64, lifts: f64) -> anyhow::Result<()> {
+    let scrape = guard.scrape()?;
+    let banned = scrape.value("sipguard_bans_total", &[("rule", "manual")]);
+    let lifted = scrape.value("sipguard_unbans_total", &[("how", "manual")]);
+    ensure!(
+        banned == Some(bans) && lifted == Some(lifts),
+        "{banned:?} manual bans and {lifted:?} lifts, not {bans} and {lifts}:\n{}",
+        scrape.text
+    );
+    Ok(())
+}
+
+/// The admin API with the token and the headers a program sends.
+fn admin_call(guard: &Daemon, method_path: &str, body: &str) -> anyhow::Result<HttpReply> {
+    let host = format!("Host: {}", guard.admin());
+    let bearer = format!("Authorization: Bearer {}", guard.token()?);
+    let json = "Content-Type: application/json";
+    admin_request(guard, method_path, &[&host, json, &bearer], body)
+}
+
+#[test]
+fn a_network_ban_by_the_api_is_journalled_as_a_network_survives_kill_9_and_is_counted_once(
+) -> anyhow::Result<()> {
+    const NETWORK: &str = "2001:db8:1:2::/64";
+    let dir = tempfile::tempdir()?;
+    let pbx = free_udp_addr(Ipv4Addr::new(127, 0, 0, 181))?;
+    let config = DaemonConfig::in_dir(dir.path(), "", pbx)?;
+    let guard = Daemon::start(&config)?;
+    let added = admin_call(
+        &guard,
+        "POST /bans",
+        r#"{"ip": "2001:db8:1:2::99/64", "duration": "2h", "reason": "a /64 of scanners"}"#,
+    )?;
+    ensure!(added.status == 201, "{added:?}");
+    let ban: serde_json::Value = serde_json::from_str(&added.body)?;
+    ensure!(
+        ban["ip"] == NETWORK && ban["reason"] == "a /64 of scanners",
+        "{ban}"
+    );
+    // Durable when acknowledged: the line is in the journal, the network written as one.
+    let journal = std::fs::read_to_string(&config.journal)?;
+    ensure!(
+        journal.contains(&format!("\"op\":\"ban\",\"ip\":\"{NETWORK}\"")),
+        "{journal}"
+    );
+    // Counted once, by the relay as the policy publishes it; nothing lifted yet.
+    manual_bans_and_lifts_counted(&guard, 1.0, 0.0)?;
+    guard.kill()?;
+
+    let guard = Daemon::start(&config)?;
+    let listed = bans(&guard)?;
+    let restored = listed["bans"]
+        .as_array()
+        .and_then(|bans| bans.iter().find(|ban| ban["ip"] == NETWORK))
+        .with_context(|| format!("the network lost its ban: {listed}"))?;
+    for key in ["expires_ms", "offence", "rule", "reason", "first_seen"] {
+        ensure!(
+            restored[key] == ban[key],
+            "{key} changed: {ban} -> {restored}"
+        );
+    }
+    let inside = admin_call(&guard, "DELETE /bans/2001:db8:1:2::5", "")?;
+    ensure!(
+        inside.status == 404
+            && inside
+                .body
+                .contains(&format!("the ban on {NETWORK} covers it")),
+        "{inside:?}"
+    );
+    let lifted = admin_call(&guard, &format!("DELETE /bans/{NETWORK}"), "")?;
+    ensure!(lifted.status == 200, "{lifted:?}");
+    ensure!(stdout(&guard.bans(&["list"])?) == "no bans\n");
+    // A restored ban is no new ban; the lift is counted once.
+    manual_bans_and_lifts_counted(&guard, 0.0, 1.0)?;
+    guard.wait_for_log(&format!("source={NETWORK} how=\"manual\""), SETTLE)?;
+    guard.kill()?;
+
+    let guard = Daemon::start(&config)?;
+    ensure!(
+        stdout(&guard.bans(&["list"])?) == "no bans\n",
+        "the lifted network came back"
+    );
     Ok(())
 }

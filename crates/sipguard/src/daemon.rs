@@ -4,20 +4,20 @@
 //! Kept apart from [`crate::run`], which tests start in-process many times over: everything here
 //! is once per process (a journal file, the global metrics recorder, signal handlers).
 
-use crate::admin::Admin;
+use crate::admin::{replayed_reason, Admin};
 use crate::config::{Config, Overrides};
-use crate::journal::{BanEntry, Journal, Record};
+use crate::journal::{Journal, Snapshot, Source};
 use crate::reload::{ReloadHook, Reloader};
 use crate::Sockets;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sipguard_policy::{Change, Observer, RuleId, Timestamp};
+use sipguard_policy::{Policy, Timestamp};
 use sipguard_relay::TlsReload;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::SystemTime;
 use tokio::signal::unix::Signal;
 
@@ -74,28 +74,6 @@ pub struct Daemon {
     pub reload_hooks: Vec<ReloadHook>,
 }
 
-/// Hands the rules' bans to the journal, which logs each once it is durable. The operator's
-/// bans and lifts are journalled by the admin API, which waits for them to be durable.
-struct JournalSink(Journal);
-
-impl Observer for JournalSink {
-    fn changed(&self, event: &Change) {
-        let Change::Banned { source, ban } = event else {
-            return;
-        };
-        if ban.rule == RuleId::Manual {
-            return;
-        }
-        if let Err(err) = self
-            .0
-            .record(Record::Ban(BanEntry::new(*source, ban, None)))
-        {
-            metrics::counter!("sipguard_journal_errors_total").increment(1);
-            tracing::warn!(%source, rule = ban.rule.as_str(), %err, "banned, but not journalled");
-        }
-    }
-}
-
 /// Replays the journal, then runs the relay and the operator's services until `shutdown`;
 /// each signal on `hangups` reloads the config.
 pub async fn serve(
@@ -115,31 +93,9 @@ pub async fn serve(
     } = daemon;
     let policy = crate::policy(&config)?;
     let now = Timestamp::from_system(SystemTime::now());
-    let (journal, replay) = Journal::open(&journal, now, config.policy.max_tracked_sources)
-        .with_context(|| format!("cannot open the ban journal {}", journal.display()))?;
-    if replay.torn_tail {
-        tracing::warn!(path = %journal.path().display(), "the ban journal's last record was cut short (a crash mid-write) and is skipped");
-    }
-    for line in &replay.corrupt {
-        tracing::warn!(path = %journal.path().display(), line, "damaged ban journal record skipped");
-    }
-    let mut reasons = HashMap::new();
-    let mut restored = 0;
-    for entry in &replay.bans {
-        let Some(ban) = entry.ban() else {
-            tracing::warn!(source = %entry.ip, rule = %entry.rule, "journalled ban with an unknown rule skipped");
-            continue;
-        };
-        if policy.restore(entry.ip, ban, now) {
-            restored += 1;
-            if let Some(reason) = &entry.reason {
-                reasons.insert(entry.ip, reason.clone());
-            }
-        }
-    }
+    let journal = open_journal(&journal, &policy, now)?;
     metrics::counter!("sipguard_journal_errors_total").increment(0);
     metrics::gauge!("sipguard_bans_active").set(policy.stats().bans as f64);
-    tracing::info!(path = %journal.path().display(), restored, expired = replay.expired, "ban journal replayed");
 
     let reloader = Arc::new(Reloader::new(
         config_path,
@@ -152,6 +108,20 @@ pub async fn serve(
     }
     for hook in reload_hooks {
         reloader.on_reload(hook);
+    }
+    let token_file = crate::admin::token_file(&config.ops, journal.path());
+    let mut relay = std::pin::pin!(crate::run_with_policy(
+        config,
+        sockets,
+        Arc::clone(&policy),
+        shutdown
+    ));
+    // The relay's first step registers its metrics and subscribes them to the policy. The
+    // operator's services start after it: /metrics has every family from its first scrape, and
+    // a ban by the admin API, however early, is counted like any other.
+    let first_step = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx)));
+    if let Poll::Ready(result) = first_step.await {
+        return result;
     }
     let mut services = tokio::task::JoinSet::new();
     if let (Some(listener), Some(handle)) = (ops.metrics, metrics) {
@@ -170,13 +140,7 @@ pub async fn serve(
         }));
     }
     if let Some(listener) = ops.admin {
-        let admin = Admin::new(
-            Arc::clone(&policy),
-            journal.clone(),
-            Arc::clone(&reloader),
-            reasons,
-        );
-        let token_file = crate::admin::token_file(&config.ops, journal.path());
+        let admin = Admin::new(Arc::clone(&policy), journal, Arc::clone(&reloader));
         services.spawn(admin.serve(listener, &token_file)?);
     }
     let reload_on_hangup = Arc::clone(&reloader);
@@ -189,10 +153,52 @@ pub async fn serve(
         Ok(())
     });
 
-    policy.subscribe(Arc::new(JournalSink(journal)));
-    let result = crate::run_with_policy(config, sockets, policy, shutdown).await;
+    let result = relay.await;
     services.shutdown().await;
     result
+}
+
+/// Opens the ban journal at `path`, puts back into `policy` the bans and trust it holds (as of
+/// `now`), and subscribes the journal to the policy's changes from then on: the policy owns the
+/// bans, the journal follows them, and compacts to the policy's snapshot.
+fn open_journal(path: &Path, policy: &Arc<Policy>, now: Timestamp) -> anyhow::Result<Journal> {
+    let followed = Arc::downgrade(policy);
+    let snapshot: Snapshot = Arc::new(move |now| {
+        let policy = followed.upgrade()?;
+        Some(crate::journal::snapshot_of(&policy, now))
+    });
+    let (journal, replay) = Journal::open(path, now, snapshot)
+        .with_context(|| format!("cannot open the ban journal {}", path.display()))?;
+    if replay.torn_tail {
+        tracing::warn!(path = %path.display(), "the ban journal's last record was cut short (a crash mid-write) and is skipped");
+    }
+    for line in &replay.corrupt {
+        tracing::warn!(path = %path.display(), line, "damaged ban journal record skipped");
+    }
+    let mut restored = 0;
+    for entry in &replay.bans {
+        let Some(mut ban) = entry.ban() else {
+            tracing::warn!(source = %Source(entry.ip), rule = %entry.rule, "journalled ban with an unknown rule skipped");
+            continue;
+        };
+        // Bounded and cleaned as a new one is.
+        ban.note = ban
+            .note
+            .as_deref()
+            .and_then(replayed_reason)
+            .map(Into::into);
+        if policy.restore(entry.ip, ban, now) {
+            restored += 1;
+        }
+    }
+    let trusted = replay
+        .trusted
+        .iter()
+        .filter(|&&(source, until)| policy.restore_trust(source, until, now))
+        .count();
+    tracing::info!(path = %path.display(), restored, trusted, expired = replay.expired, "ban journal replayed");
+    policy.subscribe(Arc::new(journal.sink()));
+    Ok(journal)
 }
 
 /// Reloads the TLS front's certificate and key from the files the new config names: a new
@@ -216,5 +222,76 @@ fn metrics_reply(handle: &PrometheusHandle, call: &crate::http::Call) -> crate::
             body: handle.render(),
         },
         _ => crate::http::Reply::error(StatusCode::NOT_FOUND, "try GET /metrics"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipguard_policy::{Exchange, IpNet, Transport, Verdict};
+    use sipguard_sip::SipView;
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    /// Registers 1001 from `source` over TCP, with credentials and a 200: it is trusted.
+    fn authenticate(policy: &Policy, source: IpAddr, now: Timestamp) {
+        let register = "REGISTER sip:pbx.example.com SIP/2.0\r\n\
+                        Via: SIP/2.0/TCP 203.0.113.7;branch=z9hG4bK1\r\n\
+                        From: <sip:1001@pbx.example.com>;tag=f\r\nTo: <sip:1001@pbx.example.com>\r\n\
+                        Call-ID: c1\r\nCSeq: 1 REGISTER\r\nUser-Agent: Yealink SIP-T46S\r\n\
+                        Authorization: Digest username=\"1001\", realm=\"pbx\", nonce=\"n\", \
+                        uri=\"sip:pbx\", response=\"r\"\r\nContent-Length: 0\r\n\r\n";
+        let checked = policy.check(register.as_bytes(), source, Transport::Stream, now);
+        let Verdict::Forward(_) = checked.verdict else {
+            panic!("a phone's REGISTER is forwarded");
+        };
+        let mut pending = Exchange::default();
+        pending.remember(checked.memo.unwrap());
+        let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 203.0.113.7;branch=z9hG4bK1\r\n\
+                  From: <sip:1001@pbx.example.com>;tag=f\r\nTo: <sip:1001@pbx.example.com>;tag=t\r\n\
+                  Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        let response = SipView::parse(ok.as_bytes()).unwrap();
+        let _ = policy.observe_response(source, &response, &mut pending, now);
+        assert!(policy.is_trusted(source, now));
+    }
+
+    #[tokio::test]
+    async fn trust_and_a_prefix_ban_are_journalled_and_restored_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let config = Config::default();
+        let now = Timestamp::from_system(SystemTime::now());
+        let phone: IpAddr = "203.0.113.7".parse().unwrap();
+        let prefix: IpNet = "2001:db8:1:2::/64".parse().unwrap();
+
+        let before = crate::policy(&config).unwrap();
+        let journal = open_journal(&path, &before, now).unwrap();
+        let since = journal.mark();
+        authenticate(&before, phone, now);
+        let ban = before
+            .ban_manually(
+                prefix,
+                Duration::from_secs(3600),
+                Some("scanners".into()),
+                now,
+            )
+            .unwrap();
+        journal.sync(since).await.unwrap();
+
+        // A restart: a new policy from the same file.
+        let later = now + Duration::from_secs(5);
+        let after = crate::policy(&config).unwrap();
+        open_journal(&path, &after, later).unwrap();
+        assert!(after.is_trusted(phone, later));
+        assert_eq!(
+            after.trusted_sources(later),
+            before.trusted_sources(later),
+            "trusted until the same time"
+        );
+        assert_eq!(after.bans(later), [(prefix, ban.clone())]);
+        assert_eq!(
+            after.ban_of("2001:db8:1:2::5".parse().unwrap(), later),
+            Some(ban)
+        );
     }
 }
