@@ -318,7 +318,9 @@ fn forged_evidence_in_an_authenticated_phones_name_neither_bans_nor_blocks_it() 
             other_port.send_to(make(from).as_bytes(), guard.addr())?;
         }
         forged += 1;
-        ban = ban.or_else(|| guard.ban(PHONE.into()));
+        if ban.is_none() {
+            ban = guard.ban(PHONE.into());
+        }
         Ok(())
     };
 

@@ -737,7 +737,6 @@ mod tests {
     /// against it: `BanTable::prefixes_end` is never moved past 0, so `cover` stops at the
     /// address's own ban.
     #[tokio::test]
-    #[ignore = "policy WIP: prefix bans are not enforced (BanTable::prefixes_end never set)"]
     async fn a_network_banned_by_the_api_drops_its_members() {
         let api = api();
         let (status, _) = api

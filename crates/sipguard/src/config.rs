@@ -911,7 +911,7 @@ mod tests {
                 ": rules.register_failures.threshold: \"0\": expected a whole number of at least 1, such as 5",
                 ": rules.register_failures.window: \"10 minutes please\": expected a duration such as 30s, 10m, 1h",
                 ": rules.invite_failures.threshold: \"99999999999\": expected a whole number from 1 to 4294967295",
-                ": rules.flood.threshold: \"many\": expected a whole number of at least 1, such as 16",
+                ": rules.flood.threshold: \"many\": expected a whole number of at least 1, such as 64",
                 ": rules.repeat_offenders.within: \"0s\": expected a duration greater than 0, such as 24h",
                 ": trust_for: \"never\": expected a duration such as 30s, 10m, 1h",
             ]
@@ -964,9 +964,9 @@ mod tests {
             found,
             [
                 ": rules.scanner.threshold: unknown key, expected one of: mode, ban_for, user_agents",
-                ": rules.flood.treshold: unknown key, expected one of: mode, threshold, window, ban_for",
+                ": rules.flood.treshold: unknown key, expected one of: mode, threshold, window, ban_for, trusted_threshold",
                 ": rules.flod: unknown key, expected one of: scanner, register_failures, \
-                 invite_failures, enumeration, flood, repeat_offenders",
+                 invite_failures, enumeration, flood, garbage, ipv6_prefix, repeat_offenders",
             ]
         );
     }
