@@ -42,6 +42,12 @@ pub enum Change {
         /// Until when.
         until: Timestamp,
     },
+    /// `source` lost its trust: it failed across several usernames (cracking from behind a
+    /// trusted address).
+    Distrusted {
+        /// The address trusted no more.
+        source: IpAddr,
+    },
 }
 
 /// Follows the ban and trust tables: the journal, the connection registry, the metrics. Called

@@ -459,9 +459,9 @@ impl Policy {
                     .add(user, now, window, TRUST_WITHHELD_AT_USERS)
             },
         );
-        if failing_users >= TRUST_WITHHELD_AT_USERS {
+        if failing_users >= TRUST_WITHHELD_AT_USERS && self.trust.remove(&client).is_some() {
             // Cracking from behind a trusted address: it is trusted no more.
-            self.trust.remove(&client);
+            self.publish(Change::Distrusted { source: client });
         }
         match memo.kind {
             Kind::Register => {

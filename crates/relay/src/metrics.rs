@@ -303,7 +303,7 @@ impl Observer for BanCounters {
             }
             Change::Expired { .. } => self.expired.increment(1),
             Change::Lifted { .. } => self.lifted.increment(1),
-            Change::Trusted { .. } => {}
+            Change::Trusted { .. } | Change::Distrusted { .. } => {}
         }
     }
 }

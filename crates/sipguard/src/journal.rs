@@ -252,7 +252,7 @@ pub struct Replay {
     /// Bans in force at the time of reading, one per source (address or network), in the order
     /// they were last written.
     pub bans: Vec<BanEntry>,
-    /// Sources trusted at the time of reading, each until the furthest expiry written for it,
+    /// Sources trusted at the time of reading, each until the last expiry written for it,
     /// by address.
     pub trusted: Vec<(IpAddr, Timestamp)>,
     /// Bans in the file that had expired and were left out.
@@ -294,9 +294,9 @@ pub fn replay(bytes: &[u8], now: Timestamp) -> Replay {
             Some(Record::Unban { ip }) => {
                 live.remove(&ip);
             }
+            // The last record stands: trust is only ever extended, or withdrawn (until 0).
             Some(Record::Trust { ip, until }) => {
-                let furthest = trusted.entry(ip).or_default();
-                *furthest = (*furthest).max(until);
+                trusted.insert(ip, until);
             }
             None if last => report.torn_tail = true,
             None => report.corrupt.push(index + 1),
@@ -402,6 +402,10 @@ impl Observer for JournalSink {
             Change::Trusted { source, until } => journal.record(Record::Trust {
                 ip: *source,
                 until: until.as_millis(),
+            }),
+            Change::Distrusted { source } => journal.record(Record::Trust {
+                ip: *source,
+                until: 0,
             }),
             Change::Expired { source, ban } => journal.expired(*source, ban),
         }
@@ -987,11 +991,15 @@ mod tests {
     }
 
     #[test]
-    fn trust_is_replayed_until_its_furthest_expiry_while_it_lasts() {
+    fn trust_is_replayed_until_its_last_expiry_while_it_lasts_and_a_withdrawal_ends_it() {
         let journal = text(&[
             trust("192.0.2.10", 600),
             trust("192.0.2.10", 1200),
-            trust("192.0.2.10", 300),
+            trust("192.0.2.12", 1200),
+            Record::Trust {
+                ip: "192.0.2.12".parse().unwrap(),
+                until: 0,
+            },
             trust("2001:db8::10", 60),
             Record::Trust {
                 ip: "192.0.2.11".parse().unwrap(),

@@ -103,8 +103,9 @@ enum BansAction {
     },
     /// Ban a source by hand.
     Add {
-        /// The address to ban.
-        ip: std::net::IpAddr,
+        /// The address to ban, or an IPv6 network of the configured prefix length.
+        #[arg(value_parser = source)]
+        ip: String,
         /// How long, from 1s to 1y, e.g. 30m, 2h, 7d.
         #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
         duration: String,
@@ -117,12 +118,25 @@ enum BansAction {
     },
     /// Lift a ban: the source is let through at once, its counters cleared.
     Remove {
-        /// The banned address.
-        ip: std::net::IpAddr,
+        /// The banned address or network.
+        #[arg(value_parser = source)]
+        ip: String,
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// An address or a network on the command line, as the admin API takes it.
+fn source(text: &str) -> Result<String, String> {
+    if let Ok(addr) = text.parse::<std::net::IpAddr>() {
+        return Ok(addr.to_string());
+    }
+    text.parse::<ipnet::IpNet>()
+        .map(|net| net.to_string())
+        .map_err(|_| {
+            format!("{text:?} is neither an IP address nor a network such as 2001:db8::/64")
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
