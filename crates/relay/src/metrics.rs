@@ -4,7 +4,10 @@
 //! close reason, a rule, a method; never an address or a user agent.
 
 use crate::Transport;
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
 use sipguard_policy::{
     Action, AuthFailure, AuthMethod, Change, DropReason, Event, Observer, RuleId, Stats,
 };
@@ -308,9 +311,68 @@ impl Observer for BanCounters {
     }
 }
 
+/// Help texts of the relay's families, given to the recorder they register into.
+fn describe() {
+    describe_counter!(
+        PACKETS_RECEIVED,
+        "SIP datagrams and messages received from clients."
+    );
+    describe_counter!(
+        PACKETS_FORWARDED,
+        "Messages relayed, by direction (to_pbx, to_client)."
+    );
+    describe_counter!(PACKETS_DROPPED, "Messages dropped, by reason.");
+    describe_counter!(KEEPALIVES, "CRLF keep-alives absorbed.");
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Sends to or receives from the PBX that failed."
+    );
+    describe_counter!(CLIENT_SEND_ERRORS, "Sends to clients that failed.");
+    describe_histogram!(
+        PROCESSING,
+        Unit::Seconds,
+        "Policy and forwarding time per received message (one in 16 sampled)."
+    );
+    describe_gauge!(
+        SESSIONS_ACTIVE,
+        "Client sessions with an upstream socket open."
+    );
+    describe_counter!(SESSIONS_EXPIRED, "Client sessions closed after going idle.");
+    describe_counter!(
+        SESSIONS_EVICTED,
+        "Client sessions that never proved anything, evicted from a full table for a newcomer."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open.");
+    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused, by reason."
+    );
+    describe_counter!(CONNECTIONS_CLOSED, "Client connections closed, by reason.");
+    describe_counter!(
+        RULE_HITS,
+        "Detection rule hits that banned nobody, by rule, action and evidence (proven or unproven)."
+    );
+    describe_counter!(BANS, "Bans issued, by rule.");
+    describe_counter!(UNBANS, "Bans ended, by how (manual, expired).");
+    describe_gauge!(BANS_ACTIVE, "Bans in force.");
+    describe_gauge!(SOURCES_TRACKED, "Sources with evidence held.");
+    describe_counter!(
+        EVICTIONS,
+        "Live entries evicted from a full per-source table."
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Credentials the PBX refused, by request method and evidence (proven: the attempt \
+         answered a challenge sent to that client)."
+    );
+}
+
 impl Metrics {
-    /// Registers every family into the current recorder (see [`metrics::with_local_recorder`]).
+    /// Registers every family, with its help text, into the current recorder (see
+    /// [`metrics::with_local_recorder`]).
     pub fn register() -> Self {
+        describe();
         Metrics {
             udp: PacketCounters::new("udp"),
             tcp: PacketCounters::new("tcp"),
