@@ -255,11 +255,6 @@ impl BanTable {
         );
     }
 
-    /// Bans dropped because they ran out.
-    pub fn expired(&self) -> u64 {
-        self.bans.expired()
-    }
-
     /// Lifts a ban (and forgets past offences), returning it.
     pub fn lift(&self, source: IpNet) -> Option<Ban> {
         self.offences.remove(&source);

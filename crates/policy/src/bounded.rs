@@ -28,7 +28,6 @@ pub(crate) struct BoundedMap<K, V> {
     hasher: RandomState,
     len: AtomicUsize,
     evictions: AtomicU64,
-    expired: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
@@ -41,7 +40,6 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
             hasher: RandomState::new(),
             len: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
-            expired: AtomicU64::new(0),
         }
     }
 
@@ -60,7 +58,6 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
             Some(_) => {
                 shard.remove(key);
                 self.len.fetch_sub(1, Ordering::Relaxed);
-                self.expired.fetch_add(1, Ordering::Relaxed);
                 None
             }
             None => None,
@@ -88,7 +85,6 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
         if let Some(value) = shard.get_mut(&key) {
             if value.expired(now) {
                 *value = make();
-                self.expired.fetch_add(1, Ordering::Relaxed);
             }
             return f(value);
         }
@@ -122,8 +118,6 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
                 expired(&key, value);
             }
             self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
-            self.expired
-                .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
         }
     }
 
@@ -136,11 +130,6 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
             shard.retain(|key, _| keep(key));
             self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
-    }
-
-    /// Entries dropped because they had expired, since the map was made.
-    pub fn expired(&self) -> u64 {
-        self.expired.load(Ordering::Relaxed)
     }
 
     /// Entries held, expired ones not yet swept included.
@@ -167,8 +156,6 @@ impl<K: Hash + Eq + Clone, V: Expiring> BoundedMap<K, V> {
     fn make_room(&self, shard: &mut HashMap<K, V>, now: Timestamp) {
         let before = shard.len();
         shard.retain(|_, value| !value.expired(now));
-        self.expired
-            .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
         let target = self.shard_cap - self.shard_cap.div_ceil(8);
         if shard.len() > target {
             let mut worths: Vec<u64> = shard.values().map(|value| value.worth(now)).collect();

@@ -92,8 +92,6 @@ pub struct Stats {
     pub trusted: usize,
     /// Live entries evicted from any table to stay under its cap.
     pub evictions: u64,
-    /// Bans that ran out (dropped once expired) since the policy was made.
-    pub bans_expired: u64,
 }
 
 /// What a reload may change: the settings and what is compiled from them. Swapped whole, so a
@@ -518,7 +516,6 @@ impl Policy {
             sources: self.sources.len(),
             users: self.users.len(),
             trusted: self.trust.len(),
-            bans_expired: self.bans.expired(),
             evictions: self.bans.evictions()
                 + self.prefixes.evictions()
                 + self.sources.evictions()
