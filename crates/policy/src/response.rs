@@ -104,6 +104,15 @@ pub struct RequestMemo {
     outstanding: u8,
 }
 
+/// How a response showed a username probed.
+#[derive(Debug, Clone, Copy)]
+enum Probed {
+    /// Refused: after credentials, or with a 403 or 404.
+    Refused { proven: bool },
+    /// Challenged, with no credentials yet: a probe unless they follow.
+    Challenged { proven: bool },
+}
+
 /// Nonces remembered per client: its last challenges.
 const NONCES: usize = 16;
 
@@ -317,11 +326,13 @@ impl Policy {
                 None
             }
             401 | 407 if memo.credentialed && stale => None,
-            401 | 407 if !memo.credentialed => self.challenged(&rules, client, memo, proven, now),
+            401 | 407 if !memo.credentialed => {
+                self.probed(&rules, client, memo, Probed::Challenged { proven }, now)
+            }
             401 | 407 | 403 => self
                 .failed(&rules, client, memo, proven, now)
-                .or_else(|| self.probed(&rules, client, memo, proven, now)),
-            404 => self.probed(&rules, client, memo, proven, now),
+                .or_else(|| self.probed(&rules, client, memo, Probed::Refused { proven }, now)),
+            404 => self.probed(&rules, client, memo, Probed::Refused { proven }, now),
             _ => None,
         };
         Judged {
@@ -387,32 +398,6 @@ impl Policy {
                 until,
             });
         }
-    }
-
-    /// A bare request was challenged: the normal first step of authenticating, unless no
-    /// credentials follow on its Call-ID (a scanner sweeping extensions).
-    fn challenged(
-        &self,
-        rules: &Rules,
-        client: IpAddr,
-        memo: RequestMemo,
-        proven: bool,
-        now: Timestamp,
-    ) -> Option<Event> {
-        let user = memo.user?;
-        let rule = rules.config.enumeration;
-        let cap = usize::try_from(rule.threshold).unwrap_or(usize::MAX);
-        let count = self.sources.upsert(
-            client,
-            now,
-            || SourceState::new(rules.horizon),
-            |state| {
-                state
-                    .probes
-                    .challenged(user, memo.call, proven, now, rule.window, cap)
-            },
-        );
-        self.enumeration(rules, client, count, now)
     }
 
     /// A REGISTER or INVITE refused after credentials, or a 403. Only proven failures count:
@@ -526,13 +511,15 @@ impl Policy {
         self.enforce(client, rule, evidence, true, now)
     }
 
-    /// A username refused (after credentials, or 403/404).
+    /// A username refused (after credentials, or 403/404), or a bare request challenged: the
+    /// normal first step of authenticating, unless no credentials follow on its Call-ID (a
+    /// scanner sweeping extensions).
     fn probed(
         &self,
         rules: &Rules,
         client: IpAddr,
         memo: RequestMemo,
-        proven: bool,
+        how: Probed,
         now: Timestamp,
     ) -> Option<Event> {
         let user = memo.user?;
@@ -542,7 +529,13 @@ impl Policy {
             client,
             now,
             || SourceState::new(rules.horizon),
-            |state| state.probes.add(user, proven, now, rule.window, cap),
+            |state| match how {
+                Probed::Refused { proven } => state.probes.add(user, proven, now, rule.window, cap),
+                Probed::Challenged { proven } => {
+                    let probes = &mut state.probes;
+                    probes.challenged(user, memo.call, proven, now, rule.window, cap)
+                }
+            },
         );
         self.enumeration(rules, client, count, now)
     }
