@@ -21,7 +21,7 @@
 //! registry follows the policy's ban events.
 
 use crate::connections::{Admission, Refusal, Registry};
-use crate::metrics::{Closed, ConnectionCounters, PacketCounters, Refused};
+use crate::metrics::{Closed, ConnectionCounters, PacketCounters, Refused, Sampler};
 use crate::pipeline::{Pipeline, Step};
 use crate::tls::TlsReload;
 use crate::{RelayConfig, Transport};
@@ -221,6 +221,7 @@ impl Front {
             upstream: None,
             exchange: Exchange::stream(),
             seen_message: false,
+            sampler: Sampler::default(),
         };
         let mut from_client = Vec::new();
         let mut from_pbx = Vec::new();
@@ -279,6 +280,8 @@ struct Connection<'f> {
     /// Whether a whole message has arrived: until then the connection gets `message_timeout`
     /// rather than the idle timeout, so a connection that sends nothing cannot sit on a slot.
     seen_message: bool,
+    /// Picks the messages whose processing time is recorded.
+    sampler: Sampler,
 }
 
 impl Connection<'_> {
@@ -346,12 +349,17 @@ impl Connection<'_> {
     }
 
     async fn on_message(&mut self, message: &[u8]) -> Result<(), Closed> {
+        let started = self.sampler.start();
         let pipeline = &self.front.pipeline;
-        match pipeline.request(message, self.client, self.transport, pipeline.now()) {
+        let outcome = match pipeline.request(message, self.client, self.transport, pipeline.now()) {
             Step::Forward { message, memo } => self.forward(message, memo).await,
             Step::Keepalive | Step::Drop { banned: false } => Ok(()),
             Step::Drop { banned: true } => Err(Closed::Banned),
+        };
+        if let Some(started) = started {
+            self.packets.processing.record(started.elapsed());
         }
+        outcome
     }
 
     async fn forward(&mut self, message: &[u8], memo: Option<RequestMemo>) -> Result<(), Closed> {
