@@ -3,7 +3,7 @@
 //! inspection alone (`SipView::parse`), so the figure for the rules is the difference.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sipguard_policy::{Policy, PolicyConfig, Timestamp, Transport};
+use sipguard_policy::{Policy, PolicyConfig, Timestamp, Transport, DEFAULT_USER_AGENTS};
 use sipguard_sip::SipView;
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
     let mut config = PolicyConfig::default();
     config
         .scanner_user_agents
-        .extend((0..82).map(|i| format!("bad-tool-{i}")));
+        .extend((DEFAULT_USER_AGENTS.len()..100).map(|i| format!("bad-tool-{i}")));
     config.allowlist = vec!["198.51.100.0/24".parse().unwrap()];
     // Benchmarks repeat one source thousands of times a second: no flood bans here.
     config.flood.threshold = u32::MAX;

@@ -56,7 +56,7 @@ impl<'a> UserAgents<'a> {
         self.count = self.count.saturating_add(1);
     }
 
-    /// The kept values, the first User-Agent header's first, each without surrounding LWS.
+    /// The kept values in header order, each without surrounding LWS.
     pub fn values(&self) -> &[&'a [u8]] {
         &self.kept[..self.len_kept()]
     }
