@@ -53,7 +53,8 @@ pub struct PolicyConfig {
     pub allowlist_mode: AllowlistMode,
     /// Datagrams longer than this are dropped before parsing.
     pub max_message_size: usize,
-    /// User-Agent substrings of scanners, matched case-insensitively.
+    /// User-Agent patterns of scanners, matched case-insensitively against every User-Agent
+    /// value: substrings, or the whole value for a pattern written `=VALUE`.
     pub scanner_user_agents: Vec<String>,
     /// The scanner rule (threshold and window unused: one packet is enough).
     pub scanner: Rule,
