@@ -8,6 +8,9 @@
 //! - Without `-P` the tools take 5060 or the next free port up; the harness picks a free one.
 //! - They send `User-Agent: friendly-scanner` and have no option to change it; a test that plays
 //!   an attacker who edited the tool sets [`SipVicious::user_agent`], which bind_source.py applies.
+//! - Their From tag is the hex of what they try, a 0x01 byte and a random number, in every mode
+//!   (sipguard's scanner signature for them); [`SipVicious::plain_from_tag`] has bind_source.py
+//!   leave out the 0x01 and the number, for a test that needs the tool judged by another rule.
 //! - They keep sessions under `~/.sipvicious` only with `-s`, and prompt only with `-R`; HOME
 //!   still points into the test's tempdir so a run never touches the user's home.
 
@@ -59,6 +62,7 @@ pub struct SipVicious {
     dir: PathBuf,
     args: Vec<String>,
     user_agent: Option<String>,
+    plain_from_tag: bool,
 }
 
 impl SipVicious {
@@ -71,6 +75,7 @@ impl SipVicious {
             dir: dir.to_owned(),
             args: Vec::new(),
             user_agent: None,
+            plain_from_tag: false,
         }
     }
 
@@ -78,6 +83,14 @@ impl SipVicious {
     /// (sipvicious has no option for it; bind_source.py changes the tool's default).
     pub fn user_agent(mut self, user_agent: &str) -> Self {
         self.user_agent = Some(user_agent.to_owned());
+        self
+    }
+
+    /// Writes the From tag as the bare hex of what the tool tries, without the 0x01 and the
+    /// random number that mark sipvicious' tags, as an attacker who edited `createTag` would
+    /// (bind_source.py changes it; the tool still reads its answers).
+    pub fn plain_from_tag(mut self) -> Self {
+        self.plain_from_tag = true;
         self
     }
 
@@ -117,15 +130,24 @@ impl SipVicious {
                     .iter()
                     .map(|ua| ("SIPVICIOUS_USER_AGENT", ua)),
             )
+            .envs(self.plain_from_tag.then_some(("SIPVICIOUS_PLAIN_TAG", "1")))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
             .stderr(std::fs::File::create(&stderr)?);
         let description = format!(
-            "{} {} {} from {source}:{port}",
+            "{} {} {} from {source}:{port}{}{}",
             self.tool.name(),
             self.args.join(" "),
-            self.target
+            self.target,
+            self.user_agent
+                .as_ref()
+                .map_or(String::new(), |ua| format!(", User-Agent {ua:?}")),
+            if self.plain_from_tag {
+                ", plain From tag"
+            } else {
+                ""
+            }
         );
         let process = Guarded::spawn(&name, command)?;
         Ok(SipViciousProcess {
