@@ -11,8 +11,8 @@
 //! --nocapture`). Addresses: 127.0.5.x.
 
 use crate::attacks::issued;
-use crate::support::asterisk::{secret, Asterisk, UaPhone};
-use crate::support::{poll_until, Cracked, Cracker, Sipguard, Style, Ua};
+use crate::support::asterisk::{secret, Asterisk, AsteriskConfig, NonceKeeper, UaPhone};
+use crate::support::{free_udp_addr, poll_until, Cracked, Cracker, Sipguard, Style, Ua};
 use anyhow::{anyhow, ensure, Context};
 use sipguard_policy::{Ban, RuleId};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,6 +29,8 @@ const CRACK_PACE: Duration = Duration::from_millis(300);
 const CRACK_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a phone may take to register once more after an attack (it does every second).
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long a ban that follows at once from what a test sent may take to show.
+const BAN_SHOWS: Duration = Duration::from_secs(5);
 /// A request forwarded just before a ban may still reach Asterisk a little after it.
 const IN_FLIGHT: Duration = Duration::from_secs(1);
 /// How often the legitimate phones beside the attacks register again.
@@ -39,6 +41,32 @@ fn describe(ban: Option<&Ban>) -> String {
     ban.map_or("none".to_owned(), |ban| {
         format!("{:?} (evidence {})", ban.rule, ban.evidence)
     })
+}
+
+/// The credentials sipguard has seen refused, with `evidence` `proven` or `unproven`.
+fn auth_failures(guard: &Sipguard, evidence: &str) -> f64 {
+    let evidence = format!("evidence=\"{evidence}\"");
+    ["register", "invite", "other"]
+        .iter()
+        .map(|method| {
+            let method = format!("method=\"{method}\"");
+            guard.counter("sipguard_auth_failures_total", &[&method, &evidence])
+        })
+        .sum()
+}
+
+/// Requests sipguard dropped because their username was blocked at their source.
+fn user_blocked_drops(guard: &Sipguard) -> f64 {
+    ["udp", "tcp"]
+        .iter()
+        .map(|transport| {
+            let transport = format!("transport=\"{transport}\"");
+            guard.counter(
+                "sipguard_packets_dropped_total",
+                &[&transport, "reason=\"user_blocked\""],
+            )
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,4 +203,143 @@ fn asterisk_svcrack_style_cracker_over_tcp_is_banned_within_five_wrong_passwords
         Ipv4Addr::new(127, 0, 5, 14),
         Ipv4Addr::new(127, 0, 5, 15),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stale nonces.
+
+/// Asterisk's nonce lifetime in the stale-nonce test (its default is 32 s).
+const NONCE_LIFETIME: u32 = 1;
+/// The phone re-registers this long after its last nonce: past the lifetime whatever fraction
+/// of a second the nonce was issued in (Asterisk's nonces carry whole seconds).
+const REREGISTER_AFTER: Duration = Duration::from_millis(2050);
+/// Re-registrations on a stale nonce: more than the failure rule's five.
+const STALE_ROUNDS: usize = 7;
+/// How long one registration request may go unanswered (the phone retransmits meanwhile).
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+/// A phone re-registers on the nonce it kept, which Asterisk has come to call stale (a 401 with
+/// `stale=true`), then answers the new challenge: right credentials on an old nonce, never a
+/// failure, however often. Beside it, a cracker that replays an old nonce with wrong passwords
+/// gets plain 401s (Asterisk says stale only to a right digest) and is banned.
+#[test]
+fn asterisk_phone_re_registering_on_stale_nonces_is_never_counted_while_an_old_nonce_replayer_is_banned(
+) -> anyhow::Result<()> {
+    const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 20);
+    const CRACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 21);
+    const USER: &str = "1002";
+    let pbx = Asterisk::start_with(&AsteriskConfig {
+        nonce_lifetime: NONCE_LIFETIME,
+        ..AsteriskConfig::default()
+    })?;
+    pbx.trace()?;
+    let guard = Sipguard::start(pbx.addr())?;
+    let rule = guard.policy().config().register_failures;
+    let password = secret(USER);
+    let phone_ua = Ua::udp(free_udp_addr(PHONE)?, guard.addr(), USER, &password)?;
+    let mut phone = NonceKeeper::new(phone_ua, true);
+    ensure!(phone.fetch_challenge(ANSWER_WITHIN)? == Some(401));
+    ensure!(phone.answer_kept(&password, true, ANSWER_WITHIN)? == Some(200));
+    // The cracker's nonce, from now: as old as the phone's by the time it replays it.
+    let cracker_ua = Ua::udp((CRACKER, 0).into(), guard.addr(), TARGET, "")?;
+    let mut cracker = NonceKeeper::new(cracker_ua.with_user_agent(DISGUISE), false);
+    ensure!(cracker.fetch_challenge(ANSWER_WITHIN)? == Some(401));
+
+    let mut rounds = Vec::new();
+    for _ in 0..STALE_ROUNDS {
+        // The phone's own re-registration interval, not a wait for anything.
+        std::thread::sleep(REREGISTER_AFTER);
+        let on_kept = phone.answer_kept(&password, true, ANSWER_WITHIN)?;
+        let on_new = match on_kept {
+            Some(401) => phone.answer_kept(&password, true, ANSWER_WITHIN)?,
+            _ => None,
+        };
+        rounds.push((on_kept, on_new));
+    }
+    let stale_sent = pbx
+        .challenges_sent()
+        .iter()
+        .filter(|c| c.contains("stale=true"))
+        .count();
+    let failures = auth_failures(&guard, "proven") + auth_failures(&guard, "unproven");
+    let phone_ban = guard.ban(PHONE.into());
+    let blocked = user_blocked_drops(&guard);
+    eprintln!(
+        "asterisk, stale nonces (lifetime {NONCE_LIFETIME} s): the phone's {STALE_ROUNDS} \
+         re-registrations on its kept nonce got {rounds:?} (kept nonce, then the new one); \
+         Asterisk sent {stale_sent} challenges with stale=true and logged {} wrong passwords \
+         for {USER}; sipguard counted {failures} auth failures, dropped {blocked} as \
+         user-blocked; ban of the phone: {}",
+        pbx.failures(USER),
+        describe(phone_ban.as_ref())
+    );
+    ensure!(
+        rounds.iter().all(|r| *r == (Some(401), Some(200))),
+        "a re-registration did not go 401 (stale), then 200: {rounds:?}"
+    );
+    ensure!(
+        stale_sent >= STALE_ROUNDS,
+        "Asterisk sent {stale_sent} challenges with stale=true to {STALE_ROUNDS} stale \
+         re-registrations; what it sent:\n{:#?}",
+        pbx.challenges_sent()
+    );
+    ensure!(pbx.failures(USER) == 0, "Asterisk logged wrong passwords");
+    ensure!(
+        failures == 0.0 && blocked == 0.0 && phone_ban.is_none(),
+        "stale nonces were counted against the phone"
+    );
+
+    // The attack beside it: wrong passwords on the cracker's old nonce, never taking a new one.
+    let stale_before = stale_sent;
+    let mut answered = 0;
+    for n in 1..=10 {
+        if cracker
+            .answer_kept(&format!("wrong-{n}"), false, Duration::from_secs(1))?
+            .is_none()
+        {
+            break;
+        }
+        answered += 1;
+        if guard.ban(CRACKER.into()).is_some() {
+            break;
+        }
+        std::thread::sleep(CRACK_PACE);
+    }
+    let ban = poll_until("the old-nonce replayer's ban", BAN_SHOWS, || {
+        guard.ban(CRACKER.into())
+    })
+    .ok();
+    let reached = pbx.failures(TARGET);
+    let stale_to_cracker = pbx
+        .challenges_sent()
+        .iter()
+        .filter(|c| c.contains("stale=true"))
+        .count()
+        - stale_before;
+    eprintln!(
+        "asterisk, old-nonce replayer at {CRACKER}: {answered} guesses answered, {reached} \
+         wrong passwords reached Asterisk, {stale_to_cracker} stale=true sent to it; proven \
+         failures counted: {}; ban: {}",
+        auth_failures(&guard, "proven"),
+        describe(ban.as_ref())
+    );
+    ensure!(
+        stale_to_cracker == 0,
+        "Asterisk called a wrong password stale"
+    );
+    let ban = ban.context("the old-nonce replayer is not banned")?;
+    ensure!(ban.rule == RuleId::RegisterFailures, "{ban:?}");
+    ensure!(reached <= usize::try_from(rule.threshold)? + 1);
+
+    // And the phone is still served.
+    std::thread::sleep(REREGISTER_AFTER);
+    let last = (
+        phone.answer_kept(&password, true, ANSWER_WITHIN)?,
+        phone.answer_kept(&password, true, ANSWER_WITHIN)?,
+    );
+    ensure!(
+        last == (Some(401), Some(200)),
+        "the phone's last re-registration: {last:?}"
+    );
+    guard.stop()
 }

@@ -9,7 +9,8 @@
 //! through its security log (who failed, on which nonce), its SIP trace (what it sent) and
 //! `asterisk -rx` (who is registered). [`UaPhone`] keeps a phone registering meanwhile.
 
-use super::{fixture, free_udp_addr, free_udp_port, poll_until, Registration, Ua};
+use super::ua::Challenge;
+use super::{call_id, fixture, free_udp_addr, free_udp_port, poll_until, Registration, Ua};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -204,6 +205,20 @@ impl Asterisk {
         Ok(self.contacts()?.iter().any(|(aor, _)| aor == user))
     }
 
+    /// Turns on the SIP trace: from now on every message Asterisk sends or receives is logged.
+    pub fn trace(&self) -> anyhow::Result<()> {
+        let answer = self.rx("pjsip set logger on")?;
+        if !answer.contains("enabled") {
+            bail!("the SIP trace did not start: {answer}");
+        }
+        Ok(())
+    }
+
+    /// The WWW-Authenticate values of the responses Asterisk sent since the trace started.
+    pub fn challenges_sent(&self) -> Vec<String> {
+        transmitted_challenges(&self.log())
+    }
+
     /// Stops Asterisk by its PID: SIGTERM, SIGKILL if it lingers. Only the process this handle
     /// started (its command line names this instance's run dir) is ever signalled.
     fn stop(&mut self) {
@@ -375,6 +390,26 @@ fn parse_contacts(output: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The WWW-Authenticate values of the responses in a SIP trace (`Transmitting SIP response`).
+fn transmitted_challenges(log: &str) -> Vec<String> {
+    let mut challenges = Vec::new();
+    let mut in_response = false;
+    for line in log.lines() {
+        if line.contains("<--- Transmitting SIP response") {
+            in_response = true;
+        } else if line.trim().is_empty() || line.starts_with('[') {
+            in_response = false;
+        } else if in_response {
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("WWW-Authenticate") {
+                    challenges.push(value.trim().to_owned());
+                }
+            }
+        }
+    }
+    challenges
+}
+
 /// A phone of the tests' own client (support/ua.rs) that registers, then keeps registering again
 /// every `interval` on a thread of its own, from one address and port with one Call-ID, as a desk
 /// phone does. Every registration must succeed.
@@ -484,6 +519,69 @@ impl Drop for UaPhone {
     }
 }
 
+/// A client that keeps the nonce of its last challenge and answers it again later, as a phone
+/// that re-registers on its cached nonce does (and as a cracker replaying an old one does).
+/// One Call-ID, the CSeq going up with each request.
+#[derive(Debug)]
+pub struct NonceKeeper {
+    ua: Ua,
+    call_id: String,
+    cseq: u32,
+    challenge: Option<Challenge>,
+    /// Whether it retransmits over UDP while it waits for an answer (a phone does).
+    retransmit: bool,
+}
+
+impl NonceKeeper {
+    /// A client on `ua`, retransmitting or not.
+    pub fn new(ua: Ua, retransmit: bool) -> Self {
+        NonceKeeper {
+            ua,
+            call_id: call_id("keeper"),
+            cseq: 0,
+            challenge: None,
+            retransmit,
+        }
+    }
+
+    /// Sends a REGISTER without credentials and keeps the challenge that answers it. The status
+    /// of the answer; `None` if none came within `timeout`.
+    pub fn fetch_challenge(&mut self, timeout: Duration) -> anyhow::Result<Option<u16>> {
+        self.cseq += 1;
+        let request = self.ua.register_request(&self.call_id, self.cseq, None);
+        let answer = self.ua.transact(&request, self.retransmit, timeout)?;
+        if let Some(challenge) = answer.as_ref().and_then(|a| a.challenge()) {
+            self.challenge = Some(challenge);
+        }
+        Ok(answer.map(|a| a.status))
+    }
+
+    /// Sends a REGISTER with `password`'s credentials on the kept nonce. A challenge in the
+    /// answer replaces the kept one when `renew` (a phone takes it; a cracker replaying an old
+    /// nonce does not). The status of the answer; `None` if none came within `timeout`.
+    pub fn answer_kept(
+        &mut self,
+        password: &str,
+        renew: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<u16>> {
+        let challenge = self.challenge.clone().context("no challenge kept")?;
+        self.cseq += 1;
+        let unsigned = self.ua.register_request(&self.call_id, self.cseq, None);
+        let authorization = self.ua.authorization(&unsigned, &challenge, password);
+        let request = self
+            .ua
+            .register_request(&self.call_id, self.cseq, Some(&authorization));
+        let answer = self.ua.transact(&request, self.retransmit, timeout)?;
+        if renew {
+            if let Some(challenge) = answer.as_ref().and_then(|a| a.challenge()) {
+                self.challenge = Some(challenge);
+            }
+        }
+        Ok(answer.map(|a| a.status))
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -517,5 +615,19 @@ fn contacts_are_read() {
     assert_eq!(
         parse_contacts(contacts),
         vec![("1001".to_owned(), "sip:1001@127.0.0.1:35679".to_owned())]
+    );
+}
+
+#[test]
+fn challenges_are_read_from_the_responses_of_a_sip_trace() {
+    let log = "[2026-12-02 05:53:49.645] VERBOSE[1] res_pjsip_logger.c: <--- Transmitting SIP \
+        response (503 bytes) to UDP:127.0.0.1:46650 --->\nSIP/2.0 401 Unauthorized\n\
+        CSeq: 1 REGISTER\nWWW-Authenticate: Digest realm=\"asterisk\",nonce=\"1/a\",stale=true\n\
+        Content-Length:  0\n\n\n[2026-12-02 05:53:49.645] VERBOSE[1] res_pjsip_logger.c: <--- \
+        Received SIP request (600 bytes) from UDP:127.0.0.1:46650 --->\nREGISTER sip:x SIP/2.0\n\
+        WWW-Authenticate: Digest not-sent\n\n";
+    assert_eq!(
+        transmitted_challenges(log),
+        vec!["Digest realm=\"asterisk\",nonce=\"1/a\",stale=true".to_owned()]
     );
 }
