@@ -11,11 +11,15 @@
 //! --nocapture`). Addresses: 127.0.5.x.
 
 use crate::attacks::issued;
-use crate::support::asterisk::{secret, Asterisk, AsteriskConfig, NonceKeeper, UaPhone};
-use crate::support::{free_udp_addr, poll_until, Cracked, Cracker, Sipguard, Style, Ua};
+use crate::support::asterisk::{
+    credentials, secret, Asterisk, AsteriskConfig, NonceKeeper, UaPhone,
+};
+use crate::support::{
+    call_id, free_udp_addr, poll_until, Cracked, Cracker, Sipguard, Spoofer, Style, Ua,
+};
 use anyhow::{anyhow, ensure, Context};
 use sipguard_policy::{Ban, RuleId};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// The extension the crackers attack.
@@ -341,5 +345,138 @@ fn asterisk_phone_re_registering_on_stale_nonces_is_never_counted_while_an_old_n
         last == (Some(401), Some(200)),
         "the phone's last re-registration: {last:?}"
     );
+    guard.stop()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials forged in a registered phone's name.
+
+/// Paces the forged requests: with the phone's own registrations the address stays far under
+/// the flood rule.
+const FORGE_PACE: Duration = Duration::from_millis(100);
+/// The registered phone's user, and the ten others the forger tries.
+const PHONE_USER: &str = "1001";
+const OTHER_USERS: std::ops::RangeInclusive<u16> = 1002..=1011;
+
+/// A REGISTER for `user` from `from` with credentials of a wrong password on `nonce` (none
+/// without one), as a forger or a sweep that never reads an answer writes it. Not attacks.rs'
+/// `request`: its Via branch carries the Call-ID's `@`, which pjsip cannot parse, so Asterisk
+/// would drop the request unanswered.
+fn crafted_register(from: SocketAddr, user: &str, nonce: Option<&str>) -> String {
+    let authorization = nonce.map_or_else(String::new, |nonce| {
+        credentials(user, nonce, "forged-password", "sip:127.0.0.1") + "\r\n"
+    });
+    let id = call_id("crafted");
+    let token = id.split('@').next().unwrap_or_default();
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch=z9hG4bK-{token};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@127.0.0.1>;tag={token}\r\n\
+         To: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: {id}\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:{user}@{from}>\r\n\
+         Expires: 60\r\n\
+         User-Agent: sipguard-e2e-phone\r\n\
+         {authorization}\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The forgeries' users and nonces: 20 wrong passwords for the phone's own user on made-up
+/// nonces, then one for each of ten other users.
+fn forgeries() -> Vec<(String, String)> {
+    (0..20)
+        .map(|n| (PHONE_USER.to_owned(), format!("made-up-{n}")))
+        .chain(OTHER_USERS.map(|user| (user.to_string(), "made-up".to_owned())))
+        .collect()
+}
+
+/// A phone registers through sipguard; a spoofer then sends, from the phone's own address and
+/// port, wrong passwords on made-up nonces for the phone's user and for ten others. Asterisk
+/// answers each with a 401 to the phone's address, and logs each as a wrong password; the phone
+/// is neither banned nor blocked and keeps registering without a failure. The same requests
+/// sent openly from the forger's own address ban it (ten usernames refused: enumeration).
+#[test]
+fn asterisk_credentials_forged_on_made_up_nonces_in_a_phones_name_neither_ban_nor_block_it(
+) -> anyhow::Result<()> {
+    const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 30);
+    const FORGER: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 31);
+    let users: Vec<String> = (1001..=*OTHER_USERS.end()).map(|u| u.to_string()).collect();
+    let pbx = Asterisk::start_with(&AsteriskConfig {
+        users,
+        ..AsteriskConfig::default()
+    })?;
+    let guard = Sipguard::start(pbx.addr())?;
+    let phone = UaPhone::start(PHONE, guard.addr(), PHONE_USER, PHONE_INTERVAL)?;
+    let SocketAddr::V4(phone_addr) = phone.addr() else {
+        unreachable!("an IPv4 phone")
+    };
+    let SocketAddr::V4(to) = guard.addr() else {
+        unreachable!("sipguard listens on 127.0.0.1")
+    };
+    let spoofer = Spoofer::new()?;
+    let mut ban = None;
+    for (user, nonce) in forgeries() {
+        let forged = crafted_register(phone_addr.into(), &user, Some(&nonce));
+        spoofer.send(phone_addr, to, forged.as_bytes())?;
+        ban = ban.or_else(|| guard.ban(PHONE.into()));
+        std::thread::sleep(FORGE_PACE);
+    }
+    let sent = forgeries().len();
+    // Asterisk logs each wrong password as it answers it.
+    let refused = || {
+        pbx.security_events()
+            .iter()
+            .filter(|e| e.event == "ChallengeResponseFailed" && e.challenge.starts_with("made-up"))
+            .count()
+    };
+    let answered = poll_until("Asterisk to refuse the forgeries", SETTLE, || {
+        let refused = refused();
+        (refused == sent).then_some(refused)
+    })
+    .unwrap_or_else(|_| refused());
+    let after = phone.successes();
+    let unproven = auth_failures(&guard, "unproven");
+    let proven = auth_failures(&guard, "proven");
+    let blocked = user_blocked_drops(&guard);
+    let ban = ban.or_else(|| guard.ban(PHONE.into()));
+    eprintln!(
+        "asterisk, forgery at {phone_addr}: {sent} forged REGISTERs, Asterisk refused \
+         {answered} (401s to the phone's address); sipguard counted {unproven} unproven and \
+         {proven} proven auth failures, dropped {blocked} as user-blocked; ban of the phone: {}; \
+         its registrations so far: {after}",
+        describe(ban.as_ref())
+    );
+    ensure!(answered == sent, "Asterisk did not refuse every forgery");
+    ensure!(ban.is_none(), "the phone was banned: {ban:?}");
+    ensure!(
+        proven == 0.0 && blocked == 0.0,
+        "forged failures counted as the phone's"
+    );
+    let registrations = phone.kept_registering(after, SETTLE)?;
+
+    // The same, openly from the forger's own address.
+    let forger = UdpSocket::bind((FORGER, 0))?;
+    let from = forger.local_addr()?;
+    for (user, nonce) in forgeries() {
+        forger.send_to(
+            crafted_register(from, &user, Some(&nonce)).as_bytes(),
+            guard.addr(),
+        )?;
+        if guard.ban(FORGER.into()).is_some() {
+            break;
+        }
+        std::thread::sleep(FORGE_PACE);
+    }
+    let forger_ban = poll_until("the forger's ban", BAN_SHOWS, || guard.ban(FORGER.into())).ok();
+    eprintln!(
+        "asterisk, forgery: the phone registered {registrations} times, none failed; the same \
+         requests from {FORGER} itself: ban {}",
+        describe(forger_ban.as_ref())
+    );
+    let forger_ban = forger_ban.context("the forger's own address is not banned")?;
+    ensure!(forger_ban.rule == RuleId::Enumeration, "{forger_ban:?}");
     guard.stop()
 }

@@ -474,6 +474,11 @@ impl UaPhone {
         })
     }
 
+    /// The address and port it registers from.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Registrations that succeeded so far, the first included.
     pub fn successes(&self) -> usize {
         self.successes.load(Ordering::SeqCst)
@@ -580,6 +585,25 @@ impl NonceKeeper {
         }
         Ok(answer.map(|a| a.status))
     }
+}
+
+/// An `Authorization` line for `user` on `nonce` (realm `asterisk`, as Asterisk challenges) with
+/// a real digest of `password` for a REGISTER to `uri`: what a forger who never saw the phone's
+/// challenges can write.
+pub fn credentials(user: &str, nonce: &str, password: &str, uri: &str) -> String {
+    let challenge = Challenge {
+        realm: "asterisk".to_owned(),
+        nonce: nonce.to_owned(),
+        opaque: None,
+        qop_auth: true,
+    };
+    challenge.authorization(
+        "REGISTER",
+        uri,
+        user,
+        password,
+        &super::ua::unique("cnonce"),
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
