@@ -585,6 +585,11 @@ impl NonceKeeper {
         }
         Ok(answer.map(|a| a.status))
     }
+
+    /// The nonce it keeps.
+    pub fn nonce(&self) -> Option<&str> {
+        self.challenge.as_ref().map(|c| c.nonce.as_str())
+    }
 }
 
 /// An `Authorization` line for `user` on `nonce` (realm `asterisk`, as Asterisk challenges) with
