@@ -15,7 +15,8 @@ use crate::support::asterisk::{
     credentials, secret, Asterisk, AsteriskConfig, NonceKeeper, UaPhone,
 };
 use crate::support::{
-    call_id, free_udp_addr, poll_until, Cracked, Cracker, Sipguard, Spoofer, Style, Ua,
+    call_id, free_udp_addr, poll_until, Cracked, Cracker, Registration, Sipguard, Spoofer, Style,
+    Ua,
 };
 use anyhow::{anyhow, ensure, Context};
 use sipguard_policy::{Ban, RuleId};
@@ -596,5 +597,113 @@ fn asterisk_credentials_forged_on_a_nonce_the_forger_was_also_given_neither_ban_
         "forged failures counted as the phone's own"
     );
     kept?;
+    guard.stop()
+}
+
+// ---------------------------------------------------------------------------------------------
+// An office behind one address.
+
+/// The office's phones: users 2001..=2020, one port each on one address.
+const OFFICE_USERS: std::ops::RangeInclusive<u16> = 2001..=2020;
+/// How long the office gets to register, retransmitting as phones do.
+const OFFICE_WITHIN: Duration = Duration::from_secs(5);
+/// The sweep's usernames: the office's and as many more, none ever answered.
+const SWEPT_USERS: std::ops::RangeInclusive<u16> = 2001..=2045;
+/// The sweep's pace: far under the flood rule, so that what bans it is what it probes.
+const SWEEP_PACE: Duration = Duration::from_millis(50);
+
+/// Twenty phones behind one address (an office NAT) send their first REGISTERs in one burst and
+/// all register with Asterisk, each then listed by `pjsip show contacts`; the office is not
+/// banned. Beside it a sweep from another address sends bare REGISTERs for the same usernames
+/// and more, never answering a challenge, and is banned for enumeration.
+#[test]
+fn asterisk_office_of_twenty_phones_registering_at_once_is_not_banned_while_a_register_sweep_is(
+) -> anyhow::Result<()> {
+    const OFFICE: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 40);
+    const SWEEP: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 41);
+    let users: Vec<String> = OFFICE_USERS.map(|u| u.to_string()).collect();
+    let pbx = Asterisk::start_with(&AsteriskConfig {
+        users: users.clone(),
+        ..AsteriskConfig::default()
+    })?;
+    let guard = Sipguard::start(pbx.addr())?;
+    let mut phones = users
+        .iter()
+        .map(|user| Ua::udp((OFFICE, 0).into(), guard.addr(), user, &secret(user)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // The sweep, on a thread of its own, from the office's first REGISTERs on.
+    let sweeper = UdpSocket::bind((SWEEP, 0))?;
+    let target = guard.addr();
+    let sweep = std::thread::spawn(move || -> anyhow::Result<usize> {
+        let from = sweeper.local_addr()?;
+        let mut sent = 0;
+        for user in SWEPT_USERS {
+            let probe = crafted_register(from, &user.to_string(), None);
+            sweeper.send_to(probe.as_bytes(), target)?;
+            sent += 1;
+            std::thread::sleep(SWEEP_PACE);
+        }
+        Ok(sent)
+    });
+
+    let started = Instant::now();
+    let firsts: Vec<_> = phones.iter_mut().map(Ua::next_register).collect();
+    for (phone, first) in phones.iter_mut().zip(&firsts) {
+        phone.send(first)?;
+    }
+    let burst = started.elapsed();
+    let outcomes = std::thread::scope(|scope| {
+        let running: Vec<_> = phones
+            .iter_mut()
+            .zip(&firsts)
+            .map(|(phone, first)| scope.spawn(move || phone.finish_register(first, OFFICE_WITHIN)))
+            .collect();
+        running
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .map_err(|_| anyhow!("a phone's thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let registered_in = started.elapsed();
+    let swept = sweep
+        .join()
+        .map_err(|_| anyhow!("the sweep's thread panicked"))??;
+    let sweep_ban = poll_until("the sweep's ban", BAN_SHOWS, || guard.ban(SWEEP.into())).ok();
+    let contacts = pbx.contacts()?;
+    let listed = users
+        .iter()
+        .filter(|user| contacts.iter().any(|(aor, _)| aor == *user))
+        .count();
+    let refused: Vec<_> = users
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| **outcome != Registration::Registered)
+        .collect();
+    let office_ban = guard.ban(OFFICE.into());
+    eprintln!(
+        "asterisk, office of {} phones at {OFFICE}: first REGISTERs sent in {burst:?}, {} \
+         registered within {registered_in:?}, {listed} listed by pjsip show contacts; ban of \
+         the office: {}; the sweep of {swept} usernames from {SWEEP}: ban {}",
+        users.len(),
+        users.len() - refused.len(),
+        describe(office_ban.as_ref()),
+        describe(sweep_ban.as_ref())
+    );
+    ensure!(
+        office_ban.is_none(),
+        "the office was banned: {office_ban:?}"
+    );
+    ensure!(refused.is_empty(), "not registered: {refused:?}");
+    ensure!(
+        listed == users.len(),
+        "Asterisk lists {listed} of the office's {} phones:\n{contacts:?}",
+        users.len()
+    );
+    let sweep_ban = sweep_ban.context("the sweep is not banned")?;
+    ensure!(sweep_ban.rule == RuleId::Enumeration, "{sweep_ban:?}");
     guard.stop()
 }
