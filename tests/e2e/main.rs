@@ -7,6 +7,7 @@
 
 mod support;
 
+mod asterisk;
 mod attacks;
 mod deploy;
 mod detection;

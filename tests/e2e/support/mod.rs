@@ -4,6 +4,7 @@
 //! what no packaged peer does: a scriptable SIP client with digest auth, password crackers built
 //! on it, datagrams with forged sources, and a network namespace for more IPv6 addresses.
 
+pub mod asterisk;
 mod cracker;
 mod daemon;
 mod kamailio;
