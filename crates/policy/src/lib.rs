@@ -143,6 +143,8 @@ pub struct Policy {
     trust: BoundedMap<IpAddr, Trust>,
     /// Evidence per IPv6 prefix: its flood count and its banned addresses.
     prefixes: BoundedMap<IpNet, PrefixState>,
+    /// Where each recent nonce went, by its keyed hash.
+    nonces: BoundedMap<u64, response::NonceSent>,
     /// Keys username hashes, so a remote party cannot aim for collisions.
     hasher: RandomState,
     /// Who follows the ban and trust tables.
@@ -182,6 +184,7 @@ impl Policy {
             blocks_end: AtomicU64::new(0),
             trust: BoundedMap::new(cap),
             prefixes: BoundedMap::new(cap),
+            nonces: BoundedMap::new(cap),
             hasher: RandomState::new(),
             observers: ArcSwap::from_pointee(Vec::new()),
         })
@@ -507,6 +510,7 @@ impl Policy {
         self.users.sweep(now);
         self.trust.sweep(now);
         self.prefixes.sweep(now);
+        self.nonces.sweep(now);
     }
 
     /// Table sizes and evictions.
@@ -518,6 +522,7 @@ impl Policy {
             trusted: self.trust.len(),
             evictions: self.bans.evictions()
                 + self.prefixes.evictions()
+                + self.nonces.evictions()
                 + self.sources.evictions()
                 + self.users.evictions()
                 + self.trust.evictions(),

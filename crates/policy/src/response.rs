@@ -13,9 +13,15 @@
 //! sent this client in its challenges, and a refused attempt is proven evidence only when it
 //! answers one of them (over TCP and TLS every attempt is proven: the handshake proved the
 //! address). A spoofer never sees those nonces, so whatever it forges in a phone's name stays
-//! unproven: counted, never enough to ban or block a source that has authenticated.
+//! unproven: it may count against a source that never authenticated, never against one that
+//! did. Some PBXs do not make a nonce per challenge: Asterisk's is the second and the peer's
+//! address, and behind sipguard every client has the same one, so a forger that asks for a
+//! challenge of its own in the same second learns the nonce the phone was sent. The policy
+//! therefore also remembers which source address each nonce went to: a nonce that went to
+//! clients at two addresses proves neither.
 
 use crate::bans::Evidence;
+use crate::bounded::Expiring;
 use crate::state::{SourceState, Trust, UserState};
 use crate::{Action, Change, Event, Mode, Policy, Rule, RuleId, Rules, Timestamp};
 use sipguard_sip::{Method, SipView};
@@ -111,6 +117,27 @@ enum Probed {
     Refused { proven: bool },
     /// Challenged, with no credentials yet: a probe unless they follow.
     Challenged { proven: bool },
+}
+
+/// How long the policy remembers where a nonce went: longer than any PBX keeps a nonce valid
+/// (Asterisk's default nonce lifetime is 32 s).
+const NONCE_MEMORY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Where a nonce went: one source address, or several.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NonceSent {
+    source: IpAddr,
+    shared: bool,
+    until: Timestamp,
+}
+
+impl Expiring for NonceSent {
+    fn expired(&self, now: Timestamp) -> bool {
+        now >= self.until
+    }
+    fn worth(&self, now: Timestamp) -> u64 {
+        self.until.since(now).as_secs()
+    }
 }
 
 /// Nonces remembered per client: its last challenges.
@@ -292,14 +319,17 @@ impl Policy {
         };
         let challenge = response.challenge.filter(|_| matches!(code, 401 | 407));
         if let Some(nonce) = challenge.and_then(|c| c.nonce) {
-            exchange.challenged(self.token(nonce));
+            let nonce = self.token(nonce);
+            exchange.challenged(nonce);
+            self.nonce_sent(nonce, client, now);
         }
         let Some(memo) = exchange.answer(self.transaction(response)) else {
             return Judged::default();
         };
         // A stale nonce: the credentials were right, the nonce too old (RFC 2617 section 3.2.1).
         let stale = challenge.is_some_and(|c| c.stale);
-        let proven = memo.proven || exchange.stream;
+        let proven =
+            exchange.stream || (memo.proven && self.nonce_went_only_to(memo.nonce, client, now));
         let refused = (matches!(code, 401 | 407) && memo.credentialed && !stale) || code == 403;
         let auth_failure = refused.then_some(AuthFailure {
             method: match memo.kind {
@@ -339,6 +369,32 @@ impl Policy {
             event,
             auth_failure,
         }
+    }
+
+    /// Notes that `nonce` was sent to a client at `source`.
+    fn nonce_sent(&self, nonce: u64, source: IpAddr, now: Timestamp) {
+        let until = now + NONCE_MEMORY;
+        self.nonces.upsert(
+            nonce,
+            now,
+            || NonceSent {
+                source,
+                shared: false,
+                until,
+            },
+            |sent| {
+                sent.shared |= sent.source != source;
+                sent.until = until;
+            },
+        );
+    }
+
+    /// Whether `nonce` went to clients at `source` and nowhere else: only then does answering it
+    /// prove the source receives at its address.
+    fn nonce_went_only_to(&self, nonce: u64, source: IpAddr, now: Timestamp) -> bool {
+        self.nonces
+            .get(&nonce, now, |sent| sent.source == source && !sent.shared)
+            .unwrap_or(false)
     }
 
     /// A request succeeded. With credentials, the username is no probe, and the source earns trust
@@ -400,8 +456,9 @@ impl Policy {
         }
     }
 
-    /// A REGISTER or INVITE refused after credentials, or a 403. Only proven failures count:
-    /// an unproven one may be a spoofer's, in the name of the source.
+    /// A REGISTER or INVITE refused after credentials, or a 403. An unproven failure may be a
+    /// spoofer's, in the name of the source: it counts only against a source that never
+    /// authenticated.
     fn failed(
         &self,
         rules: &Rules,
@@ -410,7 +467,7 @@ impl Policy {
         proven: bool,
         now: Timestamp,
     ) -> Option<Event> {
-        if !proven {
+        if !proven && self.is_trusted(client, now) {
             return None;
         }
         let user = memo.user?;

@@ -32,6 +32,9 @@ struct Client<'p> {
     challenges: u32,
     /// The next challenge says the nonce was stale.
     stale: bool,
+    /// The nonce every challenge carries, as Asterisk's (the second and the peer's address, and
+    /// behind sipguard every client is the same peer); `None`: a fresh one each time.
+    pbx_nonce: Option<String>,
 }
 
 struct Request {
@@ -104,6 +107,7 @@ impl<'p> Client<'p> {
             nonce: None,
             challenges: 0,
             stale: false,
+            pbx_nonce: None,
         }
     }
 
@@ -157,12 +161,21 @@ impl<'p> Client<'p> {
         code: u16,
         now: Timestamp,
     ) -> (Option<DropReason>, Vec<Event>) {
+        let nonce = format!("forged-{}", self.cseq + 1);
+        self.forge_on(request, &nonce, code, now)
+    }
+
+    /// A spoofer's request in this client's name answering `nonce`, a nonce it learnt elsewhere.
+    /// The phone ignores the answers to requests it never sent.
+    fn forge_on(
+        &mut self,
+        request: &Request,
+        nonce: &str,
+        code: u16,
+        now: Timestamp,
+    ) -> (Option<DropReason>, Vec<Event>) {
         self.cseq += 1;
-        let nonce = format!("forged-{}", self.cseq);
-        let saved = self.nonce.clone();
-        let result = self.send(request, &nonce, code, now);
-        self.nonce = saved;
-        result
+        self.send_as(request, nonce, code, now, false)
     }
 
     /// Guesses again in the same transaction (same Call-ID and CSeq), answering the nonce of
@@ -242,12 +255,14 @@ impl<'p> Client<'p> {
             .remember(checked.memo.expect("a forwarded request has a memo"));
         let challenge = if matches!(code, 401 | 407) {
             self.challenges += 1;
-            let fresh = format!(
-                "{}-{}-{}",
-                self.source,
-                self.transport_name(),
-                self.challenges
-            );
+            let fresh = self.pbx_nonce.clone().unwrap_or_else(|| {
+                format!(
+                    "{}-{}-{}",
+                    self.source,
+                    self.transport_name(),
+                    self.challenges
+                )
+            });
             if learn {
                 self.nonce = Some(fresh.clone());
             }
@@ -327,19 +342,26 @@ fn register_failures_ban_after_five_in_window() {
     );
 }
 
+/// A 403 to a bare request is no proof over UDP, where it may answer a spoofer: it counts
+/// against a source that never authenticated, never against one that did. Over a stream it is
+/// the source's own.
 #[test]
-fn a_403_to_a_bare_request_counts_over_a_stream_and_not_over_udp_where_it_can_be_forged() {
+fn a_403_to_a_bare_request_counts_over_a_stream_and_never_against_an_authenticated_udp_source() {
     let p = policy(|_| {});
     let mut cracker = Client::over_stream(&p, ATTACKER);
     let events: Vec<_> = (0..5)
         .flat_map(|i| cracker.exchange(&register("1001", false), 403, at(i)).1)
         .collect();
     assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
-    let mut spoofed = Client::new(&p, OFFICE);
+    let mut phone = Client::new(&p, OFFICE);
+    phone.register_ok("1001", at(0));
     let events: Vec<_> = (0..20)
-        .flat_map(|i| spoofed.exchange(&register("1001", false), 403, at(i)).1)
+        .flat_map(|i| phone.forge(&register("1001", false), 403, at(i)).1)
         .collect();
-    assert_eq!(banned_by(&events), None);
+    let punished = events
+        .iter()
+        .find(|e| matches!(e.action, Action::Banned(_) | Action::UserBlocked { .. }));
+    assert_eq!(punished, None);
 }
 
 #[test]
@@ -1160,15 +1182,67 @@ mod detection {
         phone.register_ok("1001", at(60));
     }
 
+    /// Forged failures are forgeable evidence like any other: they may ban a source that never
+    /// authenticated, or a cracker could use nonces it made up or shared to stay unproven.
     #[test]
-    fn forged_failures_on_nonces_never_sent_count_against_no_one() {
+    fn unproven_failures_count_against_a_source_that_never_authenticated() {
         let p = policy(|_| {});
-        // Not even a source that never authenticated (a trunk identified by its address).
-        let mut trunk = Client::new(&p, CARRIER);
-        let events: Vec<_> = (0..30)
-            .flat_map(|i| trunk.forge(&register("1001", true), 401, at(i)).1)
+        let mut cracker = Client::new(&p, ATTACKER);
+        let events: Vec<_> = (0..5)
+            .flat_map(|i| cracker.forge(&register("1001", true), 401, at(i)).1)
             .collect();
-        assert_eq!(banned_by(&events), None);
+        assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+    }
+
+    /// Asterisk's nonce is the second and the peer's address, and behind sipguard every client
+    /// is the same peer: a forger that fetches a challenge of its own in the same second as the
+    /// phone's learns the phone's nonce. A nonce that went to two addresses proves neither.
+    #[test]
+    fn a_nonce_the_forger_was_also_sent_proves_nothing_against_the_phone() {
+        let p = policy(|_| {});
+        let shared = "1796191098/9ed0c0ffee";
+        let mut phone = Client::new(&p, OFFICE);
+        phone.pbx_nonce = Some(shared.into());
+        phone.register_ok("1001", at(0));
+        // The forger spoofs a bare REGISTER in the phone's name (the 401 goes to the phone) and
+        // fetches the same nonce at its own address.
+        phone.forge_on(&register("1001", false), "", 401, at(1));
+        let mut forger = Client::new(&p, ATTACKER);
+        forger.pbx_nonce = Some(shared.into());
+        forger.exchange(&register("2001", false), 401, at(1));
+        let mut events = Vec::new();
+        for user in [
+            "2001", "2002", "1001", "1001", "1001", "1001", "1001", "1001",
+        ] {
+            events.extend(phone.forge_on(&register(user, true), shared, 401, at(2)).1);
+        }
+        let punished = events
+            .iter()
+            .find(|e| matches!(e.action, Action::Banned(_) | Action::UserBlocked { .. }));
+        assert_eq!(punished, None);
+        assert!(p.is_trusted(ip(OFFICE), at(3)));
+        phone.register_ok("1001", at(4));
+    }
+
+    /// The innocent pattern beside it: phones behind one address (on their own ports) that are
+    /// all sent one nonce still have a stale password's failures proven, and only that phone's
+    /// username is blocked there.
+    #[test]
+    fn a_nonce_sent_to_several_phones_of_one_address_still_proves_a_failure_there() {
+        let p = policy(|_| {});
+        let nonce = "1796191098/0ff1ce";
+        let mut good = Client::new(&p, OFFICE);
+        good.pbx_nonce = Some(nonce.into());
+        good.register_ok("1001", at(0));
+        let mut stale = Client::new(&p, OFFICE);
+        stale.pbx_nonce = Some(nonce.into());
+        let events: Vec<_> = (0..5)
+            .flat_map(|i| stale.exchange(&register("1009", true), 401, at(1 + i)).1)
+            .collect();
+        assert!(events
+            .iter()
+            .any(|e| matches!(e.action, Action::UserBlocked { .. })));
+        assert!(!p.is_banned(ip(OFFICE), at(10)));
     }
 
     #[test]
