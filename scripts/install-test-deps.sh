@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real SIP peers the end-to-end tests run (docs/design.md section 6), on Debian/Ubuntu:
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
-# (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, and stunnel4 (the TLS
-# side of SIPp phones: Debian's SIPp is built without TLS). Does nothing when every command is
+# (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, stunnel4 (the TLS
+# side of SIPp phones: Debian's SIPp is built without TLS) and ip (iproute2: the IPv6 test's
+# network namespace). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
+# start script installs the libraries it needs. Does nothing when every command is
 # already on PATH. Needs root or sudo; never reads stdin.
 set -euo pipefail
 
@@ -17,8 +19,9 @@ declare -A package_of=(
     [promtool]=prometheus
     [systemd-analyze]=systemd
     [stunnel4]=stunnel4
+    [ip]=iproute2
 )
-commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4)
+commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip)
 
 missing=()
 for command in "${commands[@]}"; do
