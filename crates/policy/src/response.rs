@@ -22,7 +22,7 @@
 
 use crate::bans::Evidence;
 use crate::bounded::Expiring;
-use crate::state::{SourceState, Trust, UserState};
+use crate::state::{SourceState, Trust, UserState, SLOW_FACTOR, SLOW_WINDOW};
 use crate::{Action, Change, Event, Mode, Policy, Rule, RuleId, Rules, Timestamp};
 use sipguard_sip::{Method, SipView};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -484,10 +484,17 @@ impl Policy {
             |state| {
                 state.failures.hit(now, window);
                 (memo.kind == Kind::Register).then(|| {
-                    (
-                        state.register_failures.hit(now, register.window),
-                        state.register_failures.start,
-                    )
+                    let count = state.register_failures.hit(now, register.window);
+                    let slow = state.slow_register_failures.hit(now, SLOW_WINDOW);
+                    // The short window trips first; the long one catches a cracker that paces
+                    // itself under it.
+                    if count >= register.threshold
+                        || slow < register.threshold.saturating_mul(SLOW_FACTOR)
+                    {
+                        (count, state.register_failures.start)
+                    } else {
+                        (slow, state.slow_register_failures.start)
+                    }
                 })
             },
         );
@@ -509,6 +516,12 @@ impl Policy {
             Kind::Register => {
                 let (count, first_seen) = register_count?;
                 (count >= register.threshold).then_some(())?;
+                // A slow cracker's ban lasts as long as its evidence took to gather, at most a
+                // day; a fast one's the rule's.
+                let register = Rule {
+                    ban_for: register.ban_for.max(now.since(first_seen).min(SLOW_WINDOW)),
+                    ..register
+                };
                 let evidence = Evidence {
                     rule: RuleId::RegisterFailures,
                     count,

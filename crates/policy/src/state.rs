@@ -276,11 +276,21 @@ impl Expiring for SourceState {
     }
 }
 
+/// The long window of the failure rule: a cracker that keeps under the rule's threshold in every
+/// window of its own (4 guesses per 10 minutes is 576 a day) is caught over a day, at
+/// [`SLOW_FACTOR`] times the threshold.
+pub(crate) const SLOW_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// How many times the rule's threshold the long window takes: 20 a day at the default 5.
+pub(crate) const SLOW_FACTOR: u32 = 4;
+
 /// Evidence kept per (source, username).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct UserState {
     /// Refused REGISTERs, on proven evidence.
     pub register_failures: Window,
+    /// The same over [`SLOW_WINDOW`]: a cracker pacing itself under the rule's window.
+    pub slow_register_failures: Window,
     /// Refused requests of any kind, on proven evidence: a run of them withholds trust.
     pub failures: Window,
     pub blocked_until: Timestamp,
@@ -291,6 +301,7 @@ impl Expiring for UserState {
     fn expired(&self, now: Timestamp) -> bool {
         now >= self.blocked_until
             && now.since(self.register_failures.start.max(self.failures.start)) >= self.horizon
+            && self.slow_register_failures.current(now, SLOW_WINDOW) == 0
     }
     fn worth(&self, now: Timestamp) -> u64 {
         self.blocked_until.since(now).as_secs() + u64::from(self.failures.count) * 16

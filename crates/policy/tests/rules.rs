@@ -1194,6 +1194,57 @@ mod detection {
         assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
     }
 
+    /// A cracker that keeps under the failure rule in every window (4 guesses per 10 minutes,
+    /// 576 a day) is caught over a day, at four times the threshold, and banned for as long as
+    /// its guesses took.
+    #[test]
+    fn a_cracker_pacing_itself_under_the_window_is_banned_over_a_day() {
+        let p = policy(|_| {});
+        let mut cracker = Client::new(&p, ATTACKER);
+        let mut events = Vec::new();
+        let pace = 151; // seconds: 4 guesses in every 10 minutes, never 5
+        for guess in 0..19u64 {
+            events.extend(
+                cracker
+                    .exchange(&register("1001", true), 401, at(guess * pace))
+                    .1,
+            );
+        }
+        assert_eq!(
+            banned_by(&events),
+            None,
+            "banned before the twentieth guess"
+        );
+        let (_, events) = cracker.exchange(&register("1001", true), 401, at(19 * pace));
+        assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
+        let ban = p.ban_of(ip(ATTACKER), at(19 * pace)).unwrap();
+        assert_eq!(ban.evidence, 20);
+        assert_eq!(ban.expires, at(19 * pace) + Duration::from_secs(19 * pace));
+    }
+
+    /// The innocent pattern beside it: a user who mistypes the password now and then.
+    #[test]
+    fn a_few_failures_a_day_are_never_banned() {
+        let p = policy(|_| {});
+        let mut phone = Client::new(&p, OFFICE);
+        let mut events = Vec::new();
+        for hour in 0..24u64 {
+            if hour % 2 == 0 {
+                events.extend(
+                    phone
+                        .exchange(&register("1001", true), 401, at(hour * 3600))
+                        .1,
+                );
+            }
+            events.extend(
+                phone
+                    .exchange(&register("1001", true), 200, at(hour * 3600 + 5))
+                    .1,
+            );
+        }
+        assert_eq!(banned_by(&events), None);
+    }
+
     /// Asterisk's nonce is the second and the peer's address, and behind sipguard every client
     /// is the same peer: a forger that fetches a challenge of its own in the same second as the
     /// phone's learns the phone's nonce. A nonce that went to two addresses proves neither.
