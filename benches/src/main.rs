@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Clean traffic comes from 8,192 addresses (127.2.0.0/19): at the highest rates tried each
-/// sends fewer than 8 requests a second, under the flood rule's 16 in 2 s, with no allowlisting,
-/// so every edge runs all of its rules on every clean packet.
+/// sends fewer than 8 requests a second, under the flood rule (64 in 2 s; the Kamailio edge's
+/// pike at 16), with no allowlisting, so every edge runs all of its rules on every clean packet.
 const CLEAN: Sources = Sources {
     first: Ipv4Addr::new(127, 2, 0, 0),
     count: 8192,
