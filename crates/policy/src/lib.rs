@@ -28,7 +28,7 @@ pub use changes::{Change, Observer};
 pub use cidr::CidrSet;
 pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
 pub use ipnet::IpNet;
-pub use response::{AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
+pub use response::{Answer, AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
 pub use time::Timestamp;
 pub use verdict::{Action, DropReason, Event, RuleId, Verdict};
@@ -58,6 +58,9 @@ pub struct Checked<'a> {
     /// For a request to forward: what to hand to the client's [`Exchange`] so the PBX's answer
     /// can be judged.
     pub memo: Option<RequestMemo>,
+    /// For a response to forward: what to hand to [`Policy::answered`] with the client's
+    /// [`Exchange`].
+    pub answer: Option<Answer>,
 }
 
 impl<'a> From<Verdict<'a>> for Checked<'a> {
@@ -66,6 +69,7 @@ impl<'a> From<Verdict<'a>> for Checked<'a> {
             verdict,
             event: None,
             memo: None,
+            answer: None,
         }
     }
 }
@@ -353,7 +357,10 @@ impl Policy {
             Err(_) => return judge.garbage(DropReason::Malformed),
         };
         if view.method().is_none() {
-            return Verdict::Forward(view).into();
+            return Checked {
+                answer: self.answer_of(&view),
+                ..Verdict::Forward(view).into()
+            };
         }
         if rules.signatures.find(&view).is_some() {
             let evidence = Evidence {
@@ -375,6 +382,7 @@ impl Policy {
         }
         Checked {
             memo: Some(self.memo(&view, user)),
+            answer: None,
             verdict: Verdict::Forward(view),
             event: None,
         }
@@ -581,12 +589,14 @@ impl Judge<'_> {
                 memo: Some(policy.memo(&view, policy.username(&view))),
                 verdict: Verdict::Forward(view),
                 event,
+                answer: None,
             };
         }
         Checked {
             verdict: Verdict::Drop(reason),
             event,
             memo: None,
+            answer: None,
         }
     }
 
@@ -668,6 +678,7 @@ impl Judge<'_> {
             verdict: Verdict::Drop(reason),
             event: action.map(|action| self.event(RuleId::Garbage, action)),
             memo: None,
+            answer: None,
         }
     }
 }

@@ -154,6 +154,11 @@ pub struct Exchange {
     /// Keyed hashes of the nonces sent to this client; 0 is no nonce.
     nonces: [u64; NONCES],
     next_nonce: usize,
+    /// Keyed hashes of the top Via branches of requests the PBX sent this client (a qualify
+    /// OPTIONS, an INVITE to a trunk): a response that carries one back proves the client
+    /// receives at its address.
+    pbx_branches: [u64; 4],
+    next_branch: usize,
     /// Over TCP or TLS: the address is proven by the handshake.
     stream: bool,
     /// The client answered a challenge sent to it: it receives at this address.
@@ -223,6 +228,11 @@ impl Exchange {
         Some(*memo)
     }
 
+    /// Whether `branch` is that of a request the PBX sent this client.
+    fn sent_by_pbx(&self, branch: u64) -> bool {
+        branch != 0 && self.pbx_branches.contains(&branch)
+    }
+
     /// The PBX challenged this client with `nonce`.
     fn challenged(&mut self, nonce: u64) {
         if nonce == 0 || self.nonces.contains(&nonce) {
@@ -233,7 +243,56 @@ impl Exchange {
     }
 }
 
+/// A client's response to a request, by the keyed hash of its top Via branch: for
+/// [`Policy::answered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer(u64);
+
 impl Policy {
+    /// What identifies a client's response (one with no method): its top Via branch.
+    pub(crate) fn answer_of(&self, response: &SipView<'_>) -> Option<Answer> {
+        let branch = response.via_branch.filter(|b| !b.is_empty())?;
+        Some(Answer(self.token(branch)))
+    }
+
+    /// Notes a request the PBX sends to the client of `exchange` (its top Via branch is the
+    /// PBX's own, and only the client sees it).
+    pub fn pbx_request(&self, request: &SipView<'_>, exchange: &mut Exchange) {
+        if let Some(Answer(branch)) = self.answer_of(request) {
+            exchange.pbx_branches[exchange.next_branch] = branch;
+            exchange.next_branch = (exchange.next_branch + 1) % exchange.pbx_branches.len();
+        }
+    }
+
+    /// The client at `client` sent `answer`, a response. When it answers a request the PBX sent
+    /// it, the client has shown it receives at its address (return routability): a trunk that
+    /// answers the PBX's qualify or its calls is trusted like a phone that authenticated, so a
+    /// forged scanner packet or flood in its name no longer bans it. A source failing across
+    /// several usernames earns nothing.
+    pub fn answered(
+        &self,
+        client: IpAddr,
+        answer: Answer,
+        exchange: &mut Exchange,
+        now: Timestamp,
+    ) {
+        if !exchange.sent_by_pbx(answer.0) {
+            return;
+        }
+        exchange.reachable = true;
+        let rules = self.rules.load();
+        let window = rules.config.enumeration.window;
+        let failing_users = self
+            .sources
+            .get(&client, now, |state| {
+                state.failing_users.current(now, window)
+            })
+            .unwrap_or(0);
+        if failing_users < TRUST_WITHHELD_AT_USERS {
+            self.trust_until(client, now + rules.config.trust_for, now);
+        }
+    }
+
     /// The username a request is about: its credentials' username, else the registered
     /// address-of-record for REGISTER, else the caller.
     pub(crate) fn username(&self, view: &SipView<'_>) -> Option<u64> {

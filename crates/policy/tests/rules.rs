@@ -1246,6 +1246,58 @@ mod detection {
         assert_eq!(banned_by(&events), None);
     }
 
+    fn pbx_options(branch: &str) -> String {
+        format!(
+            "OPTIONS sip:trunk@198.51.100.9 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={branch}\r\n\
+From: <sip:pbx@127.0.0.1>;tag=q\r\nTo: <sip:trunk@198.51.100.9>\r\nCall-ID: qualify-{branch}\r\n\
+CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn trunk_answer(branch: &str) -> String {
+        format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={branch}\r\n\
+From: <sip:pbx@127.0.0.1>;tag=q\r\nTo: <sip:trunk@198.51.100.9>;tag=t\r\nCall-ID: qualify-{branch}\r\n\
+CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// A trunk identified by its address never authenticates, but it answers the PBX's
+    /// qualify: only it saw that request, so the answer proves it receives at its address, and
+    /// a forged scanner packet in its name only drops.
+    #[test]
+    fn a_trunk_answering_the_pbxs_request_is_trusted_and_a_forged_scanner_packet_does_not_ban_it() {
+        let p = policy(|_| {});
+        let mut trunk = Exchange::datagram();
+        let qualify = pbx_options("z9hG4bK-pbx-1");
+        p.pbx_request(&SipView::parse(qualify.as_bytes()).unwrap(), &mut trunk);
+        let answer = trunk_answer("z9hG4bK-pbx-1");
+        let checked = p.check(answer.as_bytes(), ip(CARRIER), Transport::Datagram, at(0));
+        assert!(matches!(checked.verdict, Verdict::Forward(_)));
+        p.answered(ip(CARRIER), checked.answer.unwrap(), &mut trunk, at(0));
+        assert!(p.is_trusted(ip(CARRIER), at(1)));
+        assert!(trunk.is_proven());
+        let (dropped, events) =
+            Client::new(&p, CARRIER).forge(&options("friendly-scanner"), 200, at(2));
+        assert_eq!(dropped, Some(DropReason::Scanner));
+        assert_eq!(banned_by(&events), None);
+    }
+
+    /// The forger's side: a response with a branch the PBX never sent that client proves
+    /// nothing.
+    #[test]
+    fn a_response_to_a_request_the_pbx_never_sent_earns_no_trust() {
+        let p = policy(|_| {});
+        let mut trunk = Exchange::datagram();
+        let qualify = pbx_options("z9hG4bK-pbx-1");
+        p.pbx_request(&SipView::parse(qualify.as_bytes()).unwrap(), &mut trunk);
+        let guess = trunk_answer("z9hG4bK-guessed");
+        let checked = p.check(guess.as_bytes(), ip(ATTACKER), Transport::Datagram, at(0));
+        p.answered(ip(ATTACKER), checked.answer.unwrap(), &mut trunk, at(0));
+        assert!(!p.is_trusted(ip(ATTACKER), at(1)));
+        assert!(!trunk.is_proven());
+    }
+
     /// Asterisk's nonce is the second and the peer's address, and behind sipguard every client
     /// is the same peer: a forger that fetches a challenge of its own in the same second as the
     /// phone's learns the phone's nonce. A nonce that went to two addresses proves neither.

@@ -6,7 +6,9 @@
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::Transport;
-use sipguard_policy::{Action, DropReason, Exchange, Policy, RequestMemo, Timestamp, Verdict};
+use sipguard_policy::{
+    Action, Answer, DropReason, Exchange, Policy, RequestMemo, Timestamp, Verdict,
+};
 use sipguard_sip::SipView;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +18,15 @@ use tracing::debug;
 #[must_use]
 #[derive(Debug)]
 pub(crate) enum Step<'a> {
-    /// Forward `message` to the PBX, and hand `memo` to the client's [`Exchange`].
+    /// Forward `message` to the PBX, and hand `memo` to the client's [`Exchange`] (or, for a
+    /// response, `answer` to [`Pipeline::answered`]).
     Forward {
         /// The message as it must go out (leading CRLFs and trailing bytes removed).
         message: &'a [u8],
         /// What the response path needs to judge the PBX's answer.
         memo: Option<RequestMemo>,
+        /// A response of the client's: it may answer a request the PBX sent it.
+        answer: Option<Answer>,
     },
     /// A keep-alive: it refreshes the client's session and goes no further.
     Keepalive,
@@ -69,6 +74,7 @@ impl Pipeline {
             Verdict::Forward(view) => Step::Forward {
                 message: view.message,
                 memo: checked.memo,
+                answer: checked.answer,
             },
             Verdict::Keepalive => {
                 packets.keepalives.increment(1);
@@ -84,14 +90,34 @@ impl Pipeline {
         }
     }
 
-    /// Feeds what the PBX sent to `client` to the policy's failure and trust rules. Whatever the
-    /// outcome, the message itself is relayed: the client is owed its answer, and a ban stops
-    /// what follows.
+    /// Hands what a client forwards to its exchange: a request's memo, or a response's
+    /// answer (which may prove the client receives at its address).
+    pub fn forwarded(
+        &self,
+        client: SocketAddr,
+        memo: Option<RequestMemo>,
+        answer: Option<Answer>,
+        exchange: &mut Exchange,
+    ) {
+        if let Some(memo) = memo {
+            exchange.remember(memo);
+        }
+        if let Some(answer) = answer {
+            self.policy
+                .answered(client.ip(), answer, exchange, self.now());
+        }
+    }
+
+    /// Feeds what the PBX sent to `client` to the policy: a response to the failure and trust
+    /// rules, a request of the PBX's own to the exchange (so the client's answer to it counts).
+    /// Whatever the outcome, the message itself is relayed: the client is owed its answer, and
+    /// a ban stops what follows.
     pub fn response(&self, message: &[u8], client: SocketAddr, exchange: &mut Exchange) {
         let Ok(response) = SipView::parse(message) else {
             return;
         };
         if response.status().is_none() {
+            self.policy.pbx_request(&response, exchange);
             return;
         }
         let judged = self

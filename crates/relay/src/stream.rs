@@ -25,7 +25,7 @@ use crate::metrics::{Closed, ConnectionCounters, PacketCounters, Refused, Sample
 use crate::pipeline::{Pipeline, Step};
 use crate::tls::TlsReload;
 use crate::{RelayConfig, Transport};
-use sipguard_policy::{Exchange, RequestMemo};
+use sipguard_policy::{Answer, Exchange, RequestMemo};
 use sipguard_sip::{next_frame, Frame};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::convert::Infallible;
@@ -352,7 +352,11 @@ impl Connection<'_> {
         let started = self.sampler.start();
         let pipeline = &self.front.pipeline;
         let outcome = match pipeline.request(message, self.client, self.transport, pipeline.now()) {
-            Step::Forward { message, memo } => self.forward(message, memo).await,
+            Step::Forward {
+                message,
+                memo,
+                answer,
+            } => self.forward(message, memo, answer).await,
             Step::Keepalive | Step::Drop { banned: false } => Ok(()),
             Step::Drop { banned: true } => Err(Closed::Banned),
         };
@@ -362,13 +366,18 @@ impl Connection<'_> {
         outcome
     }
 
-    async fn forward(&mut self, message: &[u8], memo: Option<RequestMemo>) -> Result<(), Closed> {
+    async fn forward(
+        &mut self,
+        message: &[u8],
+        memo: Option<RequestMemo>,
+        answer: Option<Answer>,
+    ) -> Result<(), Closed> {
         if self.upstream.is_none() {
             self.upstream = Some(self.connect_upstream().await?);
         }
-        if let Some(memo) = memo {
-            self.exchange.remember(memo);
-        }
+        self.front
+            .pipeline
+            .forwarded(self.client, memo, answer, &mut self.exchange);
         let upstream = self.upstream.as_mut().ok_or(Closed::UpstreamUnavailable)?;
         match upstream.write_all(message).await {
             Ok(()) => {

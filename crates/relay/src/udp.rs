@@ -12,7 +12,7 @@ use crate::pipeline::{Pipeline, Step};
 use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::{bind_udp_sibling, connect_upstream};
 use crate::{RelayConfig, Transport};
-use sipguard_policy::RequestMemo;
+use sipguard_policy::{Answer, RequestMemo};
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -95,8 +95,12 @@ impl Front {
                 if let (datagram, Some(client)) = batch.get(i) {
                     let started = sampler.start();
                     match self.pipeline.request(datagram, client, Transport::Udp, now) {
-                        Step::Forward { message, memo } => {
-                            self.forward(message, memo, client, &listener).await;
+                        Step::Forward {
+                            message,
+                            memo,
+                            answer,
+                        } => {
+                            self.forward(message, memo, answer, client, &listener).await;
                         }
                         Step::Keepalive => {
                             if let Some(session) = self.sessions.get(&client) {
@@ -117,6 +121,7 @@ impl Front {
         self: &Arc<Self>,
         message: &[u8],
         memo: Option<RequestMemo>,
+        answer: Option<Answer>,
         client: SocketAddr,
         listener: &Arc<UdpSocket>,
     ) {
@@ -128,9 +133,8 @@ impl Front {
             },
         };
         self.sessions.touch(&session);
-        if let Some(memo) = memo {
-            session.exchange().remember(memo);
-        }
+        self.pipeline
+            .forwarded(client, memo, answer, &mut session.exchange());
         let packets = self.pipeline.metrics.packets(Transport::Udp);
         // Awaited rather than tried: a new socket's write readiness is only known after the
         // reactor's next turn, and a send to loopback does not otherwise wait.

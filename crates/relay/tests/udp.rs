@@ -327,3 +327,44 @@ async fn a_second_listener_on_a_taken_port_is_refused() {
     let error = bind_udp(running.addr).expect_err("a taken port was bound again");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
 }
+
+/// A trunk identified by its address (it never authenticates) answers the PBX's qualify through
+/// its session: the answer proves it receives at its address, so a forged scanner packet in its
+/// name is dropped without banning it, and its traffic goes on.
+#[tokio::test]
+async fn a_client_answering_the_pbxs_own_request_is_not_banned_by_a_forged_scanner_packet() {
+    let relay = start(|_| {}).await;
+    let trunk = client("127.0.0.2").await;
+    trunk.send_to(&options("hello"), relay.addr).await.unwrap();
+    let (_, upstream) = recv(&relay.pbx).await;
+
+    let qualify = options("qualify");
+    relay.pbx.send_to(&qualify, upstream).await.unwrap();
+    assert_eq!(recv(&trunk).await.0, qualify);
+    // The answer carries the PBX's Via branch back (options() writes z9hG4bK-qualify).
+    let answer = b"SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bK-qualify;rport\r\n\
+From: <sip:1001@127.0.0.1>;tag=t-qualify\r\n\
+To: <sip:pbx@127.0.0.1>;tag=trunk\r\n\
+Call-ID: qualify\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n";
+    trunk.send_to(answer, relay.addr).await.unwrap();
+    assert_eq!(recv(&relay.pbx).await.0, answer);
+
+    let scanner = String::from_utf8(options("scan")).unwrap().replace(
+        "Content-Length: 0",
+        "User-Agent: friendly-scanner\r\nContent-Length: 0",
+    );
+    trunk.send_to(scanner.as_bytes(), relay.addr).await.unwrap();
+    trunk.send_to(&options("after"), relay.addr).await.unwrap();
+    assert_eq!(
+        recv(&relay.pbx).await.0,
+        options("after"),
+        "the scanner packet must be dropped, and the trunk not banned for it"
+    );
+    let banned = relay
+        .metrics
+        .counter("sipguard_bans_total", &["rule=\"scanner\""]);
+    assert_eq!(banned, 0.0);
+}
