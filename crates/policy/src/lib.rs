@@ -275,13 +275,15 @@ impl Policy {
     }
 
     /// Replaces the rules (allowlist, deny list, signatures, thresholds, modes) while traffic
-    /// flows; bans, evidence and trust are kept. The table caps (`max_tracked_sources`) and the
-    /// repeat-offender settings are fixed at construction and keep their running values.
+    /// flows; bans, evidence and trust are kept. The table caps (`max_tracked_sources`), the
+    /// repeat-offender settings and the IPv6 prefix length of prefix bans are fixed at
+    /// construction and keep their running values.
     pub fn reconfigure(&self, config: PolicyConfig) -> Result<(), BuildError> {
         let running = self.rules.load();
         let config = PolicyConfig {
             max_tracked_sources: running.config.max_tracked_sources,
             repeat: running.config.repeat,
+            ipv6_prefix_len: running.config.ipv6_prefix_len,
             ..config
         };
         self.rules.store(Arc::new(Rules::new(config)?));

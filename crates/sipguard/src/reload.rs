@@ -182,6 +182,10 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
         "rules.repeat_offenders",
         new.policy.repeat != running.policy.repeat,
     );
+    keep(
+        "rules.ipv6_prefix.length",
+        new.policy.ipv6_prefix_len != running.policy.ipv6_prefix_len,
+    );
     keep("metrics.listen", new.ops.metrics != running.ops.metrics);
     keep("admin.listen", new.ops.admin != running.ops.admin);
     keep(
@@ -196,6 +200,7 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     new.relay = running.relay.clone();
     new.policy.max_tracked_sources = running.policy.max_tracked_sources;
     new.policy.repeat = running.policy.repeat;
+    new.policy.ipv6_prefix_len = running.policy.ipv6_prefix_len;
     new.ops = running.ops.clone();
     changed
 }
@@ -232,14 +237,20 @@ mod tests {
         .unwrap();
         std::fs::write(
             &path,
-            "listen:\n  udp: [\"127.0.0.1:5071\"]\nallowlist:\n  file: allow.yaml\n  mode: enforce\n",
+            "listen:\n  udp: [\"127.0.0.1:5071\"]\nallowlist:\n  file: allow.yaml\n  mode: enforce\n\
+             rules:\n  ipv6_prefix:\n    length: 48\n",
         )
         .unwrap();
         assert_eq!(
             reloader.reload(),
             Outcome::Applied {
-                restart_required: vec!["listen.udp"]
+                restart_required: vec!["listen.udp", "rules.ipv6_prefix.length"]
             }
+        );
+        assert_eq!(
+            policy.config().ipv6_prefix_len,
+            64,
+            "prefix bans keep their length"
         );
         assert_eq!(policy.config().allowlist_mode, AllowlistMode::Enforce);
         assert_eq!(
