@@ -295,16 +295,16 @@ impl Policy {
     /// accepted, and the first step of every message check.
     pub fn check_source(&self, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
         let rules = self.rules.load();
-        if self.banned(&rules, source, now) {
+        if self.banned(&rules, source, self.bans.cover(source, now), now) {
             return Err(DropReason::Banned);
         }
         screen(&rules, source)
     }
 
-    /// Whether a ban covers `source`: its own, or its IPv6 prefix's unless it is allowlisted or
-    /// trusted there.
-    fn banned(&self, rules: &Rules, source: IpAddr, now: Timestamp) -> bool {
-        match self.bans.cover(source, now) {
+    /// Whether `cover` (what the ban table holds over `source`) bans it: its own ban, or its
+    /// IPv6 prefix's unless it is allowlisted or trusted there.
+    fn banned(&self, rules: &Rules, source: IpAddr, cover: Option<Cover>, now: Timestamp) -> bool {
+        match cover {
             None => false,
             Some(Cover::Address) => true,
             Some(Cover::Prefix(_)) => {
@@ -333,7 +333,7 @@ impl Policy {
             return Verdict::Drop(DropReason::Banned).into();
         }
         let rules = self.rules.load();
-        if cover.is_some() && self.banned(&rules, source, now) {
+        if self.banned(&rules, source, cover, now) {
             return Verdict::Drop(DropReason::Banned).into();
         }
         if let Err(reason) = screen(&rules, source) {
@@ -481,7 +481,12 @@ impl Policy {
 
     /// Whether a ban covers `source` at `now` (its own, or its prefix's).
     pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
-        self.banned(&self.rules.load(), source, now)
+        self.banned(
+            &self.rules.load(),
+            source,
+            self.bans.cover(source, now),
+            now,
+        )
     }
 
     /// The ban that covers `source`, if one is in force: its own, else its prefix's.

@@ -50,7 +50,8 @@ impl Pipeline {
         self.clock.now()
     }
 
-    /// Judges one message from `client` that arrived over `transport`.
+    /// Judges one message from `client` that arrived over `transport` (the front has counted
+    /// it received: UDP counts a whole batch at once).
     pub fn request<'a>(
         &self,
         message: &'a [u8],
@@ -59,7 +60,6 @@ impl Pipeline {
         now: Timestamp,
     ) -> Step<'a> {
         let packets = self.metrics.packets(transport);
-        packets.received.increment(1);
         let checked = self
             .policy
             .check(message, client.ip(), transport.proof(), now);

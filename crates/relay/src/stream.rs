@@ -350,6 +350,7 @@ impl Connection<'_> {
 
     async fn on_message(&mut self, message: &[u8]) -> Result<(), Closed> {
         let started = self.sampler.start();
+        self.packets.received.increment(1);
         let pipeline = &self.front.pipeline;
         let outcome = match pipeline.request(message, self.client, self.transport, pipeline.now()) {
             Step::Forward {

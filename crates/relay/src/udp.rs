@@ -89,6 +89,7 @@ impl Front {
                     continue;
                 }
             };
+            packets.received.increment(count as u64);
             // One clock read per batch: its datagrams were all queued when it was taken.
             let now = self.pipeline.now();
             for i in 0..count {
