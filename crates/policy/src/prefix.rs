@@ -15,6 +15,9 @@ use std::time::Duration;
 pub(crate) struct PrefixState {
     /// Requests from any address of the prefix.
     pub flood: Window,
+    /// Refused credentials from any address of the prefix: a cracker taking a new address for
+    /// every guess never fails twice from one.
+    pub failures: Window,
     /// When the first offender of the current window was banned.
     pub start: Timestamp,
     /// Low 64 bits of the addresses banned in the window; never more than the spread.
@@ -47,7 +50,7 @@ impl PrefixState {
 
 impl Expiring for PrefixState {
     fn expired(&self, now: Timestamp) -> bool {
-        now.since(self.start.max(self.flood.start)) >= self.horizon
+        now.since(self.start.max(self.flood.start).max(self.failures.start)) >= self.horizon
     }
     fn worth(&self, now: Timestamp) -> u64 {
         self.offenders.len() as u64 * 64 + u64::from(self.flood.current(now, self.horizon))

@@ -22,6 +22,7 @@
 
 use crate::bans::Evidence;
 use crate::bounded::Expiring;
+use crate::prefix::PrefixState;
 use crate::state::{SourceState, Trust, UserState, SLOW_FACTOR, SLOW_WINDOW};
 use crate::{Action, Change, Event, Mode, Policy, Rule, RuleId, Rules, Timestamp};
 use sipguard_sip::{Method, SipView};
@@ -571,6 +572,21 @@ impl Policy {
             // Cracking from behind a trusted address: it is trusted no more.
             self.publish(Change::Distrusted { source: client });
         }
+        let by_address = self.refused_by_address(rules, client, user, memo, register_count, now);
+        by_address.or_else(|| self.refused_by_prefix(rules, client, now))
+    }
+
+    /// The failure rules on one address (and username).
+    fn refused_by_address(
+        &self,
+        rules: &Rules,
+        client: IpAddr,
+        user: u64,
+        memo: RequestMemo,
+        register_count: Option<(u32, Timestamp)>,
+        now: Timestamp,
+    ) -> Option<Event> {
+        let (horizon, register) = (rules.horizon, rules.config.register_failures);
         match memo.kind {
             Kind::Register => {
                 let (count, first_seen) = register_count?;
@@ -611,6 +627,44 @@ impl Policy {
             }
             Kind::Other => None,
         }
+    }
+
+    /// The failure rule over a whole IPv6 prefix: a cracker that takes a new address of its /64
+    /// for every guess trips it at the rule's threshold times `ipv6_offenders`, and the prefix is
+    /// banned (its allowlisted and trusted addresses still pass).
+    fn refused_by_prefix(&self, rules: &Rules, client: IpAddr, now: Timestamp) -> Option<Event> {
+        let prefix = self.bans.prefix_of(client)?;
+        let register = rules.config.register_failures;
+        let spread = rules.config.ipv6_offenders;
+        if spread == 0 || register.mode != Mode::Ban {
+            return None;
+        }
+        let (count, first_seen) = self.prefixes.upsert(
+            prefix,
+            now,
+            || PrefixState::new(rules.horizon),
+            |state| {
+                (
+                    state.failures.hit(now, register.window),
+                    state.failures.start,
+                )
+            },
+        );
+        if count < register.threshold.saturating_mul(spread) {
+            return None;
+        }
+        let evidence = Evidence {
+            rule: RuleId::RegisterFailures,
+            count,
+            first_seen,
+        };
+        let action = self.ban(prefix, evidence, register.ban_for, now)?;
+        Some(Event {
+            source: client,
+            rule: RuleId::RegisterFailures,
+            action,
+            proven: false,
+        })
     }
 
     /// A failure rule tripped for one username: one bad password behind an address others

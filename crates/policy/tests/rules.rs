@@ -1528,6 +1528,24 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
         assert!(!p.is_banned(ip("2001:db8:1:3::1"), at(1)), "another /64");
     }
 
+    /// A cracker with a /64 takes a new address for every guess, so no address ever fails twice:
+    /// the failures of the whole prefix ban it at the rule's threshold times `ipv6_offenders`.
+    #[test]
+    fn a_cracker_taking_a_new_ipv6_address_for_every_guess_gets_its_prefix_banned() {
+        let p = policy(|_| {});
+        let mut banned_at = None;
+        for guess in 1..=25u32 {
+            let mut cracker = Client::new(&p, &v6(0x1000 + guess));
+            let (dropped, events) =
+                cracker.exchange(&register("1001", true), 401, at(guess.into()));
+            if dropped == Some(DropReason::Banned) || banned_by(&events).is_some() {
+                banned_at.get_or_insert(guess);
+            }
+        }
+        assert_eq!(banned_at, Some(20), "5 failures x 4 addresses' worth");
+        assert!(p.is_banned(ip(&v6(0x9999)), at(30)));
+    }
+
     #[test]
     fn addresses_rotating_within_an_ipv6_prefix_flood_it_together() {
         let p = policy(|_| {});
