@@ -68,12 +68,24 @@ pub fn pjsip(
         }
         match auth.get("password") {
             Some(entry) if auth_type != "md5" => {
+                let users: Vec<String> = of("endpoint")
+                    .filter(|e| list(e.value("auth")).any(|a| a == auth.name))
+                    .map(|e| e.name.clone())
+                    .collect();
+                if users.len() > 1 {
+                    findings.push(at(
+                        Severity::High,
+                        "password-reused",
+                        &entry.pos,
+                        auth,
+                        format!(
+                            "one auth for endpoints {}: each extension needs its own password",
+                            users.join(", ")
+                        ),
+                    ));
+                }
                 let mut names = vec![auth.value("username").to_owned(), auth.name.clone()];
-                names.extend(
-                    of("endpoint")
-                        .filter(|e| list(e.value("auth")).any(|a| a == auth.name))
-                        .map(|e| e.name.clone()),
-                );
+                names.extend(users);
                 passwords.push(Password {
                     secret: entry.value.clone(),
                     pos: entry.pos.clone(),
