@@ -22,8 +22,8 @@ pub struct Caller {
     pub who: String,
 }
 
-/// A password met in the configuration, judged once everything is read.
-#[derive(Debug)]
+/// A password met in the configuration, judged once everything is read. No `Debug`: nothing may
+/// print it by accident.
 pub struct Password {
     pub secret: String,
     pub pos: Pos,
