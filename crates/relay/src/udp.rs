@@ -11,16 +11,18 @@ use crate::metrics::{RelayDrop, Sampler};
 use crate::pipeline::{Pipeline, Step};
 use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::{bind_udp_sibling, connect_upstream};
-use crate::{RelayConfig, Transport};
-use sipguard_policy::{Answer, RequestMemo};
+use crate::{Binding, RelayConfig, SessionStore, Transport};
+use sipguard_policy::{Answer, Exchange, RequestMemo};
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Largest UDP payload: the receive buffers take any datagram whole, so that the policy sees
 /// an oversized one as such instead of a truncated one.
@@ -30,6 +32,13 @@ const MAX_DATAGRAM: usize = 65_535;
 /// the others on the same worker thread.
 const DRAIN_BATCH: usize = 64;
 
+/// How often the established sessions are handed to the [`SessionStore`] when they changed.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Session open and close lines logged at info level per second; past it they go to debug, so
+/// a flood of forged sources cannot flood the log (the metrics count every session).
+const SESSION_LINES_PER_SECOND: u64 = 20;
+
 thread_local! {
     static UPSTREAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
 }
@@ -37,8 +46,10 @@ thread_local! {
 pub(crate) struct Front {
     config: RelayConfig,
     pipeline: Arc<Pipeline>,
-    sessions: SessionTable,
+    sessions: Arc<SessionTable>,
     shutdown: watch::Receiver<bool>,
+    /// The second and the session lines logged in it, for [`SESSION_LINES_PER_SECOND`].
+    log_budget: AtomicU64,
 }
 
 impl Front {
@@ -48,11 +59,103 @@ impl Front {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Front {
-            sessions: SessionTable::new(config.max_sessions),
+            sessions: Arc::new(SessionTable::new(config.max_sessions)),
             config,
             pipeline,
             shutdown,
+            log_budget: AtomicU64::new(0),
         })
+    }
+
+    pub fn sessions(&self) -> &Arc<SessionTable> {
+        &self.sessions
+    }
+
+    /// Reopens the sessions a previous run saved, each on its old upstream port, so that what
+    /// the PBX sends to a client it knew reaches it before the client is heard from again.
+    pub fn restore(self: &Arc<Self>, bindings: Vec<Binding>, listeners: &[Arc<UdpSocket>]) {
+        let mut restored = 0;
+        for binding in bindings {
+            let listener = listeners
+                .iter()
+                .find(|l| l.local_addr().is_ok_and(|addr| addr == binding.local))
+                .or_else(|| {
+                    listeners.iter().find(|l| {
+                        l.local_addr()
+                            .is_ok_and(|addr| addr.is_ipv4() == binding.client.is_ipv4())
+                    })
+                });
+            let Some(listener) = listener else {
+                warn!(client = %binding.client, local = %binding.local, "saved session not restored: no listener of its address family");
+                continue;
+            };
+            let opened = self.open_session(
+                binding.client,
+                listener,
+                Exchange::restored(),
+                binding.upstream,
+            );
+            match opened {
+                Some(session) if session.upstream_addr == binding.upstream => restored += 1,
+                _ => {
+                    warn!(client = %binding.client, upstream = %binding.upstream, "saved session not restored: its upstream address could not be bound again")
+                }
+            }
+        }
+        if restored > 0 {
+            info!(restored, "saved sessions restored");
+        }
+    }
+
+    /// Hands the established sessions to `store` whenever they changed, and once more when the
+    /// relay stops.
+    pub async fn keep_saved(self: Arc<Self>, store: Arc<dyn SessionStore>) {
+        let mut saved = Vec::new();
+        let mut ticks = tokio::time::interval(SAVE_EVERY);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let stopping = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let mut established: Vec<Binding> = (self.sessions.sessions().iter())
+                .filter(|session| session.exchange().is_established())
+                .map(|session| session.binding())
+                .collect();
+            established.sort_unstable();
+            if established != saved {
+                let store = Arc::clone(&store);
+                let bindings = established.clone();
+                let written = tokio::task::spawn_blocking(move || store.save(&bindings)).await;
+                match written {
+                    Ok(Ok(())) => saved = established,
+                    Ok(Err(error)) => warn!(%error, "established sessions could not be saved"),
+                    Err(error) => warn!(%error, "saving the established sessions failed"),
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Logs a session's opening or closing at info level within [`SESSION_LINES_PER_SECOND`],
+    /// else at debug level.
+    fn log_session(&self, session: &Session, what: &'static str) {
+        let second = self.pipeline.now().as_millis() / 1000;
+        let budget = self.log_budget.load(Ordering::Relaxed);
+        let within = if budget >> 16 == second {
+            self.log_budget.fetch_add(1, Ordering::Relaxed) & 0xffff < SESSION_LINES_PER_SECOND
+        } else {
+            self.log_budget.store(second << 16 | 1, Ordering::Relaxed);
+            true
+        };
+        let (client, upstream) = (session.client, session.upstream_addr);
+        if within {
+            info!(%client, %upstream, "{what}");
+        } else {
+            debug!(%client, %upstream, "{what}");
+        }
     }
 
     /// The sockets to receive on: each listener and, per extra core, a sibling on its address
@@ -128,10 +231,14 @@ impl Front {
     ) {
         let session = match self.sessions.get(&client) {
             Some(session) => session,
-            None => match self.open_session(client, listener) {
-                Some(session) => session,
-                None => return,
-            },
+            None => {
+                let identity = self.pipeline.policy.upstream_identity(client.ip());
+                let upstream = SocketAddr::new(identity.unwrap_or(self.config.upstream_bind), 0);
+                match self.open_session(client, listener, Exchange::datagram(), upstream) {
+                    Some(session) => session,
+                    None => return,
+                }
+            }
         };
         self.sessions.touch(&session);
         self.pipeline
@@ -148,13 +255,17 @@ impl Front {
         }
     }
 
+    /// Opens a session for `client` with its upstream socket bound to `upstream`.
     fn open_session(
         self: &Arc<Self>,
         client: SocketAddr,
         listener: &Arc<UdpSocket>,
+        exchange: Exchange,
+        upstream: SocketAddr,
     ) -> Option<Arc<Session>> {
-        let opened = self.sessions.open(client, || {
-            connect_upstream(self.config.upstream_bind, self.config.pbx)
+        let local = listener.local_addr().ok()?;
+        let opened = self.sessions.open(client, local, exchange, || {
+            connect_upstream(upstream, self.config.pbx)
         });
         match opened {
             Ok((session, created)) => {
@@ -166,7 +277,7 @@ impl Front {
                     tokio::spawn(
                         Arc::clone(self).serve_session(Arc::clone(&session), Arc::clone(listener)),
                     );
-                    debug!(%client, upstream = ?session.upstream.local_addr().ok(), "session opened");
+                    self.log_session(&session, "session opened");
                 }
                 Some(session)
             }
@@ -177,7 +288,7 @@ impl Front {
             }
             Err(Refusal::Socket(error)) => {
                 self.packets().relay_drop(RelayDrop::UpstreamUnavailable);
-                debug!(%client, %error, "no upstream socket for client");
+                debug!(%client, %upstream, %error, "no upstream socket for client");
                 None
             }
         }
@@ -203,7 +314,7 @@ impl Front {
                     let metrics = &self.pipeline.metrics;
                     metrics.sessions_evicted.increment(1);
                     metrics.sessions_active.set(self.sessions.len() as f64);
-                    debug!(client = %session.client, "session evicted to make room");
+                    self.log_session(&session, "session evicted to make room");
                     return;
                 }
                 () = &mut timer => {
@@ -211,7 +322,7 @@ impl Front {
                         let metrics = &self.pipeline.metrics;
                         metrics.sessions_expired.increment(1);
                         metrics.sessions_active.set(self.sessions.len() as f64);
-                        debug!(client = %session.client, "session expired");
+                        self.log_session(&session, "session expired");
                         return;
                     }
                     timer.as_mut().reset(self.sessions.idle_deadline(&session, idle));
