@@ -13,7 +13,7 @@ use crate::{Binding, Transport};
 use dashmap::DashMap;
 use sipguard_policy::Exchange;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub(crate) struct Session {
     pub client: SocketAddr,
     /// The sipguard address the client sent to: where what goes back to it leaves from.
     pub local: SocketAddr,
+    /// `local`'s address when the listener is a wildcard one: replies name it as their source.
+    pub reply_from: Option<IpAddr>,
     /// Connected to the PBX; its local port is the client's identity at the PBX.
     pub upstream: UdpSocket,
     /// `upstream`'s local address: what the PBX knows the client as.
@@ -108,10 +110,12 @@ impl SessionTable {
     /// Opens a session for a client that has none, starting from `exchange`. Returns the
     /// session and whether this call created it (another task may have raced us to the same
     /// client).
+    /// `reached` is the address the client sent to, and the source address replies must name
+    /// (on a wildcard listener).
     pub fn open(
         &self,
         client: SocketAddr,
-        local: SocketAddr,
+        reached: (SocketAddr, Option<IpAddr>),
         exchange: Exchange,
         connect: impl FnOnce() -> std::io::Result<UdpSocket>,
     ) -> Result<(Arc<Session>, bool), Refusal> {
@@ -123,7 +127,7 @@ impl SessionTable {
             if !self.evict_one() {
                 return Err(Refusal::Full);
             }
-            return self.open(client, local, exchange, connect);
+            return self.open(client, reached, exchange, connect);
         }
         let connected = connect().and_then(|socket| Ok((socket.local_addr()?, socket)));
         let (upstream_addr, upstream) = match connected {
@@ -133,9 +137,11 @@ impl SessionTable {
                 return Err(Refusal::Socket(error));
             }
         };
+        let (local, reply_from) = reached;
         let session = Arc::new(Session {
             client,
             local,
+            reply_from,
             upstream,
             upstream_addr,
             exchange: Mutex::new(exchange),

@@ -6,7 +6,7 @@
 //! (they wait for readiness and read into a per-thread one), so an idle session costs a socket
 //! and a parked task, not 64 KiB.
 
-use crate::batch::RecvBatch;
+use crate::batch::{receive_destinations, send_from, RecvBatch};
 use crate::metrics::{RelayDrop, Sampler};
 use crate::pipeline::{Pipeline, Step};
 use crate::session::{Refusal, Session, SessionTable};
@@ -91,6 +91,7 @@ impl Front {
             };
             let opened = self.open_session(
                 binding.client,
+                binding.local,
                 listener,
                 Exchange::restored(),
                 binding.upstream,
@@ -166,9 +167,16 @@ impl Front {
         let mut sockets = Vec::new();
         for listener in listeners {
             let address = listener.local_addr()?;
-            sockets.push(Arc::new(UdpSocket::from_std(listener)?));
+            let mut group = vec![listener];
             for _ in 1..workers {
-                sockets.push(Arc::new(UdpSocket::from_std(bind_udp_sibling(address)?)?));
+                group.push(bind_udp_sibling(address)?);
+            }
+            for socket in group {
+                // A wildcard listener learns each datagram's destination, to answer from it.
+                if address.ip().is_unspecified() {
+                    receive_destinations(&socket, address.is_ipv6())?;
+                }
+                sockets.push(Arc::new(UdpSocket::from_std(socket)?));
             }
         }
         Ok(sockets)
@@ -179,6 +187,13 @@ impl Front {
         let mut batch = RecvBatch::new(MAX_DATAGRAM);
         let mut sampler = Sampler::default();
         let packets = self.pipeline.metrics.packets(Transport::Udp);
+        let bound = match listener.local_addr() {
+            Ok(bound) => bound,
+            Err(error) => {
+                warn!(%error, "udp listener has no local address");
+                return;
+            }
+        };
         loop {
             if let Err(error) = listener.readable().await {
                 debug!(%error, "udp listener failed");
@@ -196,7 +211,8 @@ impl Front {
             // One clock read per batch: its datagrams were all queued when it was taken.
             let now = self.pipeline.now();
             for i in 0..count {
-                if let (datagram, Some(client)) = batch.get(i) {
+                if let (datagram, Some(client), destination) = batch.get(i) {
+                    let local = SocketAddr::new(destination.unwrap_or(bound.ip()), bound.port());
                     let started = sampler.start();
                     match self.pipeline.request(datagram, client, Transport::Udp, now) {
                         Step::Forward {
@@ -204,7 +220,8 @@ impl Front {
                             memo,
                             answer,
                         } => {
-                            self.forward(message, memo, answer, client, &listener).await;
+                            self.forward(message, memo, answer, client, local, &listener)
+                                .await;
                         }
                         Step::Keepalive => {
                             if let Some(session) = self.sessions.get(&client) {
@@ -227,6 +244,7 @@ impl Front {
         memo: Option<RequestMemo>,
         answer: Option<Answer>,
         client: SocketAddr,
+        local: SocketAddr,
         listener: &Arc<UdpSocket>,
     ) {
         let session = match self.sessions.get(&client) {
@@ -234,7 +252,7 @@ impl Front {
             None => {
                 let identity = self.pipeline.policy.upstream_identity(client.ip());
                 let upstream = SocketAddr::new(identity.unwrap_or(self.config.upstream_bind), 0);
-                match self.open_session(client, listener, Exchange::datagram(), upstream) {
+                match self.open_session(client, local, listener, Exchange::datagram(), upstream) {
                     Some(session) => session,
                     None => return,
                 }
@@ -255,18 +273,26 @@ impl Front {
         }
     }
 
-    /// Opens a session for `client` with its upstream socket bound to `upstream`.
+    /// Opens a session for `client`, which sent to `local` (on `listener`), with its upstream
+    /// socket bound to `upstream`.
     fn open_session(
         self: &Arc<Self>,
         client: SocketAddr,
+        local: SocketAddr,
         listener: &Arc<UdpSocket>,
         exchange: Exchange,
         upstream: SocketAddr,
     ) -> Option<Arc<Session>> {
-        let local = listener.local_addr().ok()?;
-        let opened = self.sessions.open(client, local, exchange, || {
-            connect_upstream(upstream, self.config.pbx)
-        });
+        // Only a wildcard listener needs to be told which address to answer from.
+        let wildcard = listener
+            .local_addr()
+            .is_ok_and(|bound| bound.ip().is_unspecified());
+        let reply_from = (wildcard && !local.ip().is_unspecified()).then_some(local.ip());
+        let opened = self
+            .sessions
+            .open(client, (local, reply_from), exchange, || {
+                connect_upstream(upstream, self.config.pbx)
+            });
         match opened {
             Ok((session, created)) => {
                 if created {
@@ -361,7 +387,7 @@ impl Front {
                 self.sessions.touch(session);
                 self.pipeline
                     .response(&buf[..len], session.client, &mut session.exchange());
-                match listener.try_send_to(&buf[..len], session.client) {
+                match self.send_to_client(listener, session, &buf[..len]) {
                     Ok(_) => self.packets().forwarded_to_client.increment(1),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         return Some(buf[..len].to_vec());
@@ -372,10 +398,31 @@ impl Front {
             None
         });
         if let Some(datagram) = blocked {
-            match listener.send_to(&datagram, session.client).await {
+            let sent = listener
+                .async_io(Interest::WRITABLE, || {
+                    self.send_to_client(listener, session, &datagram)
+                })
+                .await;
+            match sent {
                 Ok(_) => self.packets().forwarded_to_client.increment(1),
                 Err(error) => self.client_send_failed(session, &error),
             }
+        }
+    }
+
+    /// Sends to the client without waiting, from the address it sent to: a wildcard listener
+    /// names it in each datagram, another is bound to it.
+    fn send_to_client(
+        &self,
+        listener: &UdpSocket,
+        session: &Session,
+        datagram: &[u8],
+    ) -> io::Result<usize> {
+        match session.reply_from {
+            None => listener.try_send_to(datagram, session.client),
+            Some(from) => listener.try_io(Interest::WRITABLE, || {
+                send_from(listener, datagram, session.client, from)
+            }),
         }
     }
 

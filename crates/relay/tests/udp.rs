@@ -518,3 +518,24 @@ async fn a_registered_session_is_saved_and_the_next_run_rebinds_its_upstream_por
     assert_eq!(at_phone, invite);
     assert_eq!(from, second.addr);
 }
+
+/// On a wildcard listener, a client that sent to one of the host's addresses is answered from
+/// that address (and port), not from the address the routing table would pick.
+#[tokio::test]
+async fn a_wildcard_listener_answers_from_the_address_the_client_sent_to() {
+    let relay = start_on("0.0.0.0:0", |_| {}).await;
+    let spoken_to = SocketAddr::from(([127, 0, 0, 5], relay.addr.port()));
+    let phone = client("127.0.0.2").await;
+    phone.send_to(&options("w1"), spoken_to).await.unwrap();
+    let (_, upstream) = recv(&relay.pbx).await;
+
+    let reply = b"SIP/2.0 200 OK\r\n\r\n";
+    relay.pbx.send_to(reply, upstream).await.unwrap();
+    let (at_phone, from) = recv(&phone).await;
+    assert_eq!(at_phone, reply);
+    assert_eq!(from, spoken_to);
+    let invite = options("from-pbx");
+    relay.pbx.send_to(&invite, upstream).await.unwrap();
+    assert_eq!(recv(&phone).await, (invite, spoken_to));
+    assert_eq!(relay.directory.by_upstream(upstream)[0].local, spoken_to);
+}
