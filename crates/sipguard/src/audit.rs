@@ -1,6 +1,6 @@
 //! `sipguard audit`: reads the configuration of the Asterisk sipguard protects (pjsip.conf and
 //! its includes, sip.conf, voicemail.conf, extensions.conf) and reports what the hardening guides
-//! warn about, each finding with file, line and severity (docs/design.md §8).
+//! warn about, each finding with file, line and severity (docs/design.md §9).
 //!
 //! sipguard cannot see passwords on the wire, but it sits on the same host as the PBX. The audit
 //! is pure down to [`audit`], which reads files through a [`Source`]; [`audit_dir`] is the one

@@ -12,6 +12,7 @@ pub mod exporter;
 pub mod http;
 pub mod journal;
 pub mod reload;
+pub mod sessions;
 
 pub use config::Config;
 pub use sipguard_relay::{Context as RelayContext, StreamConfig, TlsFiles};

@@ -2,7 +2,7 @@
 //! returning typed weaknesses, whose messages never quote the secret, its length or the part of
 //! it that is weak (a finding must not narrow an attacker's search).
 //!
-//! Thresholds (docs/design.md §8 explains them): a password under 8 characters (ScopTEL's
+//! Thresholds (docs/design.md §9 explains them): a password under 8 characters (ScopTEL's
 //! minimum, the lowest any guide allows) is high, under 12 (MOR's) medium; a missing character
 //! class is medium, or low from 16 characters on, where length makes up for it; a password that is
 //! a common word once its leading and trailing digits and symbols are dropped and look-alike
