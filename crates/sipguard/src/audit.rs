@@ -332,6 +332,25 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_trunk_without_auth_is_medium_when_no_one_can_name_it_in_from() {
+        let text = "[global]\ntype=global\nendpoint_identifier_order=ip,anonymous\n\
+                    [carrier]\ntype=endpoint\n[carrier-id]\ntype=identify\nendpoint=carrier\n\
+                    match=127.0.1.1\n[orphan]\ntype=endpoint\n";
+        let got: Vec<(u32, Severity, &str)> = run(&[("pjsip.conf", text)])
+            .into_iter()
+            .filter(|f| f.3 != "not-found")
+            .map(|f| (f.1, f.2, f.3))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (4, Severity::Medium, "endpoint-no-auth"),
+                (10, Severity::Low, "endpoint-no-auth")
+            ]
+        );
+    }
+
+    #[test]
     fn transports_on_loopback_pass_and_public_ones_on_the_sip_port_are_high() {
         let text =
             "[lo]\ntype=transport\nbind=127.0.0.1:5080\n[any]\ntype=transport\nbind=0.0.0.0\n\

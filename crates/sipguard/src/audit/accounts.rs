@@ -114,6 +114,11 @@ pub fn pjsip(
             },
         }
     }
+    // pjsip's default order; without `username` only identify (or a header) names an endpoint.
+    let order = of("global")
+        .last()
+        .map_or("", |g| g.value("endpoint_identifier_order"));
+    let by_username = order.is_empty() || list(order).any(|m| m.eq_ignore_ascii_case("username"));
     for endpoint in of("endpoint") {
         callers.push(Caller {
             context: context(endpoint, "default"),
@@ -130,27 +135,10 @@ pub fn pjsip(
                     .to_owned(),
             ));
         } else if list(endpoint.value("auth")).next().is_none() {
-            let identified: Vec<String> = of("identify")
-                .filter(|i| i.value("endpoint") == endpoint.name)
-                .map(|i| format!("[{}]", i.name))
-                .collect();
-            let by = if identified.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " or by the addresses identify {} matches",
-                    identified.join(", ")
-                )
-            };
-            findings.push(at(
-                Severity::High,
-                "endpoint-no-auth",
-                &endpoint.pos,
+            findings.push(no_auth(
                 endpoint,
-                format!(
-                    "endpoint without auth: requests naming it in From{by} are taken without a \
-                     password (pjsip's insecure=invite)"
-                ),
+                by_username,
+                &of("identify").collect::<Vec<_>>(),
             ));
         }
     }
@@ -198,6 +186,55 @@ pub fn pjsip(
     }
 }
 
+/// The finding for an endpoint without inbound auth: high while any caller can be identified as
+/// it by writing its name in From (pjsip's default `endpoint_identifier_order`); medium when only
+/// its identify's addresses reach it (an IP trunk: pjsip's insecure=invite, right only for a
+/// carrier on an address no one else arrives from); low when nothing identifies it.
+fn no_auth(endpoint: &Section, by_username: bool, identifies: &[&Section]) -> Finding {
+    let identified: Vec<String> = identifies
+        .iter()
+        .filter(|i| i.value("endpoint") == endpoint.name)
+        .map(|i| format!("[{}]", i.name))
+        .collect();
+    let (severity, message) = match (by_username, identified.is_empty()) {
+        (true, true) => (
+            Severity::High,
+            "endpoint without auth: requests naming it in From are taken without a password"
+                .to_owned(),
+        ),
+        (true, false) => (
+            Severity::High,
+            format!(
+                "endpoint without auth: requests naming it in From, or from the addresses \
+                 identify {} matches, are taken without a password (pjsip's insecure=invite)",
+                identified.join(", ")
+            ),
+        ),
+        (false, false) => (
+            Severity::Medium,
+            format!(
+                "endpoint without auth: requests from the addresses identify {} matches are \
+                 taken without a password (pjsip's insecure=invite); right only for a carrier \
+                 whose address no one else arrives from",
+                identified.join(", ")
+            ),
+        ),
+        (false, true) => (
+            Severity::Low,
+            "endpoint without auth that nothing identifies: unreachable until an identify \
+             names it"
+                .to_owned(),
+        ),
+    };
+    at(
+        severity,
+        "endpoint-no-auth",
+        &endpoint.pos,
+        endpoint,
+        message,
+    )
+}
+
 fn context(section: &Section, default: &str) -> String {
     match section.value("context") {
         "" => default.to_owned(),
@@ -205,8 +242,10 @@ fn context(section: &Section, default: &str) -> String {
     }
 }
 
-/// Whether an identify `match` item covers loopback (where every request comes from behind
-/// sipguard): 127.0.0.1, ::1, a network holding them, or `localhost`.
+/// Whether an identify `match` item covers the loopback address every phone arrives from behind
+/// sipguard (`pbx.upstream_bind`, 127.0.0.1 by default): 127.0.0.1, ::1, a network holding them,
+/// or `localhost`. Another loopback address, such as an allowlist group's carrier `identity`
+/// (127.0.1.1), is what a carrier's identify should match.
 fn covers_loopback(item: &str) -> bool {
     let item = item.trim();
     if item.eq_ignore_ascii_case("localhost") {
@@ -220,7 +259,7 @@ fn covers_loopback(item: &str) -> bool {
         return loopback(net);
     }
     if let Ok(addr) = item.trim_matches(['[', ']']).parse::<IpAddr>() {
-        return addr.is_loopback();
+        return loopback(addr.into());
     }
     // The dotted netmask form, 127.0.0.0/255.0.0.0.
     item.split_once('/')
