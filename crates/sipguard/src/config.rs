@@ -16,10 +16,12 @@
 
 mod allowlist;
 mod error;
+mod feeds;
 mod raw;
 mod validate;
 
 pub use error::{ConfigErrors, Problem, ProblemKind};
+pub use feeds::{FeedOrigin, FeedSource, FeedsConfig, NamesConfig};
 
 use sipguard_policy::PolicyConfig;
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles};
@@ -53,6 +55,10 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The metrics exporter, the admin API and the ban journal.
     pub ops: OpsConfig,
+    /// Blocklists followed, and the file sipguard shares its own bans in.
+    pub feeds: FeedsConfig,
+    /// Names in the allowlist and how they are resolved.
+    pub names: NamesConfig,
 }
 
 /// Where the operator's services are.
@@ -293,7 +299,7 @@ mod tests {
         let mut problems = Vec::new();
         let networks = allowlist::from_yaml(&text, "allowlist.example.yaml", &mut problems);
         assert_eq!(problems, []);
-        assert!(networks.unwrap().len() >= 4);
+        assert!(networks.unwrap().0.len() >= 4);
     }
 
     #[test]
@@ -438,7 +444,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls, metrics, admin, journal"
+             trust_for, tcp, tls, metrics, admin, journal, feeds"
         );
     }
 
@@ -449,7 +455,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, feeds",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -522,7 +528,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls, metrics, admin, journal"
+             rules, trust_for, tcp, tls, metrics, admin, journal, feeds"
         );
     }
 
@@ -1052,7 +1058,9 @@ mod tests {
         assert_eq!(
             found,
             [
-                format!("{list}: carriers[0].note: unknown key, expected one of: name, cidrs"),
+                format!(
+                    "{list}: carriers[0].note: unknown key, expected one of: name, cidrs, names"
+                ),
                 format!(
                     "{list}: carriers[0].cidrs[1]: \"198.51.100.1/24\": expected a network \
                      address with no host bits set, such as 198.51.100.0/24"

@@ -5,27 +5,29 @@
 //! The file goes through the same two stages as the main one, with its own schema, and its
 //! problems carry its own name and key paths (`carriers[0].cidrs[1]`); the main config's
 //! validation gathers them with its own, so one run reports both files. Group names are for
-//! people reading the file and must be unique in it; the policy only sees the networks.
+//! people reading the file and must be unique in it; the policy only sees the networks. A group
+//! may also list DNS `names` (a carrier's host or SRV names), which the daemon resolves and
+//! keeps resolved (`crate::resolve`).
 
 use super::error::{quote, Problem, ProblemKind};
+use super::feeds::is_dns_name;
 use super::raw::{self, RawAllowlist};
 use super::validate::parse_net;
 use ipnet::IpNet;
 
+/// What an allowlist file lists: networks, and DNS names, each in file order.
+pub(crate) type Listed = (Vec<IpNet>, Vec<String>);
+
 /// Validates allowlist `text` (read from `origin`), pushing every problem onto `problems`.
-/// Returns the networks, in file order, only when nothing was wrong.
-pub(crate) fn from_yaml(
-    text: &str,
-    origin: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Vec<IpNet>> {
+/// Returns the networks and names only when nothing was wrong.
+pub(crate) fn from_yaml(text: &str, origin: &str, problems: &mut Vec<Problem>) -> Option<Listed> {
     let before = problems.len();
     let raw = raw::parse_allowlist(text, origin, problems)?;
     let networks = validate(raw, origin, problems);
     (problems.len() == before).then_some(networks)
 }
 
-fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<IpNet> {
+fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Listed {
     let problem = |path: String, value: Option<&str>, expected: &str| Problem {
         kind: ProblemKind::InvalidValue,
         origin: origin.to_owned(),
@@ -35,6 +37,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
         message: format!("expected {expected}"),
     };
     let mut networks = Vec::new();
+    let mut dns_names = Vec::new();
     let mut names: Vec<(String, String)> = Vec::new();
     for (category, groups) in raw.categories {
         for (i, group) in groups.unwrap_or_default().into_iter().enumerate() {
@@ -62,7 +65,19 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
                     }
                 }
             }
+            for (j, name) in group.names.iter().flatten().enumerate() {
+                if is_dns_name(name) {
+                    dns_names.push(name.clone());
+                } else {
+                    problems.push(problem(
+                        format!("{at}.names[{j}]"),
+                        Some(name),
+                        "a host name or an SRV name, such as sip.carrier.example",
+                    ));
+                }
+            }
             match group.cidrs {
+                None if group.names.as_ref().is_some_and(|n| !n.is_empty()) => {}
                 None => problems.push(problem(
                     at,
                     None,
@@ -91,7 +106,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
             }
         }
     }
-    networks
+    (networks, dns_names)
 }
 
 #[cfg(test)]
@@ -102,7 +117,7 @@ mod tests {
         let mut problems = Vec::new();
         let nets = from_yaml(text, "allowlist.yaml", &mut problems);
         assert_eq!(problems, [], "{text}");
-        nets.unwrap().iter().map(IpNet::to_string).collect()
+        nets.unwrap().0.iter().map(IpNet::to_string).collect()
     }
 
     fn lines(text: &str) -> Vec<String> {
@@ -167,13 +182,39 @@ mod tests {
     }
 
     #[test]
+    fn a_group_may_list_dns_names_instead_of_or_beside_networks() {
+        let mut problems = Vec::new();
+        let (nets, names) = from_yaml(
+            "carriers:\n  - name: a\n    names: [sip.carrier.example, _sip._udp.carrier.example]\n\
+             \x20 - name: b\n    cidrs: [198.51.100.0/28]\n    names: [edge.carrier.example]\n",
+            "allowlist.yaml",
+            &mut problems,
+        )
+        .unwrap();
+        assert_eq!(problems, []);
+        assert_eq!(nets.len(), 1);
+        assert_eq!(
+            names,
+            [
+                "sip.carrier.example",
+                "_sip._udp.carrier.example",
+                "edge.carrier.example"
+            ]
+        );
+        assert_eq!(
+            lines("carriers:\n  - name: a\n    names: [\"not a name\"]\n"),
+            ["allowlist.yaml: carriers[0].names[0]: \"not a name\": expected a host name or an SRV name, such as sip.carrier.example"]
+        );
+    }
+
+    #[test]
     fn unknown_keys_inside_a_group_are_named_with_the_keys_allowed_there() {
         let found = lines(
             "carriers:\n  - name: a\n    cidr: [198.51.100.0/28]\n    cidrs: [198.51.100.0/28]\n",
         );
         assert_eq!(
             found,
-            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs"]
+            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs, names"]
         );
     }
 
@@ -194,7 +235,7 @@ mod tests {
         assert_eq!(
             lines("carriers:\n  - 198.51.100.0/28\n"),
             ["allowlist.yaml:2:5: carriers[0]: \"198.51.100.0/28\": expected a mapping with the \
-              keys name, cidrs"]
+              keys name, cidrs, names"]
         );
         assert_eq!(
             lines("carriers:\n  - name: a\n    cidrs: 198.51.100.0/28\n"),
