@@ -8,9 +8,11 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod feeds;
 pub mod http;
 pub mod journal;
 pub mod reload;
+pub mod resolve;
 
 pub use config::Config;
 pub use sipguard_relay::{Context as RelayContext, StreamConfig, TlsFiles};

@@ -125,6 +125,14 @@ enum BansAction {
         #[arg(long)]
         json: bool,
     },
+    /// The blocklist feeds followed: entries, what they dropped or let through, failures.
+    Feeds {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The bans in force as a plain blocklist (one address or network a line), for others.
+    Export,
 }
 
 /// An address or a network on the command line, as the admin API takes it.
@@ -357,6 +365,8 @@ mod bans {
                 *json,
             ),
             BansAction::Remove { ip, json } => (Method::DELETE, format!("/bans/{ip}"), None, *json),
+            BansAction::Feeds { json } => (Method::GET, "/feeds".to_owned(), None, *json),
+            BansAction::Export => (Method::GET, "/feeds/bans".to_owned(), None, false),
         };
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -383,6 +393,10 @@ mod bans {
                 return ExitCode::from(EXIT_NOT_RUNNING);
             }
         };
+        if matches!(action, BansAction::Export) && status.is_success() {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
             let message = value
@@ -410,7 +424,7 @@ mod bans {
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default();
-                print!("{}", table(&bans));
+                print!("{}", table(&bans, &COLUMNS, "no bans"));
             }
             BansAction::Add { .. } => {
                 println!(
@@ -424,6 +438,15 @@ mod bans {
                     println!("lifted the ban on {}", field(&value, "ip"));
                 }
             }
+            BansAction::Feeds { .. } => {
+                let feeds = value
+                    .get("feeds")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                print!("{}", table(&feeds, &FEED_COLUMNS, "no feeds configured"));
+            }
+            BansAction::Export => {}
         }
         ExitCode::SUCCESS
     }
@@ -509,8 +532,8 @@ mod bans {
     fn field(value: &Value, key: &str) -> String {
         match value.get(key) {
             Some(Value::String(text)) => text.clone(),
+            Some(Value::Null) | None => String::new(),
             Some(other) => other.to_string(),
-            None => String::new(),
         }
     }
 
@@ -525,19 +548,30 @@ mod bans {
         "expires",
     ];
 
-    /// The bans as an aligned table with a header; a line saying so when there are none.
-    fn table(bans: &[Value]) -> String {
-        if bans.is_empty() {
-            return "no bans\n".to_owned();
+    const FEED_COLUMNS: [&str; 7] = [
+        "name",
+        "kind",
+        "entries",
+        "dropped",
+        "admitted",
+        "failures",
+        "last_error",
+    ];
+
+    /// `items` as an aligned table of `columns` with a header; `empty` when there are none.
+    fn table(items: &[Value], columns: &[&str], empty: &str) -> String {
+        if items.is_empty() {
+            return format!("{empty}\n");
         }
         let rows: Vec<Vec<String>> =
-            std::iter::once(COLUMNS.iter().map(|c| c.to_uppercase()).collect())
+            std::iter::once(columns.iter().map(|c| c.to_uppercase()).collect())
                 .chain(
-                    bans.iter()
-                        .map(|ban| COLUMNS.iter().map(|c| field(ban, c)).collect()),
+                    items
+                        .iter()
+                        .map(|item| columns.iter().map(|c| field(item, c)).collect()),
                 )
                 .collect();
-        let widths: Vec<usize> = (0..COLUMNS.len())
+        let widths: Vec<usize> = (0..columns.len())
             .map(|i| {
                 rows.iter()
                     .map(|row| row[i].chars().count())

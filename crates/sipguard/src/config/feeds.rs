@@ -92,8 +92,6 @@ impl Default for NamesConfig {
 
 /// VoIPBL refreshes every few hours; APIBAN asks for no more than a poll every few minutes.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
-/// Fetching more often than this only loads the list's server.
-const MIN_URL_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_APIBAN_URL: &str = "https://apiban.org/api";
 /// A carrier's DNS with a TTL of a few seconds would otherwise be asked that often.
 const DEFAULT_MIN_TTL: Duration = Duration::from_secs(30);
@@ -224,16 +222,12 @@ pub(crate) fn validate_feeds(
                 None
             }
         };
-        let min = match origin_of {
-            Some(FeedOrigin::File(_)) => Duration::from_secs(1),
-            _ => MIN_URL_INTERVAL,
-        };
         let interval = duration(
             origin,
             format!("{at}.interval"),
             feed.interval.as_deref(),
             DEFAULT_INTERVAL,
-            min,
+            Duration::from_secs(1),
             problems,
         );
         if let (Some(name), Some(origin), Some(interval)) = (name, origin_of, interval) {
@@ -421,7 +415,7 @@ mod tests {
              \x20   - {name: \"bad name\", file: a.txt}\n\
              \x20   - {name: a, url: \"ftp://x/\"}\n\
              \x20   - {name: b, file: a.txt, url: \"http://x/\"}\n\
-             \x20   - {name: c, url: \"http://x/\", interval: 1s}\n\
+             \x20   - {name: c, url: \"http://x/\", interval: 500ms}\n\
              \x20   - {name: c, file: b.txt}\n",
         )
         .unwrap_err();
@@ -431,7 +425,7 @@ mod tests {
                 "c.yaml: feeds.lists[0].name: \"bad name\": expected a name of letters, digits, - and _ (a metric label), such as voipbl",
                 "c.yaml: feeds.lists[1].url: \"ftp://x/\": expected an http:// or https:// URL",
                 "c.yaml: feeds.lists[2]: expected exactly one of file, url, apiban_key (with a value)",
-                "c.yaml: feeds.lists[3].interval: \"1s\": expected a duration of at least 10s, such as 1h",
+                "c.yaml: feeds.lists[3].interval: \"500ms\": expected a duration of at least 1s, such as 1h",
                 "c.yaml: feeds.lists[4].name: \"c\": expected each name once",
             ]
         );
