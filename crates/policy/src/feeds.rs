@@ -1,4 +1,4 @@
-//! Blocklist feeds as one lookup (docs/design.md section 7): every feed's networks merged into
+//! Blocklist feeds as one lookup (docs/design.md section 8): every feed's networks merged into
 //! sorted, disjoint address ranges per family, each carrying the bit mask of the feeds that list
 //! it. A lookup is one binary search over a contiguous array (17 steps for 100,000 ranges), not
 //! one hash probe per prefix length as in [`crate::CidrSet`]: community lists mix many lengths,

@@ -289,6 +289,12 @@ mod tests {
             .any(|net| matches!(net, ipnet::IpNet::V6(_))));
         assert_eq!(policy.scanner_user_agents.last().unwrap(), "MyOwnBadTool");
         assert_eq!(policy.invite_failures.mode, Mode::Observe);
+        assert_eq!(config.feeds.lists.len(), 2);
+        assert!(config.feeds.bans_file.is_some());
+        assert!(config
+            .names
+            .names
+            .contains(&"_sip._udp.carrier.example".to_owned()));
         sipguard_policy::Policy::new(config.policy).expect("example builds a policy");
     }
 

@@ -1,4 +1,4 @@
-//! Blocklist feeds (docs/design.md section 7): fetching them, and sharing sipguard's own bans.
+//! Blocklist feeds (docs/design.md section 8): fetching them, and sharing sipguard's own bans.
 //!
 //! [`Feeds`] owns every configured list's last good copy and fetches each on its interval: a
 //! file is read, a URL fetched with a conditional request (`If-None-Match` /
@@ -193,10 +193,9 @@ impl Feeds {
     /// changed. A list reconfigured away meanwhile is left alone.
     fn settle(&self, at: usize, fetched: List, result: Result<Fetched, String>) -> bool {
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(list) = lists
-            .get_mut(at)
-            .filter(|list| list.source == fetched.source)
-        else {
+        let Some(list) = lists.get_mut(at).filter(|list| {
+            list.source.name == fetched.source.name && list.source.origin == fetched.source.origin
+        }) else {
             return false;
         };
         let name = list.source.name.clone();

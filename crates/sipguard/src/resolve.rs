@@ -1,4 +1,4 @@
-//! Names in the allowlist (docs/design.md section 7): a carrier publishes host names and SRV
+//! Names in the allowlist (docs/design.md section 8): a carrier publishes host names and SRV
 //! names, not address lists, and moves its addresses.
 //!
 //! [`Names`] resolves each name at start and again when its answer's TTL runs out (clamped to

@@ -1,6 +1,6 @@
 //! The `feeds` section (blocklists to follow, and where sipguard shares its own bans) and the
 //! resolver keys of `allowlist` (names in the allowlist file): raw shape and validation, apart
-//! from the rest so the sections stay small to read (docs/design.md section 7).
+//! from the rest so the sections stay small to read (docs/design.md section 8).
 
 use super::error::{quote, Problem, ProblemKind};
 use super::raw::expected_at;
