@@ -167,6 +167,9 @@ pub async fn serve(
     result
 }
 
+/// How long a start waits for the allowlist's names.
+const FIRST_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The blocklist feeds and the allowlist's names, both following reloads; the names resolved
 /// once before the first packet. Also where the bans feed file goes, if anywhere.
 async fn follow_feeds_and_names(
@@ -181,7 +184,9 @@ async fn follow_feeds_and_names(
         config.names.clone(),
         config.policy.clone(),
     );
-    names.round().await;
+    // Resolved before the first packet, unless the DNS is slow: the rest follows in the
+    // background.
+    let _ = tokio::time::timeout(FIRST_RESOLUTION, names.round()).await;
     let (followed_feeds, followed_names) = (Arc::clone(&feeds), Arc::clone(&names));
     reloader.on_reload(Box::new(move |config: &Config| {
         followed_feeds.reconfigure(&config.feeds);

@@ -318,14 +318,13 @@ impl Feeds {
 
     async fn fetch_url(&self, list: &mut List, url: &str) -> Result<Fetched, String> {
         use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+        // The validators of the last good copy: there are none before the first.
         let mut request = self.client.get(url);
-        if !list.entries.is_empty() || list.last_ok.is_some() {
-            if let Some(etag) = &list.etag {
-                request = request.header(IF_NONE_MATCH, etag);
-            }
-            if let Some(since) = &list.last_modified {
-                request = request.header(IF_MODIFIED_SINCE, since);
-            }
+        if let Some(etag) = &list.etag {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        if let Some(since) = &list.last_modified {
+            request = request.header(IF_MODIFIED_SINCE, since);
         }
         let response = request.send().await.map_err(|err| error_chain(&err))?;
         let status = response.status();
@@ -377,14 +376,19 @@ impl Feeds {
                 Err(_) if !status.is_success() => return Err(format!("HTTP {status}")),
                 Err(err) => return Err(format!("not an APIBAN batch: {err}")),
             };
-            if batch.id == "none" {
+            // The ID comes as a string, though some answers give a number.
+            let next = match batch.id {
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            if next == "none" {
                 break;
             }
             if !status.is_success() {
                 return Err(format!("HTTP {status}"));
             }
             found.extend(batch.ipaddress.iter().filter_map(|text| parse_entry(text)));
-            id = Some(batch.id);
+            id = Some(next);
         }
         list.apiban_id = id.or(list.apiban_id.take());
         if full {
@@ -420,7 +424,7 @@ struct ApibanBatch {
     #[serde(default)]
     ipaddress: Vec<String>,
     #[serde(rename = "ID")]
-    id: String,
+    id: serde_json::Value,
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

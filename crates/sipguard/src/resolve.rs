@@ -167,12 +167,31 @@ impl Names {
                 }),
             }
         };
+        let resolver = match resolver {
+            Ok(resolver) => resolver,
+            Err(error) => {
+                for name in due {
+                    self.settle(
+                        &name,
+                        Err(format!("cannot set up the DNS resolver: {error}")),
+                    );
+                }
+                return self.expire();
+            }
+        };
+        // Every due name at once: one slow name does not hold the others up.
+        let mut lookups = tokio::task::JoinSet::new();
         for name in due {
-            let answer = match &resolver {
-                Ok(resolver) => lookup(resolver, &name).await,
-                Err(error) => Err(format!("cannot set up the DNS resolver: {error}")),
-            };
-            self.settle(&name, answer);
+            let resolver = resolver.clone();
+            lookups.spawn(async move {
+                let answer = lookup(&resolver, &name).await;
+                (name, answer)
+            });
+        }
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((name, answer)) = done {
+                self.settle(&name, answer);
+            }
         }
         self.expire()
     }
@@ -329,4 +348,110 @@ async fn lookup(
         }
     }
     Ok((addresses, ttl.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CARRIER: &str = "sip.carrier.example";
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn setup() -> (Arc<Policy>, Arc<Names>) {
+        let base = PolicyConfig {
+            allowlist: vec!["203.0.113.0/24".parse().unwrap()],
+            ..PolicyConfig::default()
+        };
+        let policy = Arc::new(Policy::new(base.clone()).unwrap());
+        let config = NamesConfig {
+            names: vec![CARRIER.to_owned()],
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+            ..NamesConfig::default()
+        };
+        let names = Names::new(Arc::clone(&policy), config, base);
+        (policy, names)
+    }
+
+    fn allowlisted(policy: &Policy, address: &str) -> bool {
+        let address = ip(address);
+        policy
+            .config()
+            .allowlist
+            .iter()
+            .any(|net| net.contains(&address))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_name_admits_its_new_address_and_keeps_the_old_one_for_the_grace_period() {
+        let (policy, names) = setup();
+        let answer =
+            |address: &str, ttl: u64| Ok((BTreeSet::from([ip(address)]), Duration::from_secs(ttl)));
+        names.settle(CARRIER, answer("198.51.100.7", 1));
+        let next = names.expire().unwrap();
+        assert!(allowlisted(&policy, "198.51.100.7"));
+        assert!(
+            allowlisted(&policy, "203.0.113.0"),
+            "the file's networks stay"
+        );
+        assert_eq!(
+            next - Instant::now(),
+            Duration::from_secs(5),
+            "a TTL of 1 s is held to min_ttl"
+        );
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        names.settle(CARRIER, answer("198.51.100.8", 3600));
+        let next = names.expire().unwrap();
+        assert!(allowlisted(&policy, "198.51.100.8"));
+        assert!(
+            allowlisted(&policy, "198.51.100.7"),
+            "within its grace period"
+        );
+        assert_eq!(
+            next - Instant::now(),
+            Duration::from_secs(30),
+            "the grace ends first"
+        );
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        names.expire();
+        assert!(!allowlisted(&policy, "198.51.100.7"));
+        assert!(allowlisted(&policy, "198.51.100.8"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lookup_keeps_what_the_name_had_and_a_reload_keeps_the_resolved_addresses() {
+        let (policy, names) = setup();
+        names.settle(
+            CARRIER,
+            Ok((
+                BTreeSet::from([ip("198.51.100.7")]),
+                Duration::from_secs(60),
+            )),
+        );
+        names.expire();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        names.settle(CARRIER, Err("timed out".to_owned()));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        names.expire();
+        assert!(
+            allowlisted(&policy, "198.51.100.7"),
+            "a DNS outage locks nobody out"
+        );
+
+        // A reloaded file (another network) keeps the resolved address beside it.
+        let reloaded = PolicyConfig {
+            allowlist: vec!["192.0.2.0/24".parse().unwrap()],
+            ..PolicyConfig::default()
+        };
+        names.apply(reloaded).unwrap();
+        assert!(allowlisted(&policy, "198.51.100.7"));
+        assert!(allowlisted(&policy, "192.0.2.0"));
+        assert!(!allowlisted(&policy, "203.0.113.0"));
+    }
 }
