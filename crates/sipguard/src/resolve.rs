@@ -261,16 +261,6 @@ impl Names {
             }
         }
     }
-
-    /// Each name with the addresses it stands for now, for the log and tests.
-    pub fn addresses(&self) -> Vec<(String, Vec<IpAddr>)> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state
-            .names
-            .iter()
-            .map(|(name, resolved)| (name.clone(), resolved.addresses.keys().copied().collect()))
-            .collect()
-    }
 }
 
 fn build_resolver(nameservers: &[std::net::SocketAddr]) -> Result<TokioResolver, String> {
