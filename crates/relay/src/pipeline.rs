@@ -83,8 +83,9 @@ impl Pipeline {
             Verdict::Drop(reason) => {
                 packets.policy_drop(reason);
                 debug!(%client, ?transport, reason = reason.as_str(), len = message.len(), "dropped");
+                // A source a blocklist feed lists is shut out like a banned one.
                 Step::Drop {
-                    banned: banned_now || reason == DropReason::Banned,
+                    banned: banned_now || matches!(reason, DropReason::Banned | DropReason::Feed),
                 }
             }
         }

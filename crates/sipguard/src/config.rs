@@ -16,10 +16,12 @@
 
 mod allowlist;
 mod error;
+mod feeds;
 mod raw;
 mod validate;
 
 pub use error::{ConfigErrors, Problem, ProblemKind};
+pub use feeds::{FeedOrigin, FeedSource, FeedsConfig, NamesConfig};
 
 use sipguard_policy::PolicyConfig;
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles};
@@ -53,6 +55,10 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The metrics exporter, the admin API and the ban journal.
     pub ops: OpsConfig,
+    /// Blocklists followed, and the file sipguard shares its own bans in.
+    pub feeds: FeedsConfig,
+    /// Names in the allowlist and how they are resolved.
+    pub names: NamesConfig,
 }
 
 /// Where the operator's services are.
@@ -280,6 +286,13 @@ mod tests {
         assert!(networks.any(|net| matches!(net, ipnet::IpNet::V6(_))));
         assert_eq!(policy.scanner_user_agents.last().unwrap(), "MyOwnBadTool");
         assert_eq!(policy.invite_failures.mode, Mode::Observe);
+        assert_eq!(config.feeds.lists.len(), 2);
+        assert!(config.feeds.bans_file.is_some());
+        assert!(config
+            .names
+            .names
+            .iter()
+            .any(|(_, name)| name == "_sip._udp.carrier.example"));
         sipguard_policy::Policy::new(config.policy).expect("example builds a policy");
     }
 
@@ -295,7 +308,7 @@ mod tests {
         let mut problems = Vec::new();
         let networks = allowlist::from_yaml(&text, "allowlist.example.yaml", &mut problems);
         assert_eq!(problems, []);
-        assert!(networks.unwrap().len() >= 4);
+        assert!(networks.unwrap().0.len() >= 4);
     }
 
     #[test]
@@ -440,7 +453,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls, metrics, admin, journal"
+             trust_for, tcp, tls, metrics, admin, journal, feeds"
         );
     }
 
@@ -451,7 +464,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, feeds",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -524,7 +537,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls, metrics, admin, journal"
+             rules, trust_for, tcp, tls, metrics, admin, journal, feeds"
         );
     }
 
@@ -1080,7 +1093,7 @@ mod tests {
             found,
             [
                 format!(
-                    "{list}: carriers[0].note: unknown key, expected one of: name, cidrs, identity"
+                    "{list}: carriers[0].note: unknown key, expected one of: name, cidrs, names, identity"
                 ),
                 format!(
                     "{list}: carriers[0].cidrs[1]: \"198.51.100.1/24\": expected a network \

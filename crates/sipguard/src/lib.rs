@@ -9,9 +9,11 @@ pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod feeds;
 pub mod http;
 pub mod journal;
 pub mod reload;
+pub mod resolve;
 pub mod sessions;
 
 pub use config::Config;

@@ -7,6 +7,8 @@
 pub mod asterisk;
 mod cracker;
 mod daemon;
+mod dnsmasq;
+mod feed_server;
 mod kamailio;
 mod netns;
 mod phone;
@@ -28,6 +30,8 @@ pub mod metrics;
 
 pub use cracker::{Cracked, Cracker, Style};
 pub use daemon::{http_exchange, Daemon, DaemonConfig, HttpReply, Scrape};
+pub use dnsmasq::Dnsmasq;
+pub use feed_server::FeedServer;
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use netns::in_private_namespace;
 pub use phone::Phone;

@@ -129,10 +129,23 @@ pub(crate) fn validate(
         defaults.max_tracked_sources,
     );
     let deny = v.deny(raw.deny);
-    let (allowlist, allowlist_mode) = v.allowlist(raw.allowlist.unwrap_or_default(), dir);
+    let raw_allowlist = raw.allowlist.unwrap_or_default();
+    let resolver = super::feeds::RawResolver {
+        nameservers: raw_allowlist.nameservers.as_deref(),
+        min_ttl: raw_allowlist.min_ttl.as_deref(),
+        max_ttl: raw_allowlist.max_ttl.as_deref(),
+        grace: raw_allowlist.grace.as_deref(),
+    };
+    let (listed, allowlist_mode) = v.allowlist(&raw_allowlist, dir);
+    let (allowlist, names) = listed.map_or((None, None), |(nets, names)| {
+        let names = super::feeds::validate_names(resolver, names, origin, v.problems);
+        (Some(nets), names)
+    });
     if let (Some(groups), Some(shared), Some(pbx)) = (&allowlist, upstream_bind, pbx_addr) {
         v.identities_apart(groups, shared, pbx);
     }
+    let feeds =
+        super::feeds::validate_feeds(raw.feeds.unwrap_or_default(), origin, dir, v.problems);
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
@@ -177,6 +190,8 @@ pub(crate) fn validate(
             max_tracked_sources: max_tracked_sources?,
         },
         ops: ops?,
+        feeds: feeds?,
+        names: names?,
     })
 }
 
@@ -625,11 +640,11 @@ impl<'a> Validator<'a, '_> {
     /// enforcing an allowlist that lists nobody would drop every source.
     fn allowlist(
         &mut self,
-        raw: RawAllowlistRef,
+        raw: &RawAllowlistRef,
         dir: &Path,
-    ) -> (Option<Vec<AllowGroup>>, Option<AllowlistMode>) {
+    ) -> (Option<allowlist::Listed>, Option<AllowlistMode>) {
         let networks = match &raw.file {
-            None => Some(Vec::new()),
+            None => Some(Default::default()),
             Some(name) if name.trim().is_empty() => {
                 let key = self.key("allowlist.file");
                 self.problem(key.invalid(name, expected_at("allowlist.file").unwrap_or_default()));
@@ -677,7 +692,9 @@ impl<'a> Validator<'a, '_> {
                         ));
                         None
                     }
-                    (Some(name), Some(networks)) if networks.is_empty() => {
+                    (Some(name), Some((groups, names)))
+                        if groups.is_empty() && names.is_empty() =>
+                    {
                         let file = dir.join(name);
                         self.problem(key.invalid(
                             "enforce",
