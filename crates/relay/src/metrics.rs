@@ -350,9 +350,10 @@ pub(crate) struct OutboundCounters {
 impl OutboundCounters {
     fn new() -> Self {
         OutboundCounters {
-            received: counter!(OUTBOUND_RECEIVED),
-            responses: counter!(OUTBOUND_RESPONSES),
-            in_dialog: counter!(OUTBOUND_IN_DIALOG),
+            // Labelled like the session families: the outbound path is UDP only.
+            received: counter!(OUTBOUND_RECEIVED, "transport" => "udp"),
+            responses: counter!(OUTBOUND_RESPONSES, "transport" => "udp"),
+            in_dialog: counter!(OUTBOUND_IN_DIALOG, "transport" => "udp"),
             requests: OutboundResult::ALL
                 .iter()
                 .map(|result| counter!(OUTBOUND_REQUESTS, "result" => result.as_str()))
