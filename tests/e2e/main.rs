@@ -13,5 +13,6 @@ mod deploy;
 mod detection;
 mod inspection;
 mod ops;
+mod outbound;
 mod relay;
 mod tcp;

@@ -131,28 +131,29 @@ pub fn forward_request(
 
     let mut out = Vec::with_capacity(message.len() + 256);
     out.extend_from_slice(&message[..head.start]);
-    let mut inserted = String::new();
-    let _ = write!(
-        inserted,
-        "Via: SIP/2.0/UDP {};branch={}{branch:016x};rport\r\n",
-        me.public,
-        String::from_utf8_lossy(BRANCH_MARK),
-    );
-    if max_forwards.is_none() {
-        let _ = write!(inserted, "Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n");
-    }
-    let record_route =
-        matches!(method, Method::Invite | Method::Subscribe | Method::Refer).then(|| {
+    // Inserted where the PBX's Via was: Record-Route (unless another one is there to go above)
+    // and Max-Forwards (when absent) first, so that the two Via headers stay together.
+    let mut record_route = matches!(method, Method::Invite | Method::Subscribe | Method::Refer)
+        .then(|| {
             format!(
                 "Record-Route: <sip:{};lr>, <sip:{};lr>\r\n",
                 me.public, me.inside
             )
         });
     let first_rr = head.first(b"record-route").map(|h| h.line.start);
-    let mut record_route = record_route;
+    let mut inserted = String::new();
     if first_rr.is_none() {
         inserted.push_str(&record_route.take().unwrap_or_default());
     }
+    if max_forwards.is_none() {
+        let _ = write!(inserted, "Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n");
+    }
+    let _ = write!(
+        inserted,
+        "Via: SIP/2.0/UDP {};branch={}{branch:016x};rport\r\n",
+        me.public,
+        String::from_utf8_lossy(BRANCH_MARK),
+    );
     let mut at = head.start;
     for header in &head.headers {
         out.extend_from_slice(&message[at..header.line.start]);
