@@ -115,7 +115,7 @@ fn outbound_call_is_hung_up_by_the_carrier_through_record_route_and_its_next_cal
     let callee = callee.wait()?;
     both_succeed(&pbx_run, &callee)?;
     both_succeed(&pbx_listens.wait()?, &callee)?;
-    assert!(guard.counter("sipguard_outbound_in_dialog_total", &[]) >= 1.0);
+    assert!(guard.counter("sipguard_outbound_routes_removed_total", &[]) >= 1.0);
 
     // The carrier's next call is an ordinary inbound one: it reaches the PBX unchanged.
     let pbx_uas = Sipp::new("uas.xml", dir.path())

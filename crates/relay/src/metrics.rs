@@ -41,7 +41,7 @@ const OUTBOUND_RECEIVED: &str = "sipguard_outbound_received_total";
 const OUTBOUND_REQUESTS: &str = "sipguard_outbound_requests_total";
 const OUTBOUND_RESPONSES: &str = "sipguard_outbound_responses_total";
 const OUTBOUND_DROPPED: &str = "sipguard_outbound_dropped_total";
-const OUTBOUND_IN_DIALOG: &str = "sipguard_outbound_in_dialog_total";
+const OUTBOUND_ROUTES_REMOVED: &str = "sipguard_outbound_routes_removed_total";
 
 /// The `evidence` label: whether a spoofer could have forged the evidence (index 0) or not
 /// (index 1, by `bool` as `usize`).
@@ -339,8 +339,9 @@ pub(crate) struct OutboundCounters {
     pub received: Counter,
     /// Carriers' responses relayed to the PBX.
     pub responses: Counter,
-    /// Carriers' in-dialog requests whose Route entries naming sipguard were removed.
-    pub in_dialog: Counter,
+    /// Clients' requests whose Route entries naming sipguard were removed (carriers' in-dialog
+    /// requests, routed by its Record-Route).
+    pub routes_removed: Counter,
     /// By [`OutboundResult::ALL`] order.
     requests: Vec<Counter>,
     /// By [`OutboundDrop::ALL`] order.
@@ -353,7 +354,7 @@ impl OutboundCounters {
             // Labelled like the session families: the outbound path is UDP only.
             received: counter!(OUTBOUND_RECEIVED, "transport" => "udp"),
             responses: counter!(OUTBOUND_RESPONSES, "transport" => "udp"),
-            in_dialog: counter!(OUTBOUND_IN_DIALOG, "transport" => "udp"),
+            routes_removed: counter!(OUTBOUND_ROUTES_REMOVED, "transport" => "udp"),
             requests: OutboundResult::ALL
                 .iter()
                 .map(|result| counter!(OUTBOUND_REQUESTS, "result" => result.as_str()))
@@ -503,8 +504,9 @@ fn describe() {
         "Messages the outbound path dropped unanswered, by reason."
     );
     describe_counter!(
-        OUTBOUND_IN_DIALOG,
-        "Carriers' in-dialog requests relayed to the PBX with sipguard's Route entries removed."
+        OUTBOUND_ROUTES_REMOVED,
+        "Requests relayed to the PBX with sipguard's Route entries removed (carriers' in-dialog \
+         requests, routed by its Record-Route)."
     );
 }
 

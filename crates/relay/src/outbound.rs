@@ -188,7 +188,7 @@ impl Outbound {
     pub fn inbound<'a>(&self, message: &'a [u8]) -> Cow<'a, [u8]> {
         match proxy::strip_own_routes(message, &self.me) {
             Some(stripped) => {
-                self.pipeline.metrics.outbound.in_dialog.increment(1);
+                self.pipeline.metrics.outbound.routes_removed.increment(1);
                 Cow::Owned(stripped)
             }
             None => Cow::Borrowed(message),

@@ -101,24 +101,16 @@ impl Front {
                 if let (datagram, Some(client)) = batch.get(i) {
                     let started = sampler.start();
                     match self.pipeline.request(datagram, client, Transport::Udp, now) {
-                        // Outbound path: a carrier's answer to a request relayed for the PBX.
-                        Step::Forward {
-                            message,
-                            relayed_response: true,
-                            ..
-                        } if self.outbound.is_some() => {
-                            if let Some(outbound) = &self.outbound {
-                                outbound.response(message).await;
-                            }
-                        }
                         Step::Forward {
                             message,
                             memo,
                             answer,
-                            ..
-                        } => {
-                            self.forward(message, memo, answer, client, &listener).await;
-                        }
+                            relayed_response,
+                        } => match &self.outbound {
+                            // Outbound path: a carrier's answer to a request relayed for the PBX.
+                            Some(outbound) if relayed_response => outbound.response(message).await,
+                            _ => self.forward(message, memo, answer, client, &listener).await,
+                        },
                         Step::Keepalive => {
                             if let Some(session) = self.sessions.get(&client) {
                                 self.sessions.touch(&session);

@@ -85,6 +85,16 @@ async fn start() -> Running {
     }
 }
 
+impl Running {
+    /// Sends `request` from the PBX to the outbound listener, as to its outbound proxy.
+    async fn pbx_sends(&self, request: &str) {
+        self.pbx
+            .send_to(request.as_bytes(), self.inside)
+            .await
+            .unwrap();
+    }
+}
+
 async fn recv(socket: &UdpSocket) -> (String, SocketAddr) {
     let mut buf = vec![0; 65_535];
     let (len, from) = timeout(WAIT, socket.recv_from(&mut buf))
@@ -134,11 +144,7 @@ async fn an_outbound_invite_leaves_from_the_public_socket_and_its_answer_returns
     let carrier = relay.carrier.local_addr().unwrap();
     let route = format!("Route: <sip:{};lr>\r\n", relay.inside);
     let invite = from_pbx("INVITE", &format!("sip:+15551234@{carrier}"), pbx, &route);
-    relay
-        .pbx
-        .send_to(invite.as_bytes(), relay.inside)
-        .await
-        .unwrap();
+    relay.pbx_sends(&invite).await;
 
     let (at_carrier, from) = recv(&relay.carrier).await;
     assert_eq!(from, relay.public, "requests leave from the public socket");
@@ -232,7 +238,7 @@ async fn an_outbound_invite_leaves_from_the_public_socket_and_its_answer_returns
     assert_eq!(
         relay
             .metrics
-            .counter("sipguard_outbound_in_dialog_total", &[]),
+            .counter("sipguard_outbound_routes_removed_total", &[]),
         1.0
     );
 }
@@ -244,11 +250,7 @@ async fn max_forwards_at_zero_is_answered_483_and_nothing_leaves() {
     let carrier = relay.carrier.local_addr().unwrap();
     let options = from_pbx("OPTIONS", &format!("sip:{carrier}"), pbx, "")
         .replace("Max-Forwards: 70", "Max-Forwards: 0");
-    relay
-        .pbx
-        .send_to(options.as_bytes(), relay.inside)
-        .await
-        .unwrap();
+    relay.pbx_sends(&options).await;
     let (at_pbx, from) = recv(&relay.pbx).await;
     assert_eq!(from, relay.inside);
     let view = SipView::parse(at_pbx.as_bytes()).unwrap();
@@ -264,11 +266,7 @@ async fn max_forwards_at_zero_is_answered_483_and_nothing_leaves() {
     );
     // The next request does reach the carrier: the 483 was the only thing sent.
     let options = from_pbx("OPTIONS", &format!("sip:{carrier}"), pbx, "");
-    relay
-        .pbx
-        .send_to(options.as_bytes(), relay.inside)
-        .await
-        .unwrap();
+    relay.pbx_sends(&options).await;
     let (at_carrier, _) = recv(&relay.carrier).await;
     assert!(at_carrier.contains("Max-Forwards: 69"), "{at_carrier}");
 }
@@ -320,6 +318,36 @@ async fn only_the_pbx_may_use_the_outbound_listener_and_forged_answers_do_not_re
         relay.pbx.try_recv_from(&mut buf).is_err(),
         "nothing reached the PBX"
     );
+    assert!(
+        relay.carrier.try_recv_from(&mut buf).is_err(),
+        "nothing left for the carrier"
+    );
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused_by_the_outbound_rules_with_513() {
+    let relay = start().await;
+    let pbx = relay.pbx.local_addr().unwrap();
+    let carrier = relay.carrier.local_addr().unwrap();
+    let padding = format!(
+        "X-Padding: {}\r\n",
+        "a".repeat(PolicyConfig::default().max_message_size)
+    );
+    let invite = from_pbx("INVITE", &format!("sip:1@{carrier}"), pbx, &padding);
+    relay.pbx_sends(&invite).await;
+    let (at_pbx, from) = recv(&relay.pbx).await;
+    assert_eq!(from, relay.inside);
+    assert_eq!(
+        SipView::parse(at_pbx.as_bytes()).unwrap().status(),
+        Some(513)
+    );
+    assert_eq!(
+        relay
+            .metrics
+            .counter("sipguard_outbound_requests_total", &["result=\"policy\""]),
+        1.0
+    );
+    let mut buf = [0; 2048];
     assert!(
         relay.carrier.try_recv_from(&mut buf).is_err(),
         "nothing left for the carrier"
