@@ -48,9 +48,9 @@ async fn start() -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let metrics = Metrics::default();
     let context = Context {
-        policy: Arc::new(Policy::new(PolicyConfig::default()).unwrap()),
         clock: Arc::new(TokioClock::new()),
         recorder: Some(metrics.recorder()),
+        ..Context::new(Arc::new(Policy::new(PolicyConfig::default()).unwrap()))
     };
     let listeners = Listeners {
         udp: vec![listener],
