@@ -47,6 +47,9 @@ pub(crate) struct Outbound {
     /// A handle on the public UDP listener the carriers see: requests out (replies come back
     /// to that listener's receive loops). Non-blocking and never read from here.
     public: std::net::UdpSocket,
+    /// When that listener is a wildcard: the public address requests leave from (with a
+    /// pktinfo), so the carrier sees the address it is to answer and record-route to.
+    send_as: Option<IpAddr>,
     me: Identity,
     /// Only the PBX's address may use the listener.
     pbx: IpAddr,
@@ -96,6 +99,7 @@ impl Outbound {
         Ok(Arc::new(Outbound {
             inside: UdpSocket::from_std(listener.socket)?,
             public: send,
+            send_as: local.ip().is_unspecified().then_some(public.ip()),
             me: Identity { public, inside },
             pbx: pbx.ip(),
             key: RandomState::new(),
@@ -137,7 +141,16 @@ impl Outbound {
             OutboundStep::Forward => {
                 match proxy::forward_request(&view, source, &self.me, &self.key) {
                     Ok(relayed) => {
-                        match self.public.send_to(&relayed.message, relayed.to) {
+                        let sent = match self.send_as {
+                            Some(from) => crate::batch::send_from(
+                                &self.public,
+                                &relayed.message,
+                                relayed.to,
+                                from,
+                            ),
+                            None => self.public.send_to(&relayed.message, relayed.to),
+                        };
+                        match sent {
                             Ok(_) => counters.request(OutboundResult::Forwarded),
                             Err(error) => {
                                 counters.drop(OutboundDrop::SendFailed);

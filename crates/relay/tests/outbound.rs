@@ -33,6 +33,12 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_on("127.0.0.1:0", None).await
+}
+
+/// The relay's public UDP listener on `listen`; `public_ip`, when given, is the address carriers
+/// are told (on the listener's port), as `outbound.public` says it.
+async fn start_on(listen: &str, public_ip: Option<&str>) -> Running {
     let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let carrier = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let config = RelayConfig {
@@ -41,8 +47,9 @@ async fn start() -> Running {
         session_idle: Duration::from_secs(3600),
         max_sessions: 100,
     };
-    let listener = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-    let public = listener.local_addr().unwrap();
+    let listener = bind_udp(listen.parse().unwrap()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let public = public_ip.map(|ip| SocketAddr::new(ip.parse().unwrap(), port));
     let outbound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let inside = outbound.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -56,7 +63,7 @@ async fn start() -> Running {
         udp: vec![listener],
         outbound: Some(OutboundListener {
             socket: outbound,
-            public: None,
+            public,
         }),
         ..Listeners::default()
     };
@@ -76,7 +83,7 @@ async fn start() -> Running {
         },
     ));
     Running {
-        public,
+        public: public.unwrap_or(SocketAddr::new("127.0.0.1".parse().unwrap(), port)),
         inside,
         pbx,
         carrier,
@@ -352,4 +359,26 @@ async fn a_request_over_the_size_limit_is_refused_by_the_outbound_rules_with_513
         relay.carrier.try_recv_from(&mut buf).is_err(),
         "nothing left for the carrier"
     );
+}
+
+#[tokio::test]
+async fn on_a_wildcard_listener_requests_leave_from_the_public_address_and_answers_come_back() {
+    let relay = start_on("0.0.0.0:0", Some("127.0.0.3")).await;
+    let pbx = relay.pbx.local_addr().unwrap();
+    let carrier = relay.carrier.local_addr().unwrap();
+    let options = from_pbx("OPTIONS", &format!("sip:{carrier}"), pbx, "");
+    relay.pbx_sends(&options).await;
+    let (at_carrier, from) = recv(&relay.carrier).await;
+    assert_eq!(
+        from, relay.public,
+        "not the kernel's choice of source address"
+    );
+    assert!(headers(&at_carrier, "Via")[0].contains(&relay.public.to_string()));
+    relay
+        .carrier
+        .send_to(answer(&at_carrier, "200 OK").as_bytes(), relay.public)
+        .await
+        .unwrap();
+    let (at_pbx, _) = recv(&relay.pbx).await;
+    assert!(at_pbx.starts_with("SIP/2.0 200 OK"), "{at_pbx}");
 }
