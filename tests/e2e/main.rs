@@ -14,5 +14,6 @@ mod detection;
 mod feeds;
 mod inspection;
 mod ops;
+mod outbound;
 mod relay;
 mod tcp;

@@ -6,7 +6,8 @@
 //! itself: nothing is allocated per packet.
 //! It is deliberately narrower than a SIP parser: it checks what a filter must be able to trust
 //! and leaves the rest of the message untouched, because sipguard forwards the original bytes.
-//! [`strict`] runs a full parse through `rsip` where a complete message tree is wanted.
+//! [`proxy`] holds what sipguard changes in the messages it relays as a stateless proxy
+//! (the PBX's outbound requests). [`strict`] runs a full parse through `rsip` where a complete message tree is wanted.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ mod error;
 mod field;
 pub mod framing;
 mod method;
+pub mod proxy;
 pub mod strict;
 mod view;
 

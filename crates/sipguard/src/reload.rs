@@ -222,6 +222,7 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
         new.feeds.bans_file != running.feeds.bans_file,
     );
     new.feeds.bans_file = running.feeds.bans_file.clone();
+    keep("outbound", new.outbound != running.outbound);
     new.listen_udp = running.listen_udp.clone();
     new.listen_tcp = running.listen_tcp.clone();
     new.listen_tls = running.listen_tls.clone();
@@ -231,6 +232,7 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     new.policy.repeat = running.policy.repeat;
     new.policy.ipv6_prefix_len = running.policy.ipv6_prefix_len;
     new.ops = running.ops.clone();
+    new.outbound = running.outbound;
     changed
 }
 

@@ -36,7 +36,7 @@ pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use netns::in_private_namespace;
 pub use phone::Phone;
 pub use sipguard::Sipguard;
-pub use sipp::{qualify, Sipp};
+pub use sipp::{qualify, Sipp, SippProcess, SippRun};
 pub use sipvicious::{SipVicious, Tool};
 pub use spoof::Spoofer;
 pub use stunnel::Stunnel;

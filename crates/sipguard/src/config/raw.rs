@@ -29,6 +29,14 @@ pub(crate) struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub journal: Option<RawJournal>,
     pub feeds: Option<super::feeds::RawFeeds>,
+    pub outbound: Option<RawOutbound>,
+}
+
+/// The outbound path: the PBX's loopback outbound proxy, and the address carriers see.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawOutbound {
+    pub listen: Option<String>,
+    pub public: Option<String>,
 }
 
 /// The admin API: its address, and the file holding the token every request must carry.
@@ -386,6 +394,15 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     (
         "feeds.bans_file",
         "a file name, such as /var/lib/sipguard/bans.txt (relative to this file's directory), or off",
+    ),
+    ("outbound", "a mapping"),
+    (
+        "outbound.listen",
+        "a loopback address with a port, such as 127.0.0.1:5070",
+    ),
+    (
+        "outbound.public",
+        "the public address a UDP listener receives on, such as 203.0.113.10:5060",
     ),
 ]);
 

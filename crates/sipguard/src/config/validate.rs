@@ -12,7 +12,7 @@ use super::raw::{
     self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
     RawTcp, RawTls,
 };
-use super::{allowlist, read_text, Config, OpsConfig, Overrides, ReadError};
+use super::{allowlist, read_text, Config, OpsConfig, OutboundConfig, Overrides, ReadError};
 use ipnet::IpNet;
 use sipguard_policy::{AllowGroup, AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles, TlsReload};
@@ -149,6 +149,7 @@ pub(crate) fn validate(
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
+    let outbound = v.outbound(raw.outbound.unwrap_or_default(), &listen_udp, pbx_addr);
 
     if problems.len() > before {
         return None;
@@ -192,6 +193,7 @@ pub(crate) fn validate(
         ops: ops?,
         feeds: feeds?,
         names: names?,
+        outbound: outbound?,
     })
 }
 
@@ -1101,6 +1103,95 @@ impl<'a> Validator<'a, '_> {
                 None
             }
         }
+    }
+}
+
+impl<'a> Validator<'a, '_> {
+    /// The outbound path: a loopback listener (anywhere else it would relay for anyone who can
+    /// reach it) that is not the PBX's address, and a public address a UDP listener receives on.
+    fn outbound(
+        &mut self,
+        raw: raw::RawOutbound,
+        udp: &[(Key<'a>, Option<SocketAddr>)],
+        pbx: Option<SocketAddr>,
+    ) -> Option<Option<OutboundConfig>> {
+        let Some(text) = raw.listen else {
+            if let Some(public) = raw.public {
+                self.problem(
+                    self.key("outbound.public")
+                        .invalid(&public, "to be left out unless outbound.listen is set"),
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let key = self.key("outbound.listen");
+        let listen = match parse_socket_addr(&text, 5070) {
+            Ok(addr) if !addr.ip().is_loopback() => {
+                self.problem(key.invalid(
+                    &text,
+                    "a loopback address such as 127.0.0.1:5070: the PBX sends there, and \
+                     anywhere else it would relay requests for anyone who reaches it",
+                ));
+                None
+            }
+            Ok(addr) if Some(addr) == pbx => {
+                self.problem(key.invalid(&text, "an address other than the PBX's own"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(expected) => {
+                self.problem(key.invalid(&text, expected));
+                None
+            }
+        };
+        let receives = |addr: SocketAddr| {
+            udp.iter()
+                .filter_map(|(_, listener)| *listener)
+                .any(|listener| listener == addr || covers(listener, addr))
+        };
+        let public = match raw.public {
+            None => {
+                let first = udp.first().and_then(|(_, addr)| *addr);
+                if first.is_some_and(|addr| addr.ip().is_unspecified()) {
+                    self.problem(key.invalid(
+                        &text,
+                        "outbound.public beside it, since the first of listen.udp is a \
+                         wildcard and carriers must be told an address they can reach",
+                    ));
+                    return None;
+                }
+                None
+            }
+            Some(public_text) => {
+                let public_key = self.key("outbound.public");
+                match parse_socket_addr(&public_text, 5060) {
+                    Ok(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+                        self.problem(public_key.invalid(
+                            &public_text,
+                            "the address carriers reach sipguard at, not a wildcard",
+                        ));
+                        return None;
+                    }
+                    Ok(addr) if !receives(addr) => {
+                        self.problem(public_key.invalid(
+                            &public_text,
+                            "an address one of listen.udp receives on (carriers answer there)",
+                        ));
+                        return None;
+                    }
+                    Ok(addr) => Some(addr),
+                    Err(expected) => {
+                        self.problem(public_key.invalid(&public_text, expected));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Some(OutboundConfig {
+            listen: listen?,
+            public,
+        }))
     }
 }
 
