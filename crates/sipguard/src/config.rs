@@ -53,6 +53,28 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The metrics exporter, the admin API and the ban journal.
     pub ops: OpsConfig,
+    /// Bans offloaded into the kernel's nftables; `None` when off.
+    pub nftables: Option<NftConfig>,
+    /// Bans shared with other nodes through Redis; `None` when off.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The kernel offload of bans (`crate::nft`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftConfig {
+    /// The `inet` table sipguard owns: created at start, removed at a clean stop.
+    pub table: String,
+}
+
+/// Bans shared through Redis (`crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Where Redis (or Valkey) is.
+    pub redis_url: String,
+    /// This node's name, carried by the bans it shares so it ignores its own.
+    pub node: String,
+    /// Put before every key and the channel, so several clusters can share one Redis.
+    pub key_prefix: String,
 }
 
 /// Where the operator's services are.

@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
 pub mod http;
 pub mod journal;
+pub mod nft;
 pub mod reload;
 
 pub use config::Config;
@@ -53,6 +55,24 @@ impl Sockets {
     /// The handle that reloads the TLS certificate and key (on SIGHUP), when TLS is on.
     pub fn tls_reload(&self) -> Option<TlsReload> {
         self.listeners.certificate.clone()
+    }
+}
+
+impl Sockets {
+    /// The (protocol, port) of every SIP listener, for the kernel offload's rule: UDP, and TCP
+    /// for the TCP and TLS listeners.
+    pub fn offload_ports(&self) -> Vec<(nft::Proto, u16)> {
+        let udp = self
+            .udp_addrs()
+            .into_iter()
+            .map(|a| (nft::Proto::Udp, a.port()));
+        let streams = self.tcp_addrs().into_iter().chain(self.tls_addrs());
+        let mut ports: Vec<_> = udp
+            .chain(streams.map(|a| (nft::Proto::Tcp, a.port())))
+            .collect();
+        ports.sort_by_key(|&(proto, port)| (proto as u8, port));
+        ports.dedup();
+        ports
     }
 }
 
@@ -123,6 +143,15 @@ pub async fn run_with_policy(
     run_with_context(config, sockets, RelayContext::new(policy), shutdown).await
 }
 
+/// Registers metric handles into the recorder of `context` (an in-process instance's own), or
+/// the process-wide one.
+fn registered<T>(context: &RelayContext, register: impl FnOnce() -> T) -> T {
+    match &context.recorder {
+        Some(recorder) => metrics::with_local_recorder(&**recorder, register),
+        None => register(),
+    }
+}
+
 /// Runs sipguard with the policy, clock and metrics recorder of `context`.
 pub async fn run_with_context(
     config: Config,
@@ -130,7 +159,20 @@ pub async fn run_with_context(
     context: RelayContext,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    sipguard_relay::run(
+    let (policy, clock) = (&context.policy, &context.clock);
+    let offload = match &config.nftables {
+        Some(nft) => {
+            let metrics = registered(&context, nft::Metrics::register);
+            let ports = sockets.offload_ports();
+            nft::Offload::start(nft, ports, Arc::clone(policy), Arc::clone(clock), metrics).await
+        }
+        None => None,
+    };
+    let _cluster = config.cluster.clone().map(|cluster| {
+        let metrics = registered(&context, cluster::Metrics::register);
+        cluster::start(cluster, Arc::clone(policy), Arc::clone(clock), metrics)
+    });
+    let result = sipguard_relay::run(
         config.relay,
         config.streams,
         sockets.listeners,
@@ -138,5 +180,9 @@ pub async fn run_with_context(
         shutdown,
     )
     .await
-    .context("relay failed")
+    .context("relay failed");
+    if let Some(offload) = offload {
+        offload.stop().await;
+    }
+    result
 }

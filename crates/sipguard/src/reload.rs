@@ -193,6 +193,8 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
         new.ops.admin_token != running.ops.admin_token,
     );
     keep("journal.path", new.ops.journal != running.ops.journal);
+    keep("nftables", new.nftables != running.nftables);
+    keep("cluster", new.cluster != running.cluster);
     new.listen_udp = running.listen_udp.clone();
     new.listen_tcp = running.listen_tcp.clone();
     new.listen_tls = running.listen_tls.clone();
@@ -202,6 +204,8 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     new.policy.repeat = running.policy.repeat;
     new.policy.ipv6_prefix_len = running.policy.ipv6_prefix_len;
     new.ops = running.ops.clone();
+    new.nftables = running.nftables.clone();
+    new.cluster = running.cluster.clone();
     changed
 }
 

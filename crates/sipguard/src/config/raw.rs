@@ -28,6 +28,28 @@ pub(crate) struct RawConfig {
     pub metrics: Option<RawListenOne>,
     pub admin: Option<RawAdmin>,
     pub journal: Option<RawJournal>,
+    pub nftables: Option<RawNftables>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// Kernel offload of bans into an nftables table of sipguard's own.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawNftables {
+    pub enabled: Option<String>,
+    pub table: Option<String>,
+}
+
+/// Bans shared with other nodes through Redis.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCluster {
+    pub redis: Option<RawRedis>,
+    pub node: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRedis {
+    pub url: Option<String>,
 }
 
 /// The admin API: its address, and the file holding the token every request must carry.
@@ -349,6 +371,26 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     (
         "journal.path",
         "a file name, such as /var/lib/sipguard/bans.journal (relative to this file's directory)",
+    ),
+    ("nftables", "a mapping"),
+    ("nftables.enabled", "true or false"),
+    (
+        "nftables.table",
+        "a table name of letters, digits and _, at most 32, such as sipguard",
+    ),
+    ("cluster", "a mapping"),
+    ("cluster.redis", "a mapping"),
+    (
+        "cluster.redis.url",
+        "a Redis URL, such as redis://10.0.0.5:6379/0 or unix:///run/redis/redis.sock",
+    ),
+    (
+        "cluster.node",
+        "a node name of 1 to 64 printable characters without spaces, such as pbx-edge-1",
+    ),
+    (
+        "cluster.key_prefix",
+        "a key prefix of at most 64 printable characters without spaces, such as sipguard:",
     ),
 ]);
 
