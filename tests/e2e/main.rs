@@ -12,6 +12,7 @@ mod attacks;
 mod deploy;
 mod detection;
 mod inspection;
+mod kernel;
 mod ops;
 mod relay;
 mod tcp;
