@@ -9,6 +9,7 @@ mod support;
 
 mod asterisk;
 mod attacks;
+mod cluster;
 mod deploy;
 mod detection;
 mod inspection;
