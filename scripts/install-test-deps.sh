@@ -2,8 +2,9 @@
 # Installs the real SIP peers the end-to-end tests run (docs/design.md section 6), on Debian/Ubuntu:
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
 # (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, stunnel4 (the TLS
-# side of SIPp phones: Debian's SIPp is built without TLS) and ip (iproute2: the IPv6 test's
-# network namespace). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
+# side of SIPp phones: Debian's SIPp is built without TLS), ip (iproute2: the IPv6 test's
+# network namespace), nft (nftables: the kernel offload of bans), redis-server (shared bans
+# between nodes) and setpriv (util-linux: sipguard run without CAP_NET_ADMIN). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
 # start script installs the libraries it needs. Does nothing when every command is
 # already on PATH. Needs root or sudo; never reads stdin.
 set -euo pipefail
@@ -20,8 +21,11 @@ declare -A package_of=(
     [systemd-analyze]=systemd
     [stunnel4]=stunnel4
     [ip]=iproute2
+    [nft]=nftables
+    [redis-server]=redis-server
+    [setpriv]=util-linux
 )
-commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip)
+commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip nft redis-server setpriv)
 
 missing=()
 for command in "${commands[@]}"; do

@@ -5,7 +5,7 @@
 //! sipguard in-process give each instance a recorder of its own. `/metrics` is served by sipguard's own listener ([`crate::http`]) from the handle,
 //! so a port-0 bind works and a bind error stops the start like any other.
 
-use metrics::describe_counter;
+use metrics::{describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::time::Duration;
 
@@ -45,5 +45,33 @@ fn describe() {
     describe_counter!(
         "sipguard_journal_writer_restarts_total",
         "Ban journal writer threads restarted after a failure."
+    );
+    describe_gauge!(
+        "sipguard_nftables_active",
+        "1 while bans are offloaded to the kernel's nftables, else 0."
+    );
+    describe_counter!(
+        "sipguard_nftables_transactions_total",
+        "nft transactions updating the kernel's ban sets, by result (ok, error)."
+    );
+    describe_gauge!(
+        "sipguard_cluster_connected",
+        "1 while bans are shared through Redis, else 0."
+    );
+    describe_counter!(
+        "sipguard_cluster_published_total",
+        "Bans and lifts of this node written to Redis."
+    );
+    describe_counter!(
+        "sipguard_cluster_received_total",
+        "Other nodes' bans and lifts, by result (applied, ignored: allowlisted here or held already, invalid)."
+    );
+    describe_counter!(
+        "sipguard_cluster_errors_total",
+        "Redis connections lost or refused (the node goes on alone and reconnects)."
+    );
+    describe_counter!(
+        "sipguard_cluster_dropped_total",
+        "Changes not queued for Redis (queue full); a merge with Redis follows."
     );
 }

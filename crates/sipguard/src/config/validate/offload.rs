@@ -79,3 +79,53 @@ fn host_name() -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "sipguard".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{from_yaml, ClusterConfig, Config, NftConfig};
+
+    #[test]
+    fn both_are_off_by_default_and_on_when_asked() {
+        let defaults = Config::default();
+        assert_eq!((defaults.nftables, defaults.cluster), (None, None));
+        let config = from_yaml(
+            "nftables: {enabled: true}\ncluster: {redis: {url: \"redis://10.0.0.5:6379/0\"}, node: edge-1}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.nftables,
+            Some(NftConfig {
+                table: "sipguard".into()
+            })
+        );
+        assert_eq!(
+            config.cluster,
+            Some(ClusterConfig {
+                redis_url: "redis://10.0.0.5:6379/0".into(),
+                node: "edge-1".into(),
+                key_prefix: "sipguard:".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_named_with_its_key() {
+        let errors = from_yaml(
+            "nftables: {enabled: yes, table: \"a b\"}\n\
+             cluster: {redis: {url: \"http://x\"}, node: \"a b\", key_prefix: \"p q\"}\n",
+            "t.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "nftables.enabled: \"yes\"",
+            "nftables.table: \"a b\"",
+            "cluster.redis.url: \"http://x\"",
+            "cluster.node: \"a b\"",
+            "cluster.key_prefix: \"p q\"",
+        ] {
+            assert!(errors.contains(key), "{key} missing from:\n{errors}");
+        }
+    }
+}
