@@ -42,6 +42,8 @@ use tokio::sync::mpsc;
 
 /// Longest any one Redis call may take before the connection counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest the read of the whole hash may take at a merge (it grows with the cluster's bans).
+const READ_ALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// First wait before reconnecting; doubled per failure.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait before reconnecting.
@@ -209,7 +211,7 @@ impl Metrics {
 enum Lost {
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
-    #[error("no answer within {CALL_TIMEOUT:?}")]
+    #[error("no answer in time")]
     Timeout,
     #[error("the subscription ended")]
     Closed,
@@ -219,7 +221,15 @@ enum Lost {
 async fn call<T>(
     future: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, Lost> {
-    Ok(tokio::time::timeout(CALL_TIMEOUT, future)
+    call_within(CALL_TIMEOUT, future).await
+}
+
+/// Awaits one Redis call within `limit`.
+async fn call_within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Lost> {
+    Ok(tokio::time::timeout(limit, future)
         .await
         .map_err(|_| Lost::Timeout)??)
 }
@@ -408,8 +418,11 @@ impl Node {
         for chunk in lifts.chunks(BATCH) {
             self.write(conn, chunk).await?;
         }
-        let held: HashMap<String, String> =
-            call(redis::cmd("HGETALL").arg(&self.bans_key).query_async(conn)).await?;
+        let held: HashMap<String, String> = call_within(
+            READ_ALL_TIMEOUT,
+            redis::cmd("HGETALL").arg(&self.bans_key).query_async(conn),
+        )
+        .await?;
         let now = self.clock.now();
         let local: HashMap<IpNet, Ban> = self.policy.bans(now).into_iter().collect();
         let mut remote: HashMap<IpNet, (bool, Timestamp)> = HashMap::new();
