@@ -160,14 +160,15 @@ pub async fn run_with_context(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (policy, clock) = (&context.policy, &context.clock);
-    let offload = match &config.nftables {
-        Some(nft) => {
-            let metrics = registered(&context, nft::Metrics::register);
-            let ports = sockets.offload_ports();
-            nft::Offload::start(nft, ports, Arc::clone(policy), Arc::clone(clock), metrics).await
-        }
-        None => None,
-    };
+    // Set up beside the relay, not before it: its first step (metrics registered, observers
+    // subscribed) stays the first thing `run` does, and the offload fills its sets from the
+    // policy's snapshot once it is ready.
+    let offload = config.nftables.clone().map(|nft| {
+        let metrics = registered(&context, nft::Metrics::register);
+        let ports = sockets.offload_ports();
+        let (policy, clock) = (Arc::clone(policy), Arc::clone(clock));
+        tokio::spawn(nft::Offload::start(nft, ports, policy, clock, metrics))
+    });
     let _cluster = config.cluster.clone().map(|cluster| {
         let metrics = registered(&context, cluster::Metrics::register);
         cluster::start(cluster, Arc::clone(policy), Arc::clone(clock), metrics)
@@ -181,8 +182,10 @@ pub async fn run_with_context(
     )
     .await
     .context("relay failed");
-    if let Some(offload) = offload {
-        offload.stop().await;
+    if let Some(started) = offload {
+        if let Ok(Some(offload)) = started.await {
+            offload.stop().await;
+        }
     }
     result
 }

@@ -132,13 +132,13 @@ impl Offload {
     /// warning, when nftables cannot be used (no `nft`, no CAP_NET_ADMIN): sipguard then drops
     /// banned sources itself, as it always does.
     pub async fn start(
-        config: &NftConfig,
+        config: NftConfig,
         ports: Vec<(Proto, u16)>,
         policy: Arc<Policy>,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Option<Offload> {
-        let table = config.table.clone();
+        let table = config.table;
         if let Err(reason) = nft(&setup(&table, &ports)).await {
             tracing::warn!(table = %table, %reason, "kernel offload of bans is off (it needs the nft tool and CAP_NET_ADMIN); sipguard drops banned sources itself");
             return None;
