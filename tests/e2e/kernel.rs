@@ -92,11 +92,21 @@ fn banned_sources_are_dropped_by_the_kernel_until_the_ban_expires_or_is_lifted(
         poll_until("the nftables table", WAIT, || {
             nft(&["list", "table", "inet", TABLE]).ok()
         })?;
-        let ports = elements("ports")?;
-        ensure!(
-            ports.contains(&guard.addr().port().to_string()) && !ports.contains(":22,"),
-            "the rule's ports are sipguard's own only: {ports}"
-        );
+        // The rules match sipguard's own listeners and nothing else (no ssh, no other port).
+        let listed = nft(&["list", "set", "inet", TABLE, "ports"])?;
+        let mut ports: Vec<String> = listed["nftables"][1]["set"]["elem"]
+            .as_array()
+            .context("no ports")?
+            .iter()
+            .map(|elem| elem["concat"].to_string())
+            .collect();
+        ports.sort();
+        let mut expected = vec![
+            format!("[\"tcp\",{}]", guard.tcp_addr().port()),
+            format!("[\"udp\",{}]", guard.addr().port()),
+        ];
+        expected.sort();
+        ensure!(ports == expected, "the rule's ports: {ports:?}");
 
         // Before any ban, the source reaches sipguard.
         let scanner: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
