@@ -25,8 +25,8 @@ mod verdict;
 
 pub use bans::{Ban, RepeatConfig};
 pub use changes::{Change, Observer};
-pub use cidr::CidrSet;
-pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
+pub use cidr::{CidrMap, CidrSet};
+pub use config::{AllowGroup, AllowlistMode, Mode, PolicyConfig, Rule};
 pub use ipnet::IpNet;
 pub use response::{Answer, AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
@@ -103,7 +103,8 @@ pub struct Stats {
 pub(crate) struct Rules {
     pub config: PolicyConfig,
     pub deny: CidrSet,
-    pub allowlist: CidrSet,
+    /// Each allowlisted network's group, as its index in `config.allowlist`.
+    pub allowlist: CidrMap<usize>,
     signatures: ScannerSignatures,
     /// The longest window of any rule: how long evidence is worth keeping.
     pub horizon: Duration,
@@ -124,7 +125,9 @@ impl Rules {
         .unwrap_or_default();
         Ok(Rules {
             deny: config.deny.iter().copied().collect(),
-            allowlist: config.allowlist.iter().copied().collect(),
+            allowlist: (config.allowlist.iter().enumerate())
+                .flat_map(|(i, group)| group.networks.iter().map(move |net| (*net, i)))
+                .collect(),
             signatures: ScannerSignatures::new(&config.scanner_user_agents)?,
             horizon,
             config,
@@ -288,6 +291,15 @@ impl Policy {
         };
         self.rules.store(Arc::new(Rules::new(config)?));
         Ok(())
+    }
+
+    /// The local address `source` reaches the PBX from, when its allowlist group has an identity
+    /// of its own (read when a session or upstream connection opens, so a reload applies to
+    /// the next one).
+    pub fn upstream_identity(&self, source: IpAddr) -> Option<IpAddr> {
+        let rules = self.rules.load();
+        let group = *rules.allowlist.get(source)?;
+        rules.config.allowlist[group].identity
     }
 
     /// Whether anything from `source` may be admitted at all (it is not banned, not denied, and

@@ -13,6 +13,7 @@ pub mod http;
 pub mod journal;
 pub mod nft;
 pub mod reload;
+pub mod sessions;
 
 pub use config::Config;
 pub use sipguard_relay::{Context as RelayContext, StreamConfig, TlsFiles};
