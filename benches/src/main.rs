@@ -423,7 +423,12 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
         loads.join(" / "),
         started.elapsed().as_secs_f64()
     );
-    for table in [&cpu, &success, &highest, &latency, &floods, &memory] {
+    let tables = if settings.banned_only {
+        vec![&floods]
+    } else {
+        vec![&cpu, &success, &highest, &latency, &floods, &memory]
+    };
+    for table in tables {
         println!("{table}");
     }
     Ok(())

@@ -7,7 +7,7 @@ use crate::attacks::request;
 use crate::support::{poll_until, Redis, Sipguard};
 use anyhow::{ensure, Context};
 use sipguard::config::ClusterConfig;
-use sipguard_policy::{RuleId, Timestamp};
+use sipguard_policy::{AllowGroup, RuleId, Timestamp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, SystemTime};
 
@@ -22,10 +22,11 @@ fn node(
     node: &str,
     allowlist: &[&str],
 ) -> anyhow::Result<Sipguard> {
-    let allowlist = allowlist
+    let networks = allowlist
         .iter()
         .map(|net| net.parse())
         .collect::<Result<Vec<_>, _>>()?;
+    let allowlist = vec![AllowGroup::new("carriers", networks)];
     let guard = Sipguard::start_with(pbx.local_addr()?, |config| {
         config.cluster = Some(ClusterConfig {
             redis_url: redis.url(),

@@ -7,7 +7,7 @@ use crate::attacks::request;
 use crate::support::{in_private_namespace, poll_until, Daemon, DaemonConfig, Sipguard};
 use anyhow::{ensure, Context};
 use serde_json::Value;
-use sipguard_policy::{PolicyConfig, Timestamp};
+use sipguard_policy::{AllowGroup, PolicyConfig, Timestamp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -190,7 +190,7 @@ fn banned_sources_are_dropped_by_the_kernel_until_the_ban_expires_or_is_lifted(
             in_set("addr4", "127.0.0.7").then_some(())
         })?;
         policy.reconfigure(PolicyConfig {
-            allowlist: vec!["127.0.0.7/32".parse()?],
+            allowlist: vec![AllowGroup::new("friends", ["127.0.0.7/32".parse()?])],
             ..policy.config()
         })?;
         poll_until("the allowlisted address to leave the set", WAIT, || {

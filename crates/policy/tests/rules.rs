@@ -944,7 +944,12 @@ fn adopt_applies_another_nodes_ban_unless_allowlisted_here_or_outlasted_and_tell
             self.0.lock().unwrap().push(change.clone());
         }
     }
-    let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let p = policy(|c| {
+        c.allowlist = vec![AllowGroup::new(
+            "listed",
+            ["198.51.100.0/28".parse().unwrap()],
+        )]
+    });
     let heard = std::sync::Arc::new(Heard(Default::default()));
     p.subscribe(heard.clone());
     let ban = |expires| sipguard_policy::Ban {

@@ -195,7 +195,11 @@ impl Worker {
     async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
         let mut batch = Vec::new();
         loop {
-            let allowlist = self.policy.config().allowlist;
+            let groups = self.policy.config().allowlist;
+            let allowlist: Vec<IpNet> = groups
+                .iter()
+                .flat_map(|group| group.networks.iter().copied())
+                .collect();
             if allowlist != self.allowlist {
                 self.allowlist = allowlist;
                 self.resync.store(true, Ordering::Relaxed);
