@@ -1,4 +1,4 @@
-//! Shared bans (docs/design.md section 9): two in-process sipguard nodes and a real redis-server.
+//! Shared bans (docs/design.md section 10): two in-process sipguard nodes and a real redis-server.
 //! A ban earned on one node holds on the other within a second, a lift travels back, a restarted
 //! node catches up, both go on alone while Redis is down and converge when it returns, and a node
 //! never applies a ban of an address it allowlists.

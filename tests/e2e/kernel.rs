@@ -1,4 +1,4 @@
-//! Kernel offload (docs/design.md section 9): in a network namespace of the test's own, sipguard
+//! Kernel offload (docs/design.md section 10): in a network namespace of the test's own, sipguard
 //! with `nftables.enabled` mirrors its bans into its nftables table, and the kernel drops a
 //! banned source's packets before sipguard's socket sees them; without CAP_NET_ADMIN it warns and
 //! runs as before.

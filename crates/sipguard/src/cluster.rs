@@ -1,5 +1,5 @@
 //! Shared bans: the policy's bans and lifts published to the other sipguard nodes through Redis,
-//! and theirs applied here (docs/design.md section 9).
+//! and theirs applied here (docs/design.md section 10).
 //!
 //! Redis holds, under the key prefix, a hash `bans` (field: the source as the journal writes it;
 //! value: the [`Shared`] JSON of its last ban, or of the lift that ended it, a tombstone), a sorted
