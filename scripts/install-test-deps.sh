@@ -2,9 +2,10 @@
 # Installs the real SIP peers the end-to-end tests run (docs/design.md section 6), on Debian/Ubuntu:
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
 # (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, stunnel4 (the TLS
-# side of SIPp phones: Debian's SIPp is built without TLS) and ip (iproute2: the IPv6 test's
-# network namespace) and dnsmasq (dnsmasq-base: the DNS server behind the allowlist's names,
-# without the packaged service). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
+# side of SIPp phones: Debian's SIPp is built without TLS), ip (iproute2: the IPv6 test's
+# network namespace), dnsmasq (dnsmasq-base: the DNS server behind the allowlist's names,
+# without the packaged service), nft (nftables: the kernel offload of bans), redis-server (shared
+# bans between nodes) and setpriv (util-linux: sipguard run without CAP_NET_ADMIN). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
 # start script installs the libraries it needs. Does nothing when every command is
 # already on PATH. Needs root or sudo; never reads stdin.
 set -euo pipefail
@@ -22,8 +23,11 @@ declare -A package_of=(
     [stunnel4]=stunnel4
     [ip]=iproute2
     [dnsmasq]=dnsmasq-base
+    [nft]=nftables
+    [redis-server]=redis-server
+    [setpriv]=util-linux
 )
-commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip dnsmasq)
+commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip dnsmasq nft redis-server setpriv)
 
 missing=()
 for command in "${commands[@]}"; do

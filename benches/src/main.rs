@@ -66,6 +66,8 @@ enum Edge {
     Sipguard,
     /// Another sipguard build (`SIPGUARD_BASELINE=path`), to measure one change side by side.
     Baseline,
+    /// sipguard with its bans offloaded to nftables (needs root): banned-source floods only.
+    Kernel,
 }
 
 impl Edge {
@@ -76,12 +78,15 @@ impl Edge {
             Edge::Kamailio => "(c) Kamailio edge",
             Edge::Sipguard => "(d) sipguard",
             Edge::Baseline => "(d0) sipguard baseline build",
+            Edge::Kernel => "(e) sipguard, bans in nftables",
         }
     }
 }
 
 struct Settings {
     quick: bool,
+    /// Only the banned-source flood, userspace drop against kernel drop.
+    banned_only: bool,
     runs: usize,
     root: PathBuf,
     sipguard: PathBuf,
@@ -150,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             let exe = std::env::current_exe()?;
             let settings = Settings {
                 quick: args.iter().any(|a| a == "--quick"),
+                banned_only: args.iter().any(|a| a == "--banned-only"),
                 runs: match args.iter().position(|a| a == "--runs") {
                     Some(i) => args.get(i + 1).context("--runs N")?.parse()?,
                     None if args.iter().any(|a| a == "--quick") => 1,
@@ -168,7 +174,7 @@ fn main() -> anyhow::Result<()> {
             run(&settings)
         }
         _ => bail!(
-            "usage: sipguard-bench run [--quick] [--runs N] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
+            "usage: sipguard-bench run [--quick] [--runs N] [--banned-only] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
         ),
     }
 }
@@ -195,11 +201,17 @@ fn start_edge(
             listen,
             Some(pbx),
         )?,
-        Edge::Sipguard => peers::sipguard(&settings.sipguard, listen, pbx)?,
+        Edge::Sipguard => peers::sipguard(&settings.sipguard, listen, pbx, "")?,
         Edge::Baseline => {
             let binary = settings.baseline.as_ref().context("SIPGUARD_BASELINE")?;
-            peers::sipguard(binary, listen, pbx)?
+            peers::sipguard(binary, listen, pbx, "")?
         }
+        Edge::Kernel => peers::sipguard(
+            &settings.sipguard,
+            listen,
+            pbx,
+            "nftables:\n  enabled: true\n  table: sipguard_bench\n",
+        )?,
         Edge::Direct => unreachable!(),
     };
     peer.wait_answering(listen)?;
@@ -233,7 +245,12 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
         pbx.wait_answering(pbx_addr)?;
 
         let mut direct_highest = 0;
-        for edge in settings.edges() {
+        let clean_edges = if settings.banned_only {
+            Vec::new()
+        } else {
+            settings.edges()
+        };
+        for edge in clean_edges {
             let (peer, target) = start_edge(settings, edge, pbx_addr)?;
             let client = Client::new()?;
             let mut best = 0;
@@ -271,8 +288,20 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
             drop(peer);
         }
 
-        for edge in settings.edges().into_iter().skip(2) {
-            for flood_kind in [Flood::Scanner, Flood::ScannerSpoofed, Flood::Banned] {
+        let flood_edges: Vec<Edge> = if settings.banned_only {
+            vec![Edge::Sipguard, Edge::Kernel]
+        } else {
+            let mut edges: Vec<Edge> = settings.edges().into_iter().skip(2).collect();
+            edges.push(Edge::Kernel);
+            edges
+        };
+        for edge in flood_edges {
+            let kinds: &[Flood] = if settings.banned_only || edge == Edge::Kernel {
+                &[Flood::Banned]
+            } else {
+                &[Flood::Scanner, Flood::ScannerSpoofed, Flood::Banned]
+            };
+            for &flood_kind in kinds {
                 let (peer, target) = start_edge(settings, edge, pbx_addr)?;
                 let client = Client::new()?;
                 let (sources, kind, payloads) = match flood_kind {
@@ -345,6 +374,9 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
             }
         }
 
+        if settings.banned_only {
+            continue;
+        }
         let (peer, target) = start_edge(settings, Edge::Sipguard, pbx_addr)?;
         let peer = peer.context("sipguard runs as a process")?;
         let pid = peer.pid();
@@ -391,7 +423,12 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
         loads.join(" / "),
         started.elapsed().as_secs_f64()
     );
-    for table in [&cpu, &success, &highest, &latency, &floods, &memory] {
+    let tables = if settings.banned_only {
+        vec![&floods]
+    } else {
+        vec![&cpu, &success, &highest, &latency, &floods, &memory]
+    };
+    for table in tables {
         println!("{table}");
     }
     Ok(())

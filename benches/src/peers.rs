@@ -125,8 +125,13 @@ pub fn bare_relay(listen: SocketAddrV4, pbx: SocketAddrV4) -> anyhow::Result<Pee
 /// sipguard with its default rules, listening on `listen` in front of `pbx`. Its ban journal
 /// lives in the run's own directory (a journal shared between runs would replay one run's flood
 /// bans into the next), TCP is off, and the metrics exporter and admin API are on, as deployed,
-/// on free ports.
-pub fn sipguard(binary: &Path, listen: SocketAddrV4, pbx: SocketAddrV4) -> anyhow::Result<Peer> {
+/// on free ports. `extra` is appended to its config (the kernel offload's section).
+pub fn sipguard(
+    binary: &Path,
+    listen: SocketAddrV4,
+    pbx: SocketAddrV4,
+    extra: &str,
+) -> anyhow::Result<Peer> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("sipguard.yaml");
     std::fs::write(
@@ -134,7 +139,7 @@ pub fn sipguard(binary: &Path, listen: SocketAddrV4, pbx: SocketAddrV4) -> anyho
         format!(
             "listen:\n  udp: [\"{listen}\"]\n  tcp: []\npbx:\n  address: {pbx}\n\
              metrics:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
-             journal:\n  path: bans.journal\n"
+             journal:\n  path: bans.journal\n{extra}"
         ),
     )?;
     let mut command = Command::new(binary);

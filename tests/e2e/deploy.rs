@@ -180,7 +180,7 @@ fn systemd_analyze_verify_accepts_the_unit() -> anyhow::Result<()> {
 
 #[test]
 fn systemd_analyze_security_rates_the_unit_ok() -> anyhow::Result<()> {
-    // Exposure 0.0 (locked down) to 10.0 (unprotected); the unit scores 1.2 with systemd 252.
+    // Exposure 0.0 (locked down) to 10.0 (unprotected); the unit scores 1.7 with systemd 252.
     // --threshold is in tenths: above 2.0 fails, so dropping a sandboxing option shows here.
     let unit = repo_file(UNIT);
     let output = run(

@@ -9,10 +9,12 @@ mod support;
 
 mod asterisk;
 mod attacks;
+mod cluster;
 mod deploy;
 mod detection;
 mod feeds;
 mod inspection;
+mod kernel;
 mod ops;
 mod outbound;
 mod relay;

@@ -514,6 +514,22 @@ impl Policy {
         true
     }
 
+    /// Puts in force a ban made elsewhere (another node's, shared through the cluster) with its
+    /// rule, note, expiry and offence as they were, and tells the observers. Returns false,
+    /// changing nothing, when it has expired, the source is allowlisted here, or a ban of the
+    /// source ending as late is in force already.
+    pub fn adopt(&self, source: IpNet, ban: Ban, now: Timestamp) -> bool {
+        let source = source.trunc();
+        let held = self.bans.get(source, now);
+        if held.is_some_and(|held| held.expires >= ban.expires) || !self.restore(source, ban, now) {
+            return false;
+        }
+        if let Some(ban) = self.bans.get(source, now) {
+            self.publish(Change::Banned { source, ban });
+        }
+        true
+    }
+
     /// Puts back trust read from the journal. Returns false, restoring nothing, when it has run
     /// out.
     pub fn restore_trust(&self, source: IpAddr, until: Timestamp, now: Timestamp) -> bool {

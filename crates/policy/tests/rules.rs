@@ -937,6 +937,50 @@ fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
 }
 
 #[test]
+fn adopt_applies_another_nodes_ban_unless_allowlisted_here_or_outlasted_and_tells_the_observers() {
+    struct Heard(std::sync::Mutex<Vec<sipguard_policy::Change>>);
+    impl sipguard_policy::Observer for Heard {
+        fn changed(&self, change: &sipguard_policy::Change) {
+            self.0.lock().unwrap().push(change.clone());
+        }
+    }
+    let p = policy(|c| {
+        c.allowlist = vec![AllowGroup::new(
+            "listed",
+            ["198.51.100.0/28".parse().unwrap()],
+        )]
+    });
+    let heard = std::sync::Arc::new(Heard(Default::default()));
+    p.subscribe(heard.clone());
+    let ban = |expires| sipguard_policy::Ban {
+        rule: RuleId::Scanner,
+        note: Some("from node a".into()),
+        evidence: 1,
+        first_seen: at(0),
+        last_seen: at(0),
+        expires,
+        offence: 1,
+    };
+    assert!(p.adopt(ip(ATTACKER).into(), ban(at(600)), at(10)));
+    assert_eq!(p.ban_of(ip(ATTACKER), at(10)), Some(ban(at(600))));
+    assert!(
+        !p.adopt(ip(ATTACKER).into(), ban(at(300)), at(10)),
+        "a shorter ban replaced a longer one"
+    );
+    assert!(p.adopt(ip(ATTACKER).into(), ban(at(900)), at(10)));
+    assert!(
+        !p.adopt(ip(CARRIER).into(), ban(at(600)), at(10)),
+        "an address allowlisted here was banned"
+    );
+    assert!(!p.adopt(ip(OFFICE).into(), ban(at(5)), at(10)), "expired");
+    let heard = heard.0.lock().unwrap();
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(
+        matches!(&heard[1], sipguard_policy::Change::Banned { ban: b, .. } if b.expires == at(900))
+    );
+}
+
+#[test]
 fn lifting_a_ban_lets_the_source_through_and_clears_its_counters() {
     let p = policy(|_| {});
     let mut cracker = Client::new(&p, ATTACKER);

@@ -61,6 +61,10 @@ pub struct Config {
     pub names: NamesConfig,
     /// The outbound path (the PBX's requests to carriers through sipguard); `None`: off.
     pub outbound: Option<OutboundConfig>,
+    /// Bans offloaded into the kernel's nftables; `None` when off.
+    pub nftables: Option<NftConfig>,
+    /// Bans shared with other nodes through Redis; `None` when off.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The outbound path's addresses (docs/design.md, "Outbound path").
@@ -71,6 +75,24 @@ pub struct OutboundConfig {
     /// The address carriers see in Via and Record-Route, one a UDP listener receives on;
     /// `None`: the first UDP listener's address, which is then not a wildcard.
     pub public: Option<SocketAddr>,
+}
+
+/// The kernel offload of bans (`crate::nft`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftConfig {
+    /// The `inet` table sipguard owns: created at start, removed at a clean stop.
+    pub table: String,
+}
+
+/// Bans shared through Redis (`crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Where Redis (or Valkey) is.
+    pub redis_url: String,
+    /// This node's name, carried by the bans it shares so it ignores its own.
+    pub node: String,
+    /// Put before every key and the channel, so several clusters can share one Redis.
+    pub key_prefix: String,
 }
 
 /// Where the operator's services are.
@@ -514,7 +536,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls, metrics, admin, journal, feeds, outbound"
+             trust_for, tcp, tls, metrics, admin, journal, feeds, outbound, nftables, cluster"
         );
     }
 
@@ -525,7 +547,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, feeds, outbound",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, feeds, outbound, nftables, cluster",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -598,7 +620,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls, metrics, admin, journal, feeds, outbound"
+             rules, trust_for, tcp, tls, metrics, admin, journal, feeds, outbound, nftables, cluster"
         );
     }
 

@@ -74,4 +74,32 @@ fn describe() {
         "sipguard_allowlist_resolve_errors_total",
         "Lookups of allowlist names that failed (what the name resolved to before stays)."
     );
+    describe_gauge!(
+        "sipguard_nftables_active",
+        "1 while bans are offloaded to the kernel's nftables, else 0."
+    );
+    describe_counter!(
+        "sipguard_nftables_transactions_total",
+        "nft transactions updating the kernel's ban sets, by result (ok, error)."
+    );
+    describe_gauge!(
+        "sipguard_cluster_connected",
+        "1 while bans are shared through Redis, else 0."
+    );
+    describe_counter!(
+        "sipguard_cluster_published_total",
+        "Bans and lifts of this node written to Redis."
+    );
+    describe_counter!(
+        "sipguard_cluster_received_total",
+        "Other nodes' bans and lifts, by result (applied, ignored: allowlisted here or held already, invalid)."
+    );
+    describe_counter!(
+        "sipguard_cluster_errors_total",
+        "Redis connections lost or refused (the node goes on alone and reconnects)."
+    );
+    describe_counter!(
+        "sipguard_cluster_dropped_total",
+        "Changes not queued for Redis (queue full); a merge with Redis follows."
+    );
 }

@@ -6,12 +6,14 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
 pub mod feeds;
 pub mod http;
 pub mod journal;
+pub mod nft;
 pub mod reload;
 pub mod resolve;
 pub mod sessions;
@@ -65,6 +67,24 @@ impl Sockets {
     /// The handle that reloads the TLS certificate and key (on SIGHUP), when TLS is on.
     pub fn tls_reload(&self) -> Option<TlsReload> {
         self.listeners.certificate.clone()
+    }
+}
+
+impl Sockets {
+    /// The (protocol, port) of every SIP listener, for the kernel offload's rule: UDP, and TCP
+    /// for the TCP and TLS listeners.
+    pub fn offload_ports(&self) -> Vec<(nft::Proto, u16)> {
+        let udp = self
+            .udp_addrs()
+            .into_iter()
+            .map(|a| (nft::Proto::Udp, a.port()));
+        let streams = self.tcp_addrs().into_iter().chain(self.tls_addrs());
+        let mut ports: Vec<_> = udp
+            .chain(streams.map(|a| (nft::Proto::Tcp, a.port())))
+            .collect();
+        ports.sort_by_key(|&(proto, port)| (proto as u8, port));
+        ports.dedup();
+        ports
     }
 }
 
@@ -147,6 +167,15 @@ pub async fn run_with_policy(
     run_with_context(config, sockets, RelayContext::new(policy), shutdown).await
 }
 
+/// Registers metric handles into the recorder of `context` (an in-process instance's own), or
+/// the process-wide one.
+fn registered<T>(context: &RelayContext, register: impl FnOnce() -> T) -> T {
+    match &context.recorder {
+        Some(recorder) => metrics::with_local_recorder(&**recorder, register),
+        None => register(),
+    }
+}
+
 /// Runs sipguard with the policy, clock and metrics recorder of `context`.
 pub async fn run_with_context(
     config: Config,
@@ -154,7 +183,21 @@ pub async fn run_with_context(
     context: RelayContext,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    sipguard_relay::run(
+    let (policy, clock) = (&context.policy, &context.clock);
+    // Set up beside the relay, not before it: its first step (metrics registered, observers
+    // subscribed) stays the first thing `run` does, and the offload fills its sets from the
+    // policy's snapshot once it is ready.
+    let offload = config.nftables.clone().map(|nft| {
+        let metrics = registered(&context, nft::Metrics::register);
+        let ports = sockets.offload_ports();
+        let (policy, clock) = (Arc::clone(policy), Arc::clone(clock));
+        tokio::spawn(nft::Offload::start(nft, ports, policy, clock, metrics))
+    });
+    let _cluster = config.cluster.clone().map(|cluster| {
+        let metrics = registered(&context, cluster::Metrics::register);
+        cluster::start(cluster, Arc::clone(policy), Arc::clone(clock), metrics)
+    });
+    let result = sipguard_relay::run(
         config.relay,
         config.streams,
         sockets.listeners,
@@ -162,5 +205,11 @@ pub async fn run_with_context(
         shutdown,
     )
     .await
-    .context("relay failed")
+    .context("relay failed");
+    if let Some(started) = offload {
+        if let Ok(Some(offload)) = started.await {
+            offload.stop().await;
+        }
+    }
+    result
 }

@@ -223,6 +223,8 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     );
     new.feeds.bans_file = running.feeds.bans_file.clone();
     keep("outbound", new.outbound != running.outbound);
+    keep("nftables", new.nftables != running.nftables);
+    keep("cluster", new.cluster != running.cluster);
     new.listen_udp = running.listen_udp.clone();
     new.listen_tcp = running.listen_tcp.clone();
     new.listen_tls = running.listen_tls.clone();
@@ -233,6 +235,8 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     new.policy.ipv6_prefix_len = running.policy.ipv6_prefix_len;
     new.ops = running.ops.clone();
     new.outbound = running.outbound;
+    new.nftables = running.nftables.clone();
+    new.cluster = running.cluster.clone();
     changed
 }
 

@@ -85,6 +85,8 @@ pub struct DaemonConfig {
     pub pbx: SocketAddr,
     /// The SIP address; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// A program and its arguments to run sipguard under (`setpriv`, to drop a capability).
+    pub wrapper: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -99,6 +101,7 @@ impl DaemonConfig {
             state,
             pbx,
             listen: "127.0.0.1:0".parse()?,
+            wrapper: Vec::new(),
         })
     }
 }
@@ -106,7 +109,14 @@ impl DaemonConfig {
 impl Daemon {
     /// Starts `sipguard run` and waits until its admin API listens.
     pub fn start(config: &DaemonConfig) -> anyhow::Result<Self> {
-        let mut command = Command::new(binary()?);
+        let mut command = match config.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary()?);
+                command
+            }
+            None => Command::new(binary()?),
+        };
         command
             .arg("run")
             .arg("--config")

@@ -137,6 +137,11 @@ impl Sipguard {
         self.metrics.counter(name, labels)
     }
 
+    /// This instance's metrics as `/metrics` would serve them.
+    pub fn render(&self) -> String {
+        self.metrics.render()
+    }
+
     /// Shuts sipguard down; an error if `run` had already returned, failed, or does not stop.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown_and_wait()

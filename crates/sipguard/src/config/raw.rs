@@ -30,6 +30,8 @@ pub(crate) struct RawConfig {
     pub journal: Option<RawJournal>,
     pub feeds: Option<super::feeds::RawFeeds>,
     pub outbound: Option<RawOutbound>,
+    pub nftables: Option<RawNftables>,
+    pub cluster: Option<RawCluster>,
 }
 
 /// The outbound path: the PBX's loopback outbound proxy, and the address carriers see.
@@ -37,6 +39,26 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawOutbound {
     pub listen: Option<String>,
     pub public: Option<String>,
+}
+
+/// Kernel offload of bans into an nftables table of sipguard's own.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawNftables {
+    pub enabled: Option<String>,
+    pub table: Option<String>,
+}
+
+/// Bans shared with other nodes through Redis.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCluster {
+    pub redis: Option<RawRedis>,
+    pub node: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRedis {
+    pub url: Option<String>,
 }
 
 /// The admin API: its address, and the file holding the token every request must carry.
@@ -403,6 +425,26 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     (
         "outbound.public",
         "the public address a UDP listener receives on, such as 203.0.113.10:5060",
+    ),
+    ("nftables", "a mapping"),
+    ("nftables.enabled", "true or false"),
+    (
+        "nftables.table",
+        "a table name of letters, digits and _, at most 32, such as sipguard",
+    ),
+    ("cluster", "a mapping"),
+    ("cluster.redis", "a mapping"),
+    (
+        "cluster.redis.url",
+        "a Redis URL, such as redis://10.0.0.5:6379/0 or unix:///run/redis/redis.sock",
+    ),
+    (
+        "cluster.node",
+        "a node name of 1 to 64 printable characters without spaces, such as pbx-edge-1",
+    ),
+    (
+        "cluster.key_prefix",
+        "a key prefix of at most 64 printable characters without spaces, such as sipguard:",
     ),
 ]);
 

@@ -20,6 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod offload;
+
 /// Where settings given as flags come from, in messages.
 pub(crate) const COMMAND_LINE: &str = "command line";
 
@@ -150,6 +152,8 @@ pub(crate) fn validate(
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
     let outbound = v.outbound(raw.outbound.unwrap_or_default(), &listen_udp, pbx_addr);
+    let nftables = v.nftables(raw.nftables.unwrap_or_default());
+    let cluster = v.cluster(raw.cluster.unwrap_or_default());
 
     if problems.len() > before {
         return None;
@@ -194,6 +198,8 @@ pub(crate) fn validate(
         feeds: feeds?,
         names: names?,
         outbound: outbound?,
+        nftables: nftables?,
+        cluster: cluster?,
     })
 }
 
