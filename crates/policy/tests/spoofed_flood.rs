@@ -74,7 +74,11 @@ fn forged(n: u32) -> IpAddr {
 /// One forged packet: half are scanner probes (banned at first sight), half REGISTERs (counted
 /// by the flood rule).
 fn forge(policy: &Policy, n: u32, now: Timestamp) {
-    let packet = if n.is_multiple_of(2) { SCANNER } else { REGISTER };
+    let packet = if n.is_multiple_of(2) {
+        SCANNER
+    } else {
+        REGISTER
+    };
     let checked = policy.check(packet, forged(n), Transport::Datagram, now);
     assert!(
         n % 2 == 1 || matches!(checked.verdict, Verdict::Drop(_)),
