@@ -1,4 +1,5 @@
-//! sipguard's load harness (benches/README.md): `sipguard-bench run [--quick] [--runs N]` starts
+//! sipguard's load harness (benches/README.md): `sipguard-bench run [--quick] [--runs N]
+//! [--only PART,..] [--half RATE]` starts
 //! the stand-in PBX and measures, side by side in one run, the direct path, a bare relay, a
 //! Kamailio edge and sipguard: CPU per clean transaction, success and the highest clean rate,
 //! latency at half load, floods of scanner and banned-source packets under clean traffic, and

@@ -138,13 +138,8 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let udp = udp::Front::start(config.clone(), Arc::clone(&pipeline), stopped.clone());
-    let mut udp_threads = Vec::new();
     for socket in udp.sockets(listeners.udp)? {
-        udp_threads.push(receive_on_own_thread(
-            Arc::clone(&udp),
-            socket,
-            stopped.clone(),
-        )?);
+        tasks.spawn(Arc::clone(&udp).receive(socket));
     }
     let streams = stream::Front::new(config, limits, Arc::clone(&pipeline), stopped);
     for listener in listeners.tcp {
@@ -163,53 +158,7 @@ pub async fn run(
     shutdown.await;
     let _ = stop.send(true);
     tasks.shutdown().await;
-    // The UDP threads stop on the signal (their sessions' tasks with them); waited for, so the
-    // sockets are closed when this returns.
-    let _ = tokio::task::spawn_blocking(move || {
-        for thread in udp_threads {
-            let _ = thread.join();
-        }
-    })
-    .await;
     Ok(())
-}
-
-/// Runs the receive loop of one UDP listener socket, and the tasks of the sessions it opens,
-/// on a thread of their own with a single-threaded runtime, until `stopped` says so (or its
-/// sender is gone).
-///
-/// On one thread, the PBX's answer is relayed by the thread that forwarded the request, and a
-/// datagram that wakes the loop is handled by the thread that was waiting for it. On a shared
-/// multi-threaded runtime, a task woken while its worker waited for I/O is handed to the
-/// runtime's queue and another worker is woken to take it: a futex wake and a thread switch per
-/// packet (benches/RESULTS.md: half the context switches per transaction on own threads, and
-/// next to no futex calls). The kernel spreads clients over the listener and its SO_REUSEPORT
-/// siblings, one per core, so the threads share the load without sharing work.
-fn receive_on_own_thread(
-    udp: Arc<udp::Front>,
-    socket: std::net::UdpSocket,
-    mut stopped: watch::Receiver<bool>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("sipguard-udp".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let socket = match tokio::net::UdpSocket::from_std(socket) {
-                    Ok(socket) => Arc::new(socket),
-                    Err(error) => {
-                        tracing::error!(%error, "udp listener unusable");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    () = udp.receive(socket) => {}
-                    _ = stopped.wait_for(|stop| *stop) => {}
-                }
-            });
-        })
 }
 
 /// Drops expired policy state now and then (which publishes the expiries), and publishes the

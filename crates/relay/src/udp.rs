@@ -57,19 +57,15 @@ impl Front {
 
     /// The sockets to receive on: each listener and, per extra core, a sibling on its address
     /// (SO_REUSEPORT), so a flood is drained by every core while a client's packets, hashed by
-    /// the kernel to one socket, stay in order. Each is registered with the runtime of the
-    /// thread that receives on it.
-    pub fn sockets(
-        &self,
-        listeners: Vec<std::net::UdpSocket>,
-    ) -> io::Result<Vec<std::net::UdpSocket>> {
+    /// the kernel to one socket, stay in order.
+    pub fn sockets(&self, listeners: Vec<std::net::UdpSocket>) -> io::Result<Vec<Arc<UdpSocket>>> {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         let mut sockets = Vec::new();
         for listener in listeners {
             let address = listener.local_addr()?;
-            sockets.push(listener);
+            sockets.push(Arc::new(UdpSocket::from_std(listener)?));
             for _ in 1..workers {
-                sockets.push(bind_udp_sibling(address)?);
+                sockets.push(Arc::new(UdpSocket::from_std(bind_udp_sibling(address)?)?));
             }
         }
         Ok(sockets)
