@@ -1,16 +1,16 @@
 //! A concurrent map with a hard cap on entries, for every table keyed by source.
 //!
-//! A flood from millions of spoofed addresses must not grow memory without bound, nor cost more
-//! per new source than per known one, so each per-source table is capped and evicts in constant
-//! time. The map is split into shards, each a mutex around a dense vector of entries (allocated
-//! to the shard's cap up front) and an index from key to position (sized so it never grows or
-//! rehashes out of place). When an insert finds its shard full it samples [`SAMPLES`] entries at
-//! random and evicts the least valuable (an expired one at once), as each value judges its own
-//! worth: a table holding a few valuable entries among many cheap ones almost never samples only
-//! valuable ones, so the cheap go first. Proven state (built on what a forged packet cannot
-//! produce) outranks any amount of unproven evidence and is never evicted for an unproven
-//! newcomer: when every sample is proven and worth more than the newcomer, the newcomer is turned
-//! away instead.
+//! A flood from millions of spoofed addresses must not grow memory without bound, nor make a
+//! new source stall or allocate, so each per-source table is capped and evicts in constant time.
+//! The map is split into shards, each a mutex around a dense vector of entries (allocated to the
+//! shard's cap up front) and an index from key to position (sized so it never grows or rehashes
+//! out of place). When an insert finds its shard full it samples [`SAMPLES`] entries at random
+//! and the newcomer takes the place of the least valuable (an expired one at once), as each
+//! value judges its own worth: a table holding a few valuable entries among many cheap ones
+//! almost never samples only valuable ones, so the cheap go first. Proven state (built on what a
+//! forged packet cannot produce) outranks any amount of unproven evidence and is never evicted
+//! for an unproven newcomer: when every sample is proven and worth more than the newcomer, the
+//! newcomer is turned away instead.
 
 use crate::time::Timestamp;
 use std::collections::HashMap;
