@@ -1,4 +1,5 @@
-//! sipguard's load harness (benches/README.md): `sipguard-bench run [--quick] [--runs N]` starts
+//! sipguard's load harness (benches/README.md): `sipguard-bench run [--quick] [--runs N]
+//! [--only PART,..] [--half RATE]` starts
 //! the stand-in PBX and measures, side by side in one run, the direct path, a bare relay, a
 //! Kamailio edge and sipguard: CPU per clean transaction, success and the highest clean rate,
 //! latency at half load, floods of scanner and banned-source packets under clean traffic, and
@@ -51,11 +52,57 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 /// Clean rate while a flood runs.
 const FLOOD_CLEAN_RATE: u32 = 2_000;
 
+/// The paced spoofed flood's rate: issue 15's target, with clean traffic kept at >= 99.9%.
+const SPOOFED_PACED_RATE: u32 = 500_000;
+
 #[derive(Clone, Copy)]
 enum Flood {
     Scanner,
     ScannerSpoofed,
+    /// A new source per packet at [`SPOOFED_PACED_RATE`].
+    ScannerSpoofedPaced,
     Banned,
+}
+
+/// The parts of a run, for `--only` (comma-separated): all of them by default.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The rate sweep: CPU, success, highest clean rate.
+    Sweep,
+    /// Latency at half load.
+    Latency,
+    Floods,
+    Memory,
+    /// The Kamailio edge among the paths.
+    Kamailio,
+    /// The banned-source flood against sipguard with its bans in nftables (needs root), beside
+    /// sipguard dropping them itself.
+    Kernel,
+}
+
+impl Part {
+    const ALL: [Part; 6] = [
+        Part::Sweep,
+        Part::Latency,
+        Part::Floods,
+        Part::Memory,
+        Part::Kamailio,
+        Part::Kernel,
+    ];
+
+    fn parse(name: &str) -> anyhow::Result<Part> {
+        Ok(match name {
+            "sweep" => Part::Sweep,
+            "latency" => Part::Latency,
+            "floods" => Part::Floods,
+            "memory" => Part::Memory,
+            "kamailio" => Part::Kamailio,
+            "kernel" => Part::Kernel,
+            _ => {
+                bail!("--only takes sweep, latency, floods, memory, kamailio, kernel; not {name:?}")
+            }
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -64,40 +111,52 @@ enum Edge {
     Bare,
     Kamailio,
     Sipguard,
-    /// Another sipguard build (`SIPGUARD_BASELINE=path`), to measure one change side by side.
-    Baseline,
+    /// Another sipguard build (`SIPGUARD_BASELINE=path[:path..]`, the n-th of them), to measure
+    /// one change side by side.
+    Baseline(usize),
     /// sipguard with its bans offloaded to nftables (needs root): banned-source floods only.
     Kernel,
 }
 
 impl Edge {
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            Edge::Direct => "(a) direct to the PBX",
-            Edge::Bare => "(b) bare relay",
-            Edge::Kamailio => "(c) Kamailio edge",
-            Edge::Sipguard => "(d) sipguard",
-            Edge::Baseline => "(d0) sipguard baseline build",
-            Edge::Kernel => "(e) sipguard, bans in nftables",
+            Edge::Direct => "(a) direct to the PBX".into(),
+            Edge::Bare => "(b) bare relay".into(),
+            Edge::Kamailio => "(c) Kamailio edge".into(),
+            Edge::Sipguard => "(d) sipguard".into(),
+            Edge::Baseline(0) => "(d0) sipguard baseline build".into(),
+            Edge::Baseline(n) => format!("(d{n}) sipguard baseline build {n}"),
+            Edge::Kernel => "(e) sipguard, bans in nftables".into(),
         }
     }
 }
 
 struct Settings {
     quick: bool,
-    /// Only the banned-source flood, userspace drop against kernel drop.
-    banned_only: bool,
     runs: usize,
     root: PathBuf,
     sipguard: PathBuf,
-    baseline: Option<PathBuf>,
+    /// Other builds to run beside this one.
+    baselines: Vec<PathBuf>,
+    parts: Vec<Part>,
+    /// The half-load rate when the sweep does not run to find it.
+    half: u32,
 }
 
 impl Settings {
     fn edges(&self) -> Vec<Edge> {
-        let mut edges = vec![Edge::Direct, Edge::Bare, Edge::Kamailio, Edge::Sipguard];
-        edges.extend(self.baseline.as_ref().map(|_| Edge::Baseline));
+        let mut edges = vec![Edge::Direct, Edge::Bare];
+        if self.has(Part::Kamailio) {
+            edges.push(Edge::Kamailio);
+        }
+        edges.push(Edge::Sipguard);
+        edges.extend((0..self.baselines.len()).map(Edge::Baseline));
         edges
+    }
+
+    fn has(&self, part: Part) -> bool {
+        self.parts.contains(&part)
     }
 
     fn rates(&self) -> &'static [u32] {
@@ -153,16 +212,30 @@ fn main() -> anyhow::Result<()> {
                 .context("benches/ has a parent")?
                 .to_path_buf();
             let exe = std::env::current_exe()?;
+            let option = |name: &str| {
+                args.iter()
+                    .position(|a| a == name)
+                    .map(|i| args.get(i + 1).with_context(|| format!("{name} needs a value")))
+                    .transpose()
+            };
+            let parts = match option("--only")? {
+                Some(list) => list.split(',').map(Part::parse).collect::<Result<_, _>>()?,
+                None => Part::ALL.to_vec(),
+            };
+            let half = option("--half")?.map_or(Ok(20_000), |rate| rate.parse())?;
             let settings = Settings {
+                parts,
+                half,
                 quick: args.iter().any(|a| a == "--quick"),
-                banned_only: args.iter().any(|a| a == "--banned-only"),
                 runs: match args.iter().position(|a| a == "--runs") {
                     Some(i) => args.get(i + 1).context("--runs N")?.parse()?,
                     None if args.iter().any(|a| a == "--quick") => 1,
                     None => 3,
                 },
                 sipguard: exe.with_file_name("sipguard"),
-                baseline: std::env::var_os("SIPGUARD_BASELINE").map(PathBuf::from),
+                baselines: std::env::var_os("SIPGUARD_BASELINE")
+                    .map(|paths| std::env::split_paths(&paths).collect())
+                    .unwrap_or_default(),
                 root,
             };
             if !settings.sipguard.exists() {
@@ -174,7 +247,7 @@ fn main() -> anyhow::Result<()> {
             run(&settings)
         }
         _ => bail!(
-            "usage: sipguard-bench run [--quick] [--runs N] [--banned-only] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
+            "usage: sipguard-bench run [--quick] [--runs N] [--only PART,..] [--half RATE] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
         ),
     }
 }
@@ -202,8 +275,8 @@ fn start_edge(
             Some(pbx),
         )?,
         Edge::Sipguard => peers::sipguard(&settings.sipguard, listen, pbx, "")?,
-        Edge::Baseline => {
-            let binary = settings.baseline.as_ref().context("SIPGUARD_BASELINE")?;
+        Edge::Baseline(n) => {
+            let binary = settings.baselines.get(n).context("SIPGUARD_BASELINE")?;
             peers::sipguard(binary, listen, pbx, "")?
         }
         Edge::Kernel => peers::sipguard(
@@ -244,25 +317,26 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
         )?;
         pbx.wait_answering(pbx_addr)?;
 
-        let mut direct_highest = 0;
-        let clean_edges = if settings.banned_only {
-            Vec::new()
-        } else {
-            settings.edges()
-        };
-        for edge in clean_edges {
+        let mut direct_highest = 2 * settings.half;
+        let paths = settings.has(Part::Sweep) || settings.has(Part::Latency);
+        for edge in settings.edges().into_iter().filter(|_| paths) {
             let (peer, target) = start_edge(settings, edge, pbx_addr)?;
             let client = Client::new()?;
             let mut best = 0;
-            for &rate in settings.rates() {
+            let rates = if settings.has(Part::Sweep) {
+                settings.rates()
+            } else {
+                &[]
+            };
+            for &rate in rates {
                 let cpu_before = peer.as_ref().map_or(0.0, Peer::cpu_seconds);
                 let report = clean_load(&client, target, CLEAN, rate, settings.step(), TIMEOUT)?;
                 let cpu_after = peer.as_ref().map_or(0.0, Peer::cpu_seconds);
                 let column = format!("{rate}/s");
-                success.record(edge.label(), &column, report.success() * 100.0);
+                success.record(&edge.label(), &column, report.success() * 100.0);
                 if let Some(_peer) = &peer {
                     let per_tx = (cpu_after - cpu_before) * 1e6 / report.answered.max(1) as f64;
-                    cpu.record(edge.label(), &column, per_tx);
+                    cpu.record(&edge.label(), &column, per_tx);
                 }
                 eprintln!(
                     "  {}: {rate}/s success {:.3}% p99 {:.0} us",
@@ -275,35 +349,58 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
                 }
                 best = rate;
             }
-            highest.record(edge.label(), "transactions/s", f64::from(best));
-            if edge == Edge::Direct {
-                direct_highest = best;
+            if settings.has(Part::Sweep) {
+                highest.record(&edge.label(), "transactions/s", f64::from(best));
+                if edge == Edge::Direct {
+                    direct_highest = best;
+                }
+            }
+            if !settings.has(Part::Latency) {
+                continue;
             }
             let half = (direct_highest / 2).max(1_000);
+            // Sleeps and wake-ups of the edge's threads: Kamailio's workers are processes of
+            // their own, so only single-process edges are counted.
+            let sleeps = peer
+                .as_ref()
+                .filter(|_| edge != Edge::Kamailio)
+                .map(|peer| procfs::sleeps(peer.pid()));
             let report = clean_load(&client, target, CLEAN, half, settings.step() * 2, TIMEOUT)?;
             for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-                latency.record(edge.label(), name, report.latency_us(q));
+                latency.record(&edge.label(), name, report.latency_us(q));
             }
-            latency.record(edge.label(), "rate/s", f64::from(half));
+            if let (Some(before), Some(peer)) = (sleeps, &peer) {
+                let after = procfs::sleeps(peer.pid());
+                let per_tx = after.saturating_sub(before) as f64 / report.answered.max(1) as f64;
+                latency.record(&edge.label(), "thread sleeps per transaction", per_tx);
+            }
+            latency.record(&edge.label(), "rate/s", f64::from(half));
             drop(peer);
         }
 
-        let flood_edges: Vec<Edge> = if settings.banned_only {
-            vec![Edge::Sipguard, Edge::Kernel]
-        } else {
-            let mut edges: Vec<Edge> = settings.edges().into_iter().skip(2).collect();
-            edges.push(Edge::Kernel);
-            edges
-        };
+        let mut flood_edges: Vec<Edge> = settings.edges().into_iter().skip(2).collect();
+        flood_edges.retain(|_| settings.has(Part::Floods));
+        if settings.has(Part::Kernel) {
+            if !settings.has(Part::Floods) {
+                flood_edges.push(Edge::Sipguard);
+            }
+            flood_edges.push(Edge::Kernel);
+        }
         for edge in flood_edges {
-            let kinds: &[Flood] = if settings.banned_only || edge == Edge::Kernel {
-                &[Flood::Banned]
+            let kinds: &[Flood] = if settings.has(Part::Floods) && edge != Edge::Kernel {
+                &[
+                    Flood::Scanner,
+                    Flood::ScannerSpoofed,
+                    Flood::ScannerSpoofedPaced,
+                    Flood::Banned,
+                ]
             } else {
-                &[Flood::Scanner, Flood::ScannerSpoofed, Flood::Banned]
+                &[Flood::Banned]
             };
             for &flood_kind in kinds {
                 let (peer, target) = start_edge(settings, edge, pbx_addr)?;
                 let client = Client::new()?;
+                let mut rate = None;
                 let (sources, kind, payloads) = match flood_kind {
                     Flood::Scanner => (
                         SCANNERS,
@@ -315,6 +412,14 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
                         "scanner UA, a new source per packet",
                         vec![sip::scanner_packet()],
                     ),
+                    Flood::ScannerSpoofedPaced => {
+                        rate = Some(SPOOFED_PACED_RATE);
+                        (
+                            SPOOFED,
+                            "scanner UA, a new source per packet, paced at 500,000/s",
+                            vec![sip::scanner_packet()],
+                        )
+                    }
                     Flood::Banned => {
                         // Ban every flood source first, with one scanner packet each.
                         let scanner = vec![sip::scanner_packet()];
@@ -337,7 +442,7 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
                 let cpu_before = peer.as_ref().map_or(0.0, Peer::cpu_seconds);
                 let duration = settings.flood_time();
                 let flooder = std::thread::spawn(move || {
-                    flood(target, sources, &payloads, u64::MAX, duration, None)
+                    flood(target, sources, &payloads, u64::MAX, duration, rate)
                 });
                 let clean =
                     clean_load(&client, target, CLEAN, FLOOD_CLEAN_RATE, duration, TIMEOUT)?;
@@ -374,7 +479,8 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
             }
         }
 
-        if settings.banned_only {
+        if !settings.has(Part::Memory) {
+            drop(pbx);
             continue;
         }
         let (peer, target) = start_edge(settings, Edge::Sipguard, pbx_addr)?;
@@ -423,12 +529,7 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
         loads.join(" / "),
         started.elapsed().as_secs_f64()
     );
-    let tables = if settings.banned_only {
-        vec![&floods]
-    } else {
-        vec![&cpu, &success, &highest, &latency, &floods, &memory]
-    };
-    for table in tables {
+    for table in [&cpu, &success, &highest, &latency, &floods, &memory] {
         println!("{table}");
     }
     Ok(())

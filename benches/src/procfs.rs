@@ -74,3 +74,24 @@ pub fn load_average() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Voluntary context switches so far of every thread of process `pid`: each time a thread
+/// parks for want of work (waiting for I/O, or for another thread to hand it a task) counts, so
+/// per transaction it shows how often the edge's threads sleep and are woken for a packet.
+/// Preemption by other work on the machine is not counted.
+pub fn sleeps(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.starts_with("voluntary_ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}

@@ -43,6 +43,17 @@ impl Expiring for Ban {
             .as_secs()
             .saturating_mul(u64::from(self.offence))
     }
+    fn proven(&self, _now: Timestamp) -> bool {
+        earned(self.rule)
+    }
+}
+
+/// Whether a ban by `rule` rests on more than one packet's word: the PBX's answers to the
+/// source, or the operator's. The packet rules (a scanner's signature, a flood, garbage) ban on
+/// what a spoofer forges with a new address per packet, and give way to these when the table
+/// is full.
+fn earned(rule: RuleId) -> bool {
+    !matches!(rule, RuleId::Scanner | RuleId::Flood | RuleId::Garbage)
 }
 
 /// Bans issued to a source recently: each new ban within the window doubles.
@@ -50,6 +61,8 @@ impl Expiring for Ban {
 struct Offences {
     count: u32,
     forget_at: Timestamp,
+    /// The last ban was earned (see [`earned`]).
+    earned: bool,
 }
 
 impl Expiring for Offences {
@@ -58,6 +71,9 @@ impl Expiring for Offences {
     }
     fn worth(&self, _now: Timestamp) -> u64 {
         u64::from(self.count)
+    }
+    fn proven(&self, _now: Timestamp) -> bool {
+        self.earned
     }
 }
 
@@ -198,9 +214,11 @@ impl BanTable {
             || Offences {
                 count: 0,
                 forget_at: now,
+                earned: false,
             },
             |offences| {
                 offences.count = offences.count.saturating_add(1);
+                offences.earned = earned(evidence.rule);
                 let doubling = 1u32.checked_shl(offences.count - 1).unwrap_or(u32::MAX);
                 let expires = if grow {
                     now + base.saturating_mul(doubling).min(max_ban.max(base))
@@ -243,6 +261,7 @@ impl BanTable {
         let offences = Offences {
             count: ban.offence,
             forget_at: ban.expires + self.repeat.within,
+            earned: earned(ban.rule),
         };
         self.offences
             .upsert(source, now, || offences, |current| *current = offences);

@@ -96,7 +96,7 @@ pub struct Stats {
     pub users: usize,
     /// Trusted sources.
     pub trusted: usize,
-    /// Live entries evicted from any table to stay under its cap.
+    /// Live entries evicted from any table to stay under its cap, and new ones turned away.
     pub evictions: u64,
 }
 

@@ -274,6 +274,10 @@ impl Expiring for SourceState {
             + live(&self.flood)
             + live(&self.garbage)
     }
+    fn proven(&self, now: Timestamp) -> bool {
+        // Usernames refused after credentials answering a challenge the source was sent.
+        self.probes.count().proven > 0 && now.since(self.probes.start) < self.horizon
+    }
 }
 
 /// The long window of the failure rule: a cracker that keeps under the rule's threshold in every
@@ -322,7 +326,10 @@ impl Expiring for Trust {
         now >= self.until
     }
     fn worth(&self, now: Timestamp) -> u64 {
-        // A proven source is worth far more than any evidence against a spoofed one.
-        self.until.since(now).as_secs().saturating_mul(1024)
+        self.until.since(now).as_secs()
+    }
+    fn proven(&self, _now: Timestamp) -> bool {
+        // A proven source is worth more than any evidence against a spoofed one.
+        true
     }
 }

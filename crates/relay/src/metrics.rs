@@ -479,7 +479,7 @@ fn describe() {
     describe_gauge!(SOURCES_TRACKED, "Sources with evidence held.");
     describe_counter!(
         EVICTIONS,
-        "Live entries evicted from a full per-source table."
+        "Live entries evicted from a full per-source table, or new ones turned away."
     );
     describe_counter!(
         AUTH_FAILURES,
