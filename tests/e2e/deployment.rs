@@ -5,7 +5,9 @@
 //! loopback identity while a stranger dialling the same number is challenged, and a digest trunk
 //! gets in with its account; a phone keeps getting calls across a `kill -9` of sipguard, before it
 //! registers again, and then has one contact; `sipguard sessions` names the client behind the
-//! port Asterisk lists. The restart also against the Kamailio stand-in.
+//! port Asterisk lists. Against the Kamailio stand-in too: the restart, and the carrier's
+//! identity as the PBX sees it (Kamailio has no `identify`; UDP, TCP and TLS phones through
+//! sipguard to Kamailio are tcp.rs's and relay.rs's).
 //!
 //! The phones are support/softphone.rs (a thread that answers what the PBX sends), carriers and
 //! strangers SIPp. Asterisk's SIP trace gives the exchange each test prints (`cargo test --test
@@ -15,10 +17,11 @@
 use crate::support::asterisk::{available_or_skip, free_port_for_both, Asterisk, DeploySite};
 use crate::support::certs::{TestCa, SERVER_NAME};
 use crate::support::{
-    free_udp_addr, password, poll_until, Call, Daemon, DaemonConfig, Kamailio, Registration,
-    Sipguard, Sipp, Softphone, Stunnel, Ua,
+    call_id, free_udp_addr, password, poll_until, Call, Daemon, DaemonConfig, Kamailio,
+    Registration, Sipguard, Sipp, Softphone, Stunnel, Ua,
 };
 use anyhow::{ensure, Context};
+use sipguard_policy::{AllowGroup, IpNet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +42,8 @@ const RESTART_PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 31);
 const TRACED_PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 32);
 const KAMAILIO_PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 41);
 const KAMAILIO_CALLER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 42);
+const KAMAILIO_CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 43);
+const KAMAILIO_STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 44);
 /// Where the carrier Asterisk registers to (pjsip_outbound.conf) would be; nothing answers there.
 const REGISTERED_CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 90);
 /// Each test's sipguard listens on an address of its own, the host's "public" address that
@@ -520,6 +525,45 @@ fn a_phone_registered_through_sipguard_keeps_getting_kamailios_calls_across_a_ki
     let after = pbx.received_addrs("1001")?;
     ensure!(after == before, "before: {before:?}, after: {after:?}");
     Ok(())
+}
+
+#[test]
+fn kamailio_sees_an_allowlisted_carrier_at_its_identity_and_everyone_else_at_the_shared_address(
+) -> anyhow::Result<()> {
+    let pbx = Kamailio::start()?;
+    let guard = Sipguard::start_with(pbx.addr(), |config| {
+        config.policy.allowlist = vec![AllowGroup {
+            identity: Some(IDENTITY.into()),
+            ..AllowGroup::new(
+                "example-carrier",
+                [IpNet::from(IpAddr::V4(KAMAILIO_CARRIER))],
+            )
+        }];
+    })?;
+    let mut sent = Vec::new();
+    for ip in [KAMAILIO_CARRIER, KAMAILIO_STRANGER] {
+        let mut ua = Ua::udp((ip, 0).into(), guard.addr(), "carrier", "")?;
+        let options = ua.request("OPTIONS", None, &call_id("identity"), 1, &[]);
+        let answer = ua.transact(&options, true, SHOWS)?;
+        ensure!(
+            answer.as_ref().is_some_and(|a| a.status == 200),
+            "{ip}'s OPTIONS: {answer:?}"
+        );
+        sent.push((ip, options.call_id));
+    }
+    let requests = pbx.requests();
+    let peer = |call_id: &str| {
+        requests
+            .iter()
+            .find(|request| request.call_id == call_id)
+            .map(|request| request.peer.ip())
+    };
+    let (carrier, stranger) = (peer(&sent[0].1), peer(&sent[1].1));
+    ensure!(
+        carrier == Some(IpAddr::V4(IDENTITY)) && stranger == Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "Kamailio saw the carrier from {carrier:?} and the stranger from {stranger:?}"
+    );
+    guard.stop()
 }
 
 /// deploy/asterisk loads whole: every section a test here does not call through is there too.
