@@ -1,14 +1,14 @@
 //! A desk phone for the deployment tests: one [`Ua`] (UDP, TCP, or TCP into a TLS tunnel) run by
 //! a thread of its own that answers whatever the PBX sends it, as a phone does, while the test
-//! asks it to register or to hang up. It answers OPTIONS (qualify) with 200, rings and answers
-//! every INVITE with 200 and an SDP, answers BYE with 200, and keeps a record of each call and of
+//! asks it to register or to hang up. It answers OPTIONS (qualify) with 200, every INVITE at once
+//! with 200 and an SDP (auto-answer), BYE with 200, and keeps a record of each call and of
 //! every request line and status line it sent and received (its trace, for reports).
 //!
 //! Over UDP its own requests are retransmitted every 500 ms until answered; over a connection
 //! they are sent once. In-dialog requests go to the server it talks to (sipguard), with the
 //! Request-URI the PBX's Contact gave.
 
-use super::ua::{header, unique, Challenge, Registration, Request, Response, Ua};
+use super::ua::{header, unique, Registration, Request, Response, Ua};
 use anyhow::{anyhow, bail, Context};
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
@@ -53,7 +53,6 @@ enum Command {
 /// A request the phone sent and waits on.
 struct Pending {
     request: Request,
-    text: String,
     resend_at: Instant,
     deadline: Instant,
     purpose: Purpose,
@@ -272,11 +271,9 @@ impl Runner {
     }
 
     fn send_request(&mut self, request: Request, deadline: Instant, purpose: Purpose) {
-        let text = request.text().to_owned();
-        let sent = self.send(&text);
+        let sent = self.send(request.text());
         self.pending = Some(Pending {
             request,
-            text,
             resend_at: Instant::now() + RESEND,
             deadline,
             purpose,
@@ -299,7 +296,7 @@ impl Runner {
         }
         if !self.ua.is_stream() && now >= pending.resend_at {
             pending.resend_at = now + RESEND;
-            let text = pending.text.clone();
+            let text = pending.request.text().to_owned();
             self.send(&text)?;
         }
         Ok(())
@@ -334,7 +331,7 @@ impl Runner {
                     let _ = reply.send(Ok(Registration::Registered));
                 }
                 (401 | 407, Some(challenge)) if !answered_challenge => {
-                    let request = self.answer(&challenge);
+                    let request = self.ua.answer_register(&challenge);
                     let purpose = Purpose::Register {
                         answered_challenge: true,
                         reply,
@@ -352,10 +349,6 @@ impl Runner {
         Ok(())
     }
 
-    fn answer(&mut self, challenge: &Challenge) -> Request {
-        self.ua.answer_register(challenge)
-    }
-
     fn on_request(&mut self, method: &str, text: &str) -> anyhow::Result<()> {
         let call_id = header(text, "Call-ID")
             .or_else(|| header(text, "i"))
@@ -368,8 +361,9 @@ impl Runner {
                 lock(&self.shared).options_answered += 1;
             }
             "INVITE" => {
+                // Answered at once, with no 180 before: a proxy with several workers (Kamailio)
+                // may relay a 180 sent just before the 200 after it, which a caller refuses.
                 let tag = self.dialog_tag(&call_id, text);
-                self.respond(text, "180 Ringing", &tag, None)?;
                 self.respond(text, "200 OK", &tag, Some(&self.sdp()))?;
             }
             "ACK" => self.update_call(&call_id, |call| call.acked = true),
