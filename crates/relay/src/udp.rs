@@ -145,10 +145,12 @@ impl Front {
     fn log_session(&self, session: &Session, what: &'static str) {
         let second = self.pipeline.now().as_millis() / 1000;
         let budget = self.log_budget.load(Ordering::Relaxed);
-        let within = if budget >> 16 == second {
-            self.log_budget.fetch_add(1, Ordering::Relaxed) & 0xffff < SESSION_LINES_PER_SECOND
+        // The second in the high half, the lines logged in it in the low half.
+        let within = if budget >> 32 == second {
+            self.log_budget.fetch_add(1, Ordering::Relaxed) & u64::from(u32::MAX)
+                < SESSION_LINES_PER_SECOND
         } else {
-            self.log_budget.store(second << 16 | 1, Ordering::Relaxed);
+            self.log_budget.store(second << 32 | 1, Ordering::Relaxed);
             true
         };
         let (client, upstream) = (session.client, session.upstream_addr);

@@ -10,7 +10,7 @@
 //! Exit codes: 0 success; 1 failure at run time, or a config file that cannot be read, or for
 //! `bans` a token that cannot be read or is refused; 2 an invalid configuration (every problem
 //! printed, one per line) or bad command-line usage; 3 for `bans` when no sipguard answers at
-//! the admin address.
+//! the admin address; 4 for `audit` when a finding is high severity.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ use std::process::ExitCode;
     version,
     about = "Inline SIP filtering proxy in front of a PBX",
     after_help = "Exit codes: 0 ok; 1 runtime failure or unreadable config file; 2 invalid \
-                  configuration or usage."
+                  configuration or usage; 4 audit found a high-severity problem."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +44,17 @@ enum Command {
     CheckConfig {
         /// The YAML configuration file.
         file: PathBuf,
+    },
+    /// Audit the Asterisk configuration behind sipguard: passwords, voicemail PINs, open doors,
+    /// exposed transports, international dialling. Exit 4 when a finding is high, 1 when the
+    /// directory cannot be read.
+    Audit {
+        /// Asterisk's configuration directory.
+        #[arg(default_value = "/etc/asterisk")]
+        dir: PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -179,6 +190,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Bans(args) => return admin_client::bans(args),
         Command::Sessions(args) => return admin_client::sessions(args),
+        Command::Audit { dir, json } => return audit(&dir, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,6 +213,29 @@ fn report(err: &anyhow::Error) -> ExitCode {
     }
     eprintln!("sipguard: error: {err:#}");
     ExitCode::FAILURE
+}
+
+/// Exit code of `audit` when any finding is high severity.
+const EXIT_HIGH_FINDINGS: u8 = 4;
+
+fn audit(dir: &Path, json: bool) -> ExitCode {
+    let report = match sipguard::audit::audit_dir(dir) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("sipguard: {}: {err}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", report.json(dir));
+    } else {
+        print!("{}", report.text(dir));
+    }
+    if report.has_high() {
+        ExitCode::from(EXIT_HIGH_FINDINGS)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
