@@ -348,6 +348,16 @@ fn a_carrier_known_by_its_address_reaches_its_did_through_its_identity_and_a_str
         .run()?
         .ensure_success()
         .context("the stranger was not challenged")?;
+    // A stranger naming the carrier's endpoint in From (pjsip identifies by From user unless
+    // told `identify_by = ip`) is challenged as well.
+    let mut impostor = Ua::udp((STRANGER, 0).into(), front, "example-carrier", "")?;
+    let invite = impostor.request("INVITE", Some(DID_1001), &call_id("impostor"), 1, &[]);
+    let answer = impostor.transact(&invite, true, SHOWS)?;
+    ensure!(
+        answer.as_ref().is_some_and(|a| a.status == 401),
+        "an INVITE from example-carrier@ (the stranger) got {:?}",
+        answer.map(|a| a.status)
+    );
     let runs = dialplan_runs(&pbx, DID_1001, "from-carrier", "example-carrier");
     ensure!(runs == 1, "the carrier's context ran {runs} times");
     ensure!(
