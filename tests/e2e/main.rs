@@ -3,7 +3,8 @@
 //! SIPp plays the phones and callers, Kamailio (tests/fixtures/kamailio/pbx.cfg) the PBX, a bare
 //! UDP socket the PBX tap where the exact bytes forwarded matter. Every test starts its own
 //! peers on free ports and 127.0.0.x addresses, so the tests run in parallel. `deploy` checks
-//! deploy/ with the tools that read it (systemd-analyze, promtool).
+//! deploy/ with the tools that read it (systemd-analyze, promtool); `deployment` runs a real
+//! Asterisk configured with deploy/asterisk behind sipguard.
 
 mod support;
 
@@ -11,6 +12,7 @@ mod asterisk;
 mod attacks;
 mod cluster;
 mod deploy;
+mod deployment;
 mod detection;
 mod feeds;
 mod inspection;

@@ -351,6 +351,26 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_trunk_without_auth_identified_by_ip_only_is_medium_under_the_default_order() {
+        let text = "[carrier]\ntype=endpoint\nidentify_by=ip\n[carrier-id]\ntype=identify\n\
+                    endpoint=carrier\nmatch=127.0.1.1\n[named]\ntype=endpoint\n\
+                    identify_by=username,ip\n[named-id]\ntype=identify\nendpoint=named\n\
+                    match=127.0.1.2\n";
+        let got: Vec<(u32, Severity, &str)> = run(&[("pjsip.conf", text)])
+            .into_iter()
+            .filter(|f| f.3 != "not-found")
+            .map(|f| (f.1, f.2, f.3))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Severity::Medium, "endpoint-no-auth"),
+                (8, Severity::High, "endpoint-no-auth")
+            ]
+        );
+    }
+
+    #[test]
     fn transports_on_loopback_pass_and_public_ones_on_the_sip_port_are_high() {
         let text =
             "[lo]\ntype=transport\nbind=127.0.0.1:5080\n[any]\ntype=transport\nbind=0.0.0.0\n\

@@ -2,12 +2,14 @@
 //! to stale and made-up nonces and to many phones at once, as sipguard in front of it sees it.
 //!
 //! The build is not a Debian package: it sits beside the repository (`../shared/asterisk`, where
-//! CI clones it; its README says what it holds), and a test that needs it fails when it is not
-//! there. Each instance unpacks into a tempdir of its own, with a config written from
-//! tests/fixtures/asterisk (UDP and TCP transports on one free loopback port, users with
-//! `secret-<user>` passwords), and is stopped by its PID when its handle drops. A test reads it
-//! through its security log (who failed, on which nonce), its SIP trace (what it sent) and
-//! `asterisk -rx` (who is registered). [`UaPhone`] keeps a phone registering meanwhile.
+//! CI clones it; its README says what it holds); the crack tests fail when it is not there, the
+//! deployment tests say `SKIPPED` ([`available_or_skip`]). Each instance unpacks into a tempdir
+//! of its own, with a config written from tests/fixtures/asterisk (UDP and TCP transports on one
+//! free loopback port, users with `secret-<user>` passwords) or from deploy/asterisk itself with
+//! only its addresses changed ([`Asterisk::start_deployed`]), and is stopped by its PID when its
+//! handle drops. A test reads it through its security log (who failed, on which nonce), its SIP
+//! trace (what it sent) and `asterisk -rx` (who is registered, and reachable). [`UaPhone`] keeps
+//! a phone registering meanwhile.
 
 use super::ua::Challenge;
 use super::{call_id, fixture, free_udp_addr, free_udp_port, poll_until, Registration, Ua};
@@ -42,7 +44,7 @@ pub struct AsteriskConfig {
     pub users: Vec<String>,
     /// Seconds a nonce is taken for (auth `nonce_lifetime`; Asterisk's default is 32).
     pub nonce_lifetime: u32,
-    /// Contacts an aor keeps (`max_contacts`, with `remove_existing = yes`, as deploy/ has it).
+    /// Contacts an aor keeps (`max_contacts`, with `remove_existing = yes`; deploy/ has 1).
     pub max_contacts: u32,
 }
 
@@ -73,10 +75,42 @@ impl Asterisk {
 
     /// Starts Asterisk with `config`, its transports on 127.0.0.1 and a free port.
     pub fn start_with(config: &AsteriskConfig) -> anyhow::Result<Self> {
+        Self::start_configured(&|addr, conf| {
+            std::fs::write(conf.join("pjsip.conf"), pjsip_conf(addr, config)?)?;
+            std::fs::copy(
+                fixture("asterisk/extensions.conf"),
+                conf.join("extensions.conf"),
+            )
+            .context("copying extensions.conf")?;
+            Ok(())
+        })
+    }
+
+    /// Starts Asterisk with the configuration deploy/asterisk documents (pjsip.conf with
+    /// pjsip_outbound.conf after it, extensions.conf), as an operator would run it behind the
+    /// sipguard listening at `site.sipguard`; only addresses and ports are changed (see
+    /// [`DeploySite`]). An error if a file no longer has an address the tests change.
+    pub fn start_deployed(site: &DeploySite) -> anyhow::Result<Self> {
+        Self::start_configured(&|addr, conf| {
+            let read = |name: &str| {
+                let path = deploy_dir().join(name);
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))
+            };
+            let pjsip = read("pjsip.conf")? + "\n" + &read("pjsip_outbound.conf")?;
+            std::fs::write(conf.join("pjsip.conf"), site.localize(&pjsip, addr)?)?;
+            std::fs::write(conf.join("extensions.conf"), read("extensions.conf")?)?;
+            Ok(())
+        })
+    }
+
+    fn start_configured(
+        write_conf: &dyn Fn(SocketAddr, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let build = build_dir()?;
         let mut errors = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&build, config) {
+            match Self::try_start(&build, write_conf) {
                 Ok(asterisk) => return Ok(asterisk),
                 Err(e) => errors.push(format!("{e:#}")),
             }
@@ -87,19 +121,17 @@ impl Asterisk {
         )
     }
 
-    fn try_start(build: &Path, config: &AsteriskConfig) -> anyhow::Result<Self> {
-        let addr = free_port_for_both()?;
+    fn try_start(
+        build: &Path,
+        write_conf: &dyn Fn(SocketAddr, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let addr = free_port_for_both(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
         let dir = tempfile::Builder::new()
             .prefix("sipguard-asterisk-")
             .tempdir()?;
         let conf = dir.path().join("conf");
         std::fs::create_dir(&conf)?;
-        std::fs::write(conf.join("pjsip.conf"), pjsip_conf(addr, config)?)?;
-        std::fs::copy(
-            fixture("asterisk/extensions.conf"),
-            conf.join("extensions.conf"),
-        )
-        .context("copying extensions.conf")?;
+        write_conf(addr, &conf)?;
         // start.sh returns once Asterisk is fully booted (or gave up after 10 s), printing its PID.
         let output = Command::new(build.join("start.sh"))
             .arg(dir.path().join("run"))
@@ -170,8 +202,22 @@ impl Asterisk {
         read_lossy(&self.run_dir().join("log/messages.log"))
     }
 
+    /// The NOTICE, WARNING and ERROR lines of its log (why it refused something).
+    pub fn notices(&self) -> String {
+        self.log()
+            .lines()
+            .filter(|line| {
+                [" NOTICE[", " WARNING[", " ERROR["]
+                    .iter()
+                    .any(|l| line.contains(l))
+            })
+            .filter(|line| !line.contains("Unable to load config"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The ERROR lines of its log, but for the config files it is not given.
-    fn errors(&self) -> String {
+    pub fn errors(&self) -> String {
         self.log()
             .lines()
             .filter(|line| line.contains(" ERROR[") && !line.contains("Unable to load config"))
@@ -200,6 +246,17 @@ impl Asterisk {
         Ok(parse_contacts(&self.rx("pjsip show contacts")?))
     }
 
+    /// The registered contacts of `user`, as `(uri, status)` from `pjsip show contacts`; the
+    /// status is Avail once a qualify was answered, Unavail when one was not, NonQual without
+    /// qualify.
+    pub fn contact_statuses(&self, user: &str) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(parse_contact_rows(&self.rx("pjsip show contacts")?)
+            .into_iter()
+            .filter(|(aor, _, _)| aor == user)
+            .map(|(_, uri, status)| (uri, status))
+            .collect())
+    }
+
     /// Whether `user` has a registered contact.
     pub fn registered(&self, user: &str) -> anyhow::Result<bool> {
         Ok(self.contacts()?.iter().any(|(aor, _)| aor == user))
@@ -212,6 +269,13 @@ impl Asterisk {
             bail!("the SIP trace did not start: {answer}");
         }
         Ok(())
+    }
+
+    /// The SIP exchange since the trace started, one line per message: who sent it to whom
+    /// (`peer -> asterisk` or `asterisk -> peer`, the peer as `TRANSPORT:ip:port`) and its
+    /// request or status line.
+    pub fn exchange(&self) -> Vec<String> {
+        sip_exchange(&self.log())
     }
 
     /// The WWW-Authenticate values of the responses Asterisk sent since the trace started.
@@ -256,9 +320,71 @@ impl Drop for Asterisk {
     }
 }
 
+/// Where deploy/ keeps the Asterisk side of a deployment.
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/asterisk")
+}
+
+/// Where the build beside the repository is looked for.
+fn shared_build() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/asterisk")
+}
+
+/// Whether the Asterisk build is there. When it is not, says so on stderr in a line starting
+/// with `SKIPPED` that names `test`, so a run without it cannot pass for one that tested it.
+pub fn available_or_skip(test: &str) -> bool {
+    let dir = shared_build();
+    let present = dir.join("start.sh").exists();
+    if !present {
+        eprintln!(
+            "SKIPPED {test}: no Asterisk build at {} (clone the shared folder beside the \
+             repository, as CI has it, to run it)",
+            dir.display()
+        );
+    }
+    present
+}
+
+/// The addresses a deployment test gives Asterisk in place of the ones deploy/asterisk names.
+#[derive(Debug, Clone)]
+pub struct DeploySite {
+    /// Where sipguard listens for phones (UDP and TCP on one port): replaces the public address
+    /// 203.0.113.10 and the signalling port 5060 of the transports.
+    pub sipguard: SocketAddr,
+    /// Replaces the carrier Asterisk registers to, 198.51.100.20.
+    pub carrier: IpAddr,
+    /// Replaces sipguard's outbound proxy listener, 127.0.0.1:5070.
+    pub outbound_proxy: SocketAddr,
+}
+
+impl DeploySite {
+    /// `text` (deploy/asterisk's pjsip.conf) with Asterisk's own transports on `asterisk` and the
+    /// other addresses this site's; an error naming any address the text no longer has.
+    fn localize(&self, text: &str, asterisk: SocketAddr) -> anyhow::Result<String> {
+        let replacements = [
+            ("127.0.0.1:5080".to_owned(), asterisk.to_string()),
+            (
+                "external_signaling_port = 5060".to_owned(),
+                format!("external_signaling_port = {}", self.sipguard.port()),
+            ),
+            ("203.0.113.10".to_owned(), self.sipguard.ip().to_string()),
+            ("198.51.100.20".to_owned(), self.carrier.to_string()),
+            ("127.0.0.1:5070".to_owned(), self.outbound_proxy.to_string()),
+        ];
+        let mut text = text.to_owned();
+        for (from, to) in replacements {
+            if !text.contains(&from) {
+                bail!("deploy/asterisk no longer has {from}, which the tests replace");
+            }
+            text = text.replace(&from, &to);
+        }
+        Ok(text)
+    }
+}
+
 /// The build beside the repository; an error saying where it was looked for if it is not there.
 fn build_dir() -> anyhow::Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/asterisk");
+    let dir = shared_build();
     if !dir.join("start.sh").exists() {
         bail!(
             "no Asterisk build at {}: the Asterisk tests need the shared folder cloned beside \
@@ -269,9 +395,8 @@ fn build_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A loopback port free on UDP and TCP a moment ago: Asterisk binds both transports to it.
-fn free_port_for_both() -> anyhow::Result<SocketAddr> {
-    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// A port on `ip` free on UDP and TCP a moment ago: Asterisk (or sipguard) binds both to it.
+pub fn free_port_for_both(ip: IpAddr) -> anyhow::Result<SocketAddr> {
     let mut last = None;
     for _ in 0..10 {
         let addr = SocketAddr::new(ip, free_udp_port(ip)?);
@@ -380,14 +505,53 @@ fn parse_event_tv(tv: &str) -> Option<SystemTime> {
 
 /// The `(aor, uri)` of each `Contact:` row of `pjsip show contacts`.
 fn parse_contacts(output: &str) -> Vec<(String, String)> {
+    parse_contact_rows(output)
+        .into_iter()
+        .map(|(aor, uri, _)| (aor, uri))
+        .collect()
+}
+
+/// The `(aor, uri, status)` of each `Contact:` row of `pjsip show contacts`.
+fn parse_contact_rows(output: &str) -> Vec<(String, String, String)> {
     output
         .lines()
         .filter_map(|line| line.trim_start().strip_prefix("Contact:"))
-        .filter_map(|row| row.split_whitespace().next())
-        .filter(|contact| !contact.starts_with('<'))
-        .filter_map(|contact| contact.split_once('/'))
-        .map(|(aor, uri)| (aor.to_owned(), uri.to_owned()))
+        .filter_map(|row| {
+            let mut fields = row.split_whitespace();
+            let contact = fields.next()?;
+            let status = fields.nth(1).unwrap_or_default();
+            let (aor, uri) = contact.split_once('/')?;
+            (!contact.starts_with('<')).then(|| (aor.to_owned(), uri.to_owned(), status.to_owned()))
+        })
         .collect()
+}
+
+/// One line per message of a SIP trace: direction, peer, first line.
+fn sip_exchange(log: &str) -> Vec<String> {
+    let mut lines = log.lines();
+    let mut exchange = Vec::new();
+    while let Some(line) = lines.next() {
+        let Some((_, banner)) = line.split_once("<--- ") else {
+            continue;
+        };
+        let Some(banner) = banner.strip_suffix(" --->") else {
+            continue;
+        };
+        let (received, peer) = if let Some((_, peer)) = banner.split_once(") from ") {
+            (true, peer)
+        } else if let Some((_, peer)) = banner.split_once(") to ") {
+            (false, peer)
+        } else {
+            continue;
+        };
+        let first = lines.next().unwrap_or_default().trim();
+        exchange.push(if received {
+            format!("{peer} -> asterisk: {first}")
+        } else {
+            format!("asterisk -> {peer}: {first}")
+        });
+    }
+    exchange
 }
 
 /// The WWW-Authenticate values of the responses in a SIP trace (`Transmitting SIP response`).
@@ -644,6 +808,27 @@ fn contacts_are_read() {
     assert_eq!(
         parse_contacts(contacts),
         vec![("1001".to_owned(), "sip:1001@127.0.0.1:35679".to_owned())]
+    );
+    let uri = "sip:1001@127.0.0.1:35679".to_owned();
+    let status = "NonQual".to_owned();
+    assert_eq!(
+        parse_contact_rows(contacts),
+        vec![("1001".to_owned(), uri, status)]
+    );
+}
+
+#[test]
+fn the_exchange_is_read_from_a_sip_trace() {
+    let log = "[2026-12-02 05:53:49.645] VERBOSE[1] res_pjsip_logger.c: <--- Received SIP \
+        request (600 bytes) from UDP:127.0.1.1:46650 --->\nINVITE sip:15551230001@x SIP/2.0\n\
+        Via: x\n\n[2026-12-02 05:53:49.646] VERBOSE[1] res_pjsip_logger.c: <--- Transmitting \
+        SIP response (503 bytes) to UDP:127.0.1.1:46650 --->\nSIP/2.0 100 Trying\n\n";
+    assert_eq!(
+        sip_exchange(log),
+        vec![
+            "UDP:127.0.1.1:46650 -> asterisk: INVITE sip:15551230001@x SIP/2.0".to_owned(),
+            "asterisk -> UDP:127.0.1.1:46650: SIP/2.0 100 Trying".to_owned(),
+        ]
     );
 }
 

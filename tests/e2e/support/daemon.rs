@@ -1,6 +1,7 @@
 //! The real `sipguard` binary as a child process, for what an in-process instance cannot show:
-//! `kill -9` and a restart over the same ban journal, SIGHUP, the `sipguard bans` CLI, the admin
-//! API over a socket, and the process-wide Prometheus recorder behind `/metrics`.
+//! `kill -9` and a restart over the same ban journal and session file, SIGHUP, the `sipguard
+//! bans` and `sipguard sessions` CLI, the admin API over a socket, and the process-wide
+//! Prometheus recorder behind `/metrics`.
 //!
 //! The binary is built once per test run (`cargo build -p sipguard`, a no-op when up to date):
 //! `cargo test` builds the binaries of the package under test only, and this package is the
@@ -235,14 +236,20 @@ impl Daemon {
         self.cli.run(args)
     }
 
+    /// Runs `sipguard sessions --admin ADDR ARGS` as the operator would.
+    pub fn sessions(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.cli.sessions(args)
+    }
+
     /// `sipguard bans` for this instance, usable after it stops.
     pub fn cli(&self) -> BansCli {
         self.cli.clone()
     }
 }
 
-/// `sipguard bans` against one instance, in its environment: `--admin` (the port is chosen at
-/// start) and nothing else, the token found where the instance wrote it by default.
+/// `sipguard bans` and `sipguard sessions` against one instance, in its environment: `--admin`
+/// (the port is chosen at start) and nothing else, the token found where the instance wrote it by
+/// default.
 #[derive(Debug, Clone)]
 pub struct BansCli {
     admin: SocketAddr,
@@ -258,6 +265,15 @@ impl BansCli {
     /// Runs it under `wrapper` (a program and its arguments, such as `setpriv` to run it as
     /// another user), in the same environment.
     pub fn run_as(&self, wrapper: &[&str], args: &[&str]) -> anyhow::Result<Output> {
+        self.invoke(wrapper, "bans", args)
+    }
+
+    /// Runs `sipguard sessions --admin ADDR ARGS` in the same environment.
+    pub fn sessions(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.invoke(&[], "sessions", args)
+    }
+
+    fn invoke(&self, wrapper: &[&str], subcommand: &str, args: &[&str]) -> anyhow::Result<Output> {
         let binary = binary()?;
         let mut command = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
@@ -268,7 +284,7 @@ impl BansCli {
             None => Command::new(&binary),
         };
         Ok(command
-            .arg("bans")
+            .arg(subcommand)
             .args(["--admin", &self.admin.to_string()])
             .args(args)
             .env_remove("STATE_DIRECTORY")

@@ -1,8 +1,9 @@
 //! What the end-to-end tests stand on: free ports, waiting with a deadline, child processes
 //! stopped on drop, and the peers (Kamailio, SIPp, sipvicious, an in-process sipguard, a phone
 //! that keeps registering, the sipguard binary as a child process with a /metrics scraper), and
-//! what no packaged peer does: a scriptable SIP client with digest auth, password crackers built
-//! on it, datagrams with forged sources, and a network namespace for more IPv6 addresses.
+//! what no packaged peer does: a scriptable SIP client with digest auth, a phone on it that
+//! answers calls and qualify, password crackers built on it, datagrams with forged sources, and a
+//! network namespace for more IPv6 addresses.
 
 pub mod asterisk;
 mod cracker;
@@ -17,6 +18,7 @@ mod redis;
 mod sipguard;
 mod sipp;
 mod sipvicious;
+mod softphone;
 mod spoof;
 mod stunnel;
 mod ua;
@@ -40,6 +42,7 @@ pub use redis::Redis;
 pub use sipguard::Sipguard;
 pub use sipp::{qualify, Sipp, SippProcess, SippRun};
 pub use sipvicious::{SipVicious, Tool};
+pub use softphone::{Call, Softphone};
 pub use spoof::Spoofer;
 pub use stunnel::Stunnel;
 pub use ua::{call_id, Registration, Ua};

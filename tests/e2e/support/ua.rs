@@ -47,6 +47,28 @@ pub struct Request {
     text: String,
 }
 
+impl Request {
+    /// Reads a request written by hand (a phone's in-dialog BYE); `None` without a request line,
+    /// Call-ID or CSeq.
+    pub fn from_text(text: &str) -> Option<Self> {
+        let mut line = text.lines().next()?.split(' ');
+        let (method, uri) = (line.next()?, line.next()?);
+        let (cseq, _) = header(text, "CSeq")?.split_once(' ')?;
+        Some(Request {
+            method: method.to_owned(),
+            call_id: header(text, "Call-ID")?.to_owned(),
+            cseq: cseq.trim().parse().ok()?,
+            uri: uri.to_owned(),
+            text: text.to_owned(),
+        })
+    }
+
+    /// The whole message.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
 /// A final response, as much of it as the tests read.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -80,13 +102,14 @@ impl Response {
             .and_then(Challenge::parse)
     }
 
-    fn answers(&self, request: &Request) -> bool {
+    /// Whether it is the final answer to `request` (same Call-ID, CSeq and method).
+    pub fn answers(&self, request: &Request) -> bool {
         self.call_id == request.call_id && self.cseq == (request.cseq, request.method.clone())
     }
 }
 
 /// The value of the first header `name` (case-insensitive) in a message's head.
-fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+pub fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.split("\r\n")
         .take_while(|line| !line.is_empty())
         .find_map(|line| {
@@ -383,17 +406,7 @@ impl Ua {
 
     /// Sends `request` once.
     pub fn send(&mut self, request: &Request) -> anyhow::Result<()> {
-        match &mut self.link {
-            Link::Udp(socket) => {
-                socket
-                    .send_to(request.text.as_bytes(), self.server)
-                    .with_context(|| format!("send to {}", self.server))?;
-            }
-            Link::Tcp { stream, .. } => stream
-                .write_all(request.text.as_bytes())
-                .with_context(|| format!("write to {}", self.server))?,
-        }
-        Ok(())
+        self.send_text(&request.text)
     }
 
     /// Waits up to `timeout` for the final responses to `requests` (provisional ones and
@@ -490,16 +503,55 @@ impl Ua {
             (401 | 407, Some(challenge)) => challenge,
             (status, _) => return Ok(Registration::Refused(status)),
         };
-        self.cseq += 1;
-        let unsigned = self.register_request(&self.register_call_id, self.cseq, None);
-        let authorization = self.authorization(&unsigned, &challenge, &self.password.clone());
-        let request =
-            self.register_request(&self.register_call_id, self.cseq, Some(&authorization));
+        let request = self.answer_register(&challenge);
         Ok(match self.transact(&request, true, left())? {
             Some(response) if response.status == 200 => Registration::Registered,
             Some(response) => Registration::Refused(response.status),
             None => Registration::Unanswered,
         })
+    }
+
+    /// The next REGISTER of its registration, answering `challenge` with its password.
+    pub fn answer_register(&mut self, challenge: &Challenge) -> Request {
+        self.cseq += 1;
+        let unsigned = self.register_request(&self.register_call_id, self.cseq, None);
+        let authorization = self.authorization(&unsigned, challenge, &self.password.clone());
+        self.register_request(&self.register_call_id, self.cseq, Some(&authorization))
+    }
+
+    /// The address it sends from.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Whether it speaks over a connection (TCP, or TCP into a TLS tunnel).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.link, Link::Tcp { .. })
+    }
+
+    /// Sends `text` (a whole message, such as a response it wrote) once.
+    pub fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        match &mut self.link {
+            Link::Udp(socket) => {
+                socket
+                    .send_to(text.as_bytes(), self.server)
+                    .with_context(|| format!("send to {}", self.server))?;
+            }
+            Link::Tcp { stream, .. } => stream
+                .write_all(text.as_bytes())
+                .with_context(|| format!("write to {}", self.server))?,
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for one message, request or response; `None` if none came, an
+    /// error if the connection closed.
+    pub fn receive_message(&mut self, timeout: Duration) -> anyhow::Result<Option<String>> {
+        match self.receive(timeout)? {
+            Incoming::Message(text) => Ok(Some(text)),
+            Incoming::Nothing => Ok(None),
+            Incoming::Closed => bail!("{} closed the connection", self.server),
+        }
     }
 
     /// Registers (challenge, credentials, verdict) within `timeout`.

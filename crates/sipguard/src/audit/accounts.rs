@@ -135,9 +135,14 @@ pub fn pjsip(
                     .to_owned(),
             ));
         } else if list(endpoint.value("auth")).next().is_none() {
+            // The endpoint's own identify_by (default username,ip) narrows the global order.
+            let methods = endpoint.value("identify_by");
+            let named_in_from = by_username
+                && (methods.is_empty()
+                    || list(methods).any(|m| m.eq_ignore_ascii_case("username")));
             findings.push(no_auth(
                 endpoint,
-                by_username,
+                named_in_from,
                 &of("identify").collect::<Vec<_>>(),
             ));
         }
