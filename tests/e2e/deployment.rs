@@ -46,6 +46,9 @@ const KAMAILIO_CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 43);
 const KAMAILIO_STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 44);
 /// Where the carrier Asterisk registers to (pjsip_outbound.conf) would be; nothing answers there.
 const REGISTERED_CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 90);
+/// The carrier of the outbound test, which does answer, and the phone its call rings.
+const OUTBOUND_CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 91);
+const OUTBOUND_PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 92);
 /// Each test's sipguard listens on an address of its own, the host's "public" address that
 /// Asterisk's transports name, so no other test's sockets can take its port meanwhile.
 const PHONES_FRONT: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 101);
@@ -54,6 +57,7 @@ const RESTART_FRONT: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 103);
 const TRACED_FRONT: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 104);
 const KAMAILIO_FRONT: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 105);
 const LOADED_FRONT: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 106);
+const OUTBOUND_FRONT: Ipv4Addr = Ipv4Addr::new(127, 0, 6, 107);
 
 /// The loopback identity of the carrier's allowlist group, as deploy/asterisk's identify has it.
 const IDENTITY: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 1);
@@ -81,7 +85,7 @@ fn deployed_asterisk(front: Ipv4Addr) -> anyhow::Result<(Asterisk, SocketAddr)> 
     let front = free_port_for_both(IpAddr::V4(front))?;
     let site = DeploySite {
         sipguard: front,
-        carrier: IpAddr::V4(REGISTERED_CARRIER),
+        carrier: free_udp_addr(REGISTERED_CARRIER)?,
         outbound_proxy: free_udp_addr(REGISTERED_CARRIER)?,
     };
     let pbx = Asterisk::start_deployed(&site)?;
@@ -620,5 +624,143 @@ fn every_section_of_deploy_asterisk_is_loaded() -> anyhow::Result<()> {
         "Asterisk refused:\n{}",
         refused.join("\n")
     );
+    Ok(())
+}
+
+/// The `line` parameter of the Contact Asterisk registered to its carrier (its SIP trace).
+fn registered_line(pbx: &Asterisk) -> Option<String> {
+    let log = pbx.log();
+    let (_, after) = log.split_once(";line=")?;
+    let line: String = after
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    (!line.is_empty()).then_some(line)
+}
+
+/// Asterisk, listening on loopback only, registers to a carrier and calls it through sipguard's
+/// outbound listener (deploy/asterisk/pjsip_outbound.conf's `outbound_proxy`): the REGISTER and
+/// the INVITE leave from sipguard's public address, the carrier's BYE comes back along
+/// sipguard's Record-Route and Asterisk answers it, and the carrier's next call, to the Contact
+/// Asterisk registered, reaches the carrier's context and rings a phone.
+#[test]
+fn asterisk_registers_and_calls_out_through_sipguard_and_the_carriers_bye_and_next_call_come_back(
+) -> anyhow::Result<()> {
+    if !available_or_skip("deployment::asterisk_registers_and_calls_out") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let carrier = free_udp_addr(OUTBOUND_CARRIER)?;
+    let outbound = free_udp_addr(Ipv4Addr::LOCALHOST)?;
+    let front = free_port_for_both(IpAddr::V4(OUTBOUND_FRONT))?;
+    // The carrier listens first: Asterisk registers as it boots, and retransmits its REGISTER
+    // until sipguard, started next, relays one.
+    let registrar = Sipp::new("carrier_register.xml", dir.path())
+        .local(carrier)
+        .timeout(CALL_TIMEOUT)
+        .listen()?;
+    let site = DeploySite {
+        sipguard: front,
+        carrier,
+        outbound_proxy: outbound,
+    };
+    let pbx = Asterisk::start_deployed(&site)?;
+    pbx.trace()?;
+    std::fs::write(
+        dir.path().join("allowlist.yaml"),
+        format!(
+            "carriers:\n  - name: example-registered-carrier\n    cidrs: [{OUTBOUND_CARRIER}]\n"
+        ),
+    )?;
+    let yaml = format!("allowlist:\n  file: allowlist.yaml\noutbound:\n  listen: \"{outbound}\"\n");
+    let guard = Daemon::start(&daemon_config(dir.path(), &yaml, pbx.addr(), front)?)?;
+    registrar
+        .wait()?
+        .ensure_success()
+        .with_context(|| format!("the carrier's registrar; Asterisk:\n{}", pbx.notices()))?;
+    poll_until("the registration to the carrier", SHOWS, || {
+        let registrations = pbx.rx("pjsip show registrations").ok()?;
+        registrations
+            .lines()
+            .any(|line| line.contains("example-registered-carrier") && line.contains("Registered"))
+            .then_some(())
+    })?;
+
+    // Asterisk calls out; the carrier answers, then hangs up along the Record-Route.
+    let callee = Sipp::new("carrier_call.xml", dir.path())
+        .local(carrier)
+        .timeout(CALL_TIMEOUT)
+        .listen()?;
+    let answer =
+        pbx.rx("channel originate PJSIP/5551234@example-registered-carrier application Wait 30")?;
+    ensure!(
+        !answer.to_ascii_lowercase().contains("error"),
+        "originate: {answer}"
+    );
+    callee.wait()?.ensure_success().with_context(|| {
+        format!(
+            "the carrier's side of the call; Asterisk:\n{}",
+            pbx.notices()
+        )
+    })?;
+    channels_gone(&pbx, "example-registered-carrier")?;
+
+    // The carrier's next call, to the Contact Asterisk registered, rings the DID's phone.
+    let phone = Softphone::registered(Ua::udp(
+        (OUTBOUND_PHONE, 0).into(),
+        front,
+        "1001",
+        &phone_password("1001"),
+    )?)?;
+    reachable_contact(&pbx, "1001")?;
+    let line = registered_line(&pbx).context("no line parameter in Asterisk's REGISTER")?;
+    Sipp::new("carrier_calls_line.xml", dir.path())
+        .remote(front)
+        .local(carrier)
+        .service(DID_1001)
+        .key("line", &line)
+        .timeout(CALL_TIMEOUT)
+        .run()?
+        .ensure_success()
+        .with_context(|| format!("the carrier's next call; Asterisk:\n{}", pbx.notices()))?;
+    call_where(&phone, 0, "to take the carrier's call", |call| {
+        call.acked && call.bye_received
+    })?;
+    let runs = dialplan_runs(&pbx, DID_1001, "from-carrier", "example-registered-carrier");
+    ensure!(
+        runs == 1,
+        "the registered carrier's context ran {runs} times"
+    );
+
+    // Everything went through sipguard: Asterisk only ever talked to loopback addresses.
+    let transports = pbx.rx("pjsip show transports")?;
+    ensure!(
+        transports
+            .lines()
+            .filter(|line| line.starts_with("Transport:") && !line.contains("<TransportId"))
+            .all(|line| line.contains("127.0.0.1:")),
+        "Asterisk listens beyond loopback:\n{transports}"
+    );
+    let foreign: Vec<String> = pbx
+        .exchange()
+        .into_iter()
+        .filter(|line| !line.contains("127."))
+        .collect();
+    ensure!(
+        foreign.is_empty(),
+        "Asterisk talked to non-loopback peers: {foreign:?}"
+    );
+    let relayed = guard
+        .scrape()?
+        .value(
+            "sipguard_outbound_requests_total",
+            &[("result", "forwarded")],
+        )
+        .unwrap_or(0.0);
+    ensure!(
+        relayed >= 2.0,
+        "sipguard relayed {relayed} of Asterisk's requests"
+    );
+    report("outbound", &pbx);
     Ok(())
 }

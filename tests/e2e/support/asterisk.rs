@@ -351,8 +351,8 @@ pub struct DeploySite {
     /// Where sipguard listens for phones (UDP and TCP on one port): replaces the public address
     /// 203.0.113.10 and the signalling port 5060 of the transports.
     pub sipguard: SocketAddr,
-    /// Replaces the carrier Asterisk registers to, 198.51.100.20.
-    pub carrier: IpAddr,
+    /// Replaces the carrier Asterisk registers to, 198.51.100.20 (its port: where it listens).
+    pub carrier: SocketAddr,
     /// Replaces sipguard's outbound proxy listener, 127.0.0.1:5070.
     pub outbound_proxy: SocketAddr,
 }
