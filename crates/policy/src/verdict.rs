@@ -43,11 +43,17 @@ pub enum DropReason {
     /// This username is blocked from this source after repeated failures (the source itself,
     /// trusted because others authenticate from it, is not banned).
     UserBlocked,
+    /// A call to a destination its caller may not dial.
+    Dial,
+    /// A call past a call rate limit.
+    CallRate,
+    /// A REGISTER or call from a country not admitted.
+    Country,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Banned,
         DropReason::Denied,
         DropReason::NotAllowlisted,
@@ -57,6 +63,9 @@ impl DropReason {
         DropReason::Scanner,
         DropReason::Flood,
         DropReason::UserBlocked,
+        DropReason::Dial,
+        DropReason::CallRate,
+        DropReason::Country,
     ];
 
     /// The metric label value.
@@ -71,6 +80,9 @@ impl DropReason {
             DropReason::Scanner => "scanner",
             DropReason::Flood => "flood",
             DropReason::UserBlocked => "user_blocked",
+            DropReason::Dial => "dial",
+            DropReason::CallRate => "call_rate",
+            DropReason::Country => "country",
         }
     }
 }
@@ -92,11 +104,17 @@ pub enum RuleId {
     Garbage,
     /// Added by the operator.
     Manual,
+    /// A call to a destination its caller may not dial (toll fraud).
+    Dial,
+    /// Calls past a rate or concurrency limit.
+    CallRate,
+    /// A REGISTER or call from a country not admitted.
+    Country,
 }
 
 impl RuleId {
     /// Every rule, for pre-registering metrics.
-    pub const ALL: [RuleId; 7] = [
+    pub const ALL: [RuleId; 10] = [
         RuleId::Scanner,
         RuleId::RegisterFailures,
         RuleId::InviteFailures,
@@ -104,6 +122,9 @@ impl RuleId {
         RuleId::Flood,
         RuleId::Garbage,
         RuleId::Manual,
+        RuleId::Dial,
+        RuleId::CallRate,
+        RuleId::Country,
     ];
 
     /// The metric label value.
@@ -116,6 +137,9 @@ impl RuleId {
             RuleId::Flood => "flood",
             RuleId::Garbage => "garbage",
             RuleId::Manual => "manual",
+            RuleId::Dial => "dial",
+            RuleId::CallRate => "call_rate",
+            RuleId::Country => "country",
         }
     }
 }

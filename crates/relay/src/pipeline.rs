@@ -12,7 +12,7 @@ use sipguard_policy::{
 use sipguard_sip::SipView;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// What a front does with one message from a client.
 #[must_use]
@@ -27,6 +27,12 @@ pub(crate) enum Step<'a> {
         memo: Option<RequestMemo>,
         /// A response of the client's: it may answer a request the PBX sent it.
         answer: Option<Answer>,
+    },
+    /// Refused with an answer sipguard makes itself (a 403 to a phone's barred call): send
+    /// `response` back to the client, forward nothing.
+    Reply {
+        /// The whole response.
+        response: Vec<u8>,
     },
     /// A keep-alive: it refreshes the client's session and goes no further.
     Keepalive,
@@ -70,6 +76,19 @@ impl Pipeline {
         if let Some(event) = &checked.event {
             self.metrics.rule_event(event);
         }
+        if let Some(refusal) = &checked.refusal {
+            self.metrics.refusal(refusal);
+            info!(
+                %client,
+                username = refusal.username.as_deref().unwrap_or("-"),
+                destination = refusal.destination.as_deref().unwrap_or("-"),
+                rule = refusal.rule.as_str(),
+                class = refusal.class,
+                observed = refusal.observed,
+                answered = refusal.answer && !refusal.observed,
+                "call rule refused a request"
+            );
+        }
         match checked.verdict {
             Verdict::Forward(view) => Step::Forward {
                 message: view.message,
@@ -83,6 +102,12 @@ impl Pipeline {
             Verdict::Drop(reason) => {
                 packets.policy_drop(reason);
                 debug!(%client, ?transport, reason = reason.as_str(), len = message.len(), "dropped");
+                let answer = checked.refusal.filter(|refusal| refusal.answer);
+                if let Some(response) = answer.and_then(|refusal| {
+                    sipguard_sip::reply(message, 403, &refusal.reason_phrase()).ok()
+                }) {
+                    return Step::Reply { response };
+                }
                 Step::Drop {
                     banned: banned_now || reason == DropReason::Banned,
                 }
@@ -116,6 +141,7 @@ impl Pipeline {
         let Ok(response) = SipView::parse(message) else {
             return;
         };
+        self.policy.track_call(&response, self.now());
         if response.status().is_none() {
             self.policy.pbx_request(&response, exchange);
             return;

@@ -14,6 +14,7 @@ mod error;
 mod field;
 pub mod framing;
 mod method;
+mod reply;
 pub mod strict;
 mod view;
 
@@ -21,4 +22,5 @@ pub use error::{Header, ParseError};
 pub use field::{Challenge, Credentials, NameAddr};
 pub use framing::{next_frame, Frame, FrameError};
 pub use method::Method;
+pub use reply::reply;
 pub use view::{is_keepalive, CSeq, SipView, StartLine, UserAgents};

@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls, metrics, admin, journal"
+             trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter"
         );
     }
 
@@ -449,7 +449,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -522,7 +522,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls, metrics, admin, journal"
+             rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter"
         );
     }
 

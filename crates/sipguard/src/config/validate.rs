@@ -7,6 +7,8 @@
 //! Validation reads the allowlist file the config names, so its problems are reported with the
 //! main file's in one run.
 
+mod calls;
+
 use super::error::{quote, Problem, ProblemKind};
 use super::raw::{
     self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
@@ -133,6 +135,9 @@ pub(crate) fn validate(
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
+    let dial = v.dial(raw.dial.unwrap_or_default());
+    let calls = v.call_rates(raw.call_rates.unwrap_or_default());
+    let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir);
 
     if problems.len() > before {
         return None;
@@ -172,6 +177,9 @@ pub(crate) fn validate(
             repeat: rules.repeat,
             trust_for: trust_for?,
             max_tracked_sources: max_tracked_sources?,
+            dial: dial?,
+            calls: calls?,
+            geo: geo?,
         },
         ops: ops?,
     })
