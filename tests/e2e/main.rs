@@ -11,6 +11,7 @@ mod asterisk;
 mod attacks;
 mod deploy;
 mod detection;
+mod dial;
 mod inspection;
 mod ops;
 mod relay;

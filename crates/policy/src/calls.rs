@@ -1,7 +1,7 @@
 //! The checks a call gets beyond the packet rules: the country filter on REGISTERs and INVITEs,
 //! the dial rules and the call rates on INVITEs that start a call, and the call table that
-//! follows each call to its end (its final answer, a BYE, or a timeout) for the concurrency
-//! limit. Other requests pay one method comparison.
+//! follows each call to its end (its final answer, a BYE the PBX sends or accepts, or a
+//! timeout) for the concurrency limit. Other requests pay one method comparison.
 //!
 //! A call is known by its Call-ID, so a retransmitted INVITE and the INVITE that answers a
 //! challenge are the same call, counted once. Rates per username count outgoing calls (any
@@ -264,10 +264,6 @@ impl Policy {
                 Some(self.refuse(judge, view, &geo.rule, placed_refusal(refusal, placed)))
             }
             Some(Method::Invite) if view.to.tag.is_none() => self.screen_invite(judge, view, user),
-            Some(Method::Bye) => {
-                self.release(view.call_id, judge.now);
-                None
-            }
             _ => None,
         }
     }
@@ -447,16 +443,20 @@ impl Policy {
         }
     }
 
-    /// Follows a call to its end from what passes between the client and the PBX (or, on the
-    /// outbound path, between the PBX and the carrier): a final answer to the INVITE (a success
-    /// holds the slot for the call timeout, a challenge keeps it for the retry, anything else
-    /// frees it) and a BYE either way. Anything else is passed over.
+    /// Follows a call to its end from what the PBX sends (or, on the outbound path, what the
+    /// carrier sends): a final answer to the INVITE (a success holds the slot for the call
+    /// timeout, a challenge keeps it for the retry, anything else frees it), a BYE of its own,
+    /// or its 2xx to the client's BYE. A client's BYE alone frees nothing: the PBX may refuse it
+    /// (a forged or stale one), and the call goes on. Anything else is passed over.
     pub fn track_call(&self, message: &SipView<'_>, now: Timestamp) {
         if self.calls.len() == 0 {
             return;
         }
         match (message.method(), message.status()) {
             (Some(Method::Bye), _) => self.release(message.call_id, now),
+            (None, Some(200..=299)) if message.cseq.method == Method::Bye => {
+                self.release(message.call_id, now)
+            }
             (None, Some(code)) if code >= 200 && message.cseq.method == Method::Invite => {
                 let call = self.token(message.call_id);
                 match code {

@@ -30,10 +30,14 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
 }
 
 fn response(code: u16, call_id: &str) -> String {
+    answer(code, "INVITE", call_id)
+}
+
+fn answer(code: u16, method: &str, call_id: &str) -> String {
     format!(
         "SIP/2.0 {code} Whatever\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{call_id}\r\n\
 From: <sip:a@pbx.example.com>;tag=f1\r\nTo: <sip:b@pbx.example.com>;tag=t1\r\nCall-ID: {call_id}\r\n\
-CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+CSeq: 2 {method}\r\nContent-Length: 0\r\n\r\n"
     )
 }
 
@@ -144,7 +148,7 @@ fn listed_countries_and_national_numbers_go_through_in_every_form() {
             Ok(None),
             "{to}"
         );
-        track(&policy, &request("BYE", "1001", to, &call, ";tag=t"), at(2));
+        track(&policy, &answer(200, "BYE", &call), at(2));
     }
 }
 
@@ -240,12 +244,23 @@ fn concurrent_calls_past_the_limit_wait_for_a_bye_or_the_timeout() {
         at(2),
     ));
     assert_eq!(refusal.class, "concurrent");
-    // A BYE from the phone ends call a.
+    // The phone's BYE alone frees nothing (the PBX may refuse it); the PBX's 200 to it ends
+    // call a.
     let bye = request("BYE", "1001", "02079460000", "a", ";tag=t1");
     assert!(check(&policy, &bye, PHONE, at(3)).is_ok());
+    assert!(check(&policy, &invite("1001", "02079460000", "c"), PHONE, at(3)).is_err());
+    track(&policy, &answer(200, "BYE", "a"), at(3));
     assert!(check(&policy, &invite("1001", "02079460000", "c"), PHONE, at(3)).is_ok());
     track(&policy, &response(200, "c"), at(3));
-    // b and c never get a BYE: the timeout releases them.
+    // A BYE the PBX sends ends a call too.
+    track(
+        &policy,
+        &request("BYE", "1001", "02079460000", "b", ";tag=t1"),
+        at(3),
+    );
+    assert!(check(&policy, &invite("1001", "02079460000", "e"), PHONE, at(3)).is_ok());
+    track(&policy, &response(200, "e"), at(3));
+    // c and e never get a BYE: the timeout releases them.
     assert!(check(&policy, &invite("1001", "02079460000", "d"), PHONE, at(4)).is_err());
     assert!(check(
         &policy,
