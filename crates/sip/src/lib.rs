@@ -6,7 +6,8 @@
 //! itself: nothing is allocated per packet.
 //! It is deliberately narrower than a SIP parser: it checks what a filter must be able to trust
 //! and leaves the rest of the message untouched, because sipguard forwards the original bytes.
-//! [`strict`] runs a full parse through `rsip` where a complete message tree is wanted.
+//! [`strict`] runs a full parse through `rsip` where a complete message tree is wanted, and
+//! [`reply`] builds the few responses sipguard sends itself (a refused call's 403).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! The `dial`, `call_rates` and `country_filter` sections: the toll-fraud rules of
-//! docs/design.md section 9. The country database the filter names is read here, so a file that
+//! docs/design.md ("Toll fraud"). The country database the filter names is read here, so a file that
 //! is missing or no database is a problem of this key, and a reload reads it again.
 
 use super::super::raw::{
