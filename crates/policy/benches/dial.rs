@@ -52,7 +52,7 @@ fn policies() -> (Policy, Policy) {
             .iter()
             .map(|p| Prefix::parse(p).unwrap())
             .collect(),
-        access: Access::NOBODY,
+        ..ClassRule::open_to(Access::NOBODY)
     };
     dial.geo.db = Some(database());
     dial.geo.register = Countries::Except(vec![*b"NG"]);

@@ -292,7 +292,11 @@ impl Policy {
         let attempt = self.attempt(rules, &view);
         let dial = &rules.config.dial;
         let judged = attempt.number.filter(|_| dial.restricts());
-        if let Some(Err(barred)) = judged.map(|n| dial.judge(&n, caller)) {
+        let in_group = |name: &str| {
+            let group = rules.groups.iter().find(|(group, _)| &**group == name);
+            group.is_some_and(|(_, nets)| nets.contains(source))
+        };
+        if let Some(Err(barred)) = judged.map(|n| dial.judge(&n, caller, in_group)) {
             let mut refusal = self.refusal(judge, &view, RuleId::Dial, barred_class(barred));
             refusal.destination = attempt.number.map(|n| n.to_string());
             return Some(self.refuse(judge, view, &dial.rule, refusal));
@@ -495,7 +499,10 @@ impl Policy {
             }
         };
         let dial = &rules.config.dial;
-        if let Some(Err(barred)) = attempt.number.map(|n| dial.judge(&n, Caller::Pbx)) {
+        if let Some(Err(barred)) = attempt
+            .number
+            .map(|n| dial.judge(&n, Caller::Pbx, |_| false))
+        {
             return refused(RuleId::Dial, barred_class(barred), dial.rule.mode);
         }
         if invite.to.tag.is_some() {

@@ -49,6 +49,8 @@ pub struct PolicyConfig {
     pub deny: Vec<IpNet>,
     /// Carriers' and offices' networks: never banned, and with `Enforce` the only ones admitted.
     pub allowlist: Vec<IpNet>,
+    /// The allowlist's networks by group name (the dial rules name groups).
+    pub allowlist_groups: Vec<(String, Vec<IpNet>)>,
     /// Whether the allowlist is enforced.
     pub allowlist_mode: AllowlistMode,
     /// Datagrams longer than this are dropped before parsing.
@@ -95,6 +97,7 @@ impl Default for PolicyConfig {
         PolicyConfig {
             deny: Vec::new(),
             allowlist: Vec::new(),
+            allowlist_groups: Vec::new(),
             allowlist_mode: AllowlistMode::Off,
             max_message_size: 16 * 1024,
             scanner_user_agents: DEFAULT_USER_AGENTS

@@ -113,6 +113,8 @@ pub(crate) struct Rules {
     pub config: PolicyConfig,
     pub deny: CidrSet,
     pub allowlist: CidrSet,
+    /// The allowlist's named groups, for the dial rules.
+    pub groups: Vec<(Arc<str>, CidrSet)>,
     signatures: ScannerSignatures,
     /// The longest window of any rule: how long evidence is worth keeping.
     pub horizon: Duration,
@@ -134,6 +136,9 @@ impl Rules {
         Ok(Rules {
             deny: config.deny.iter().copied().collect(),
             allowlist: config.allowlist.iter().copied().collect(),
+            groups: (config.allowlist_groups.iter())
+                .map(|(name, nets)| (Arc::from(name.as_str()), nets.iter().copied().collect()))
+                .collect(),
             signatures: ScannerSignatures::new(&config.scanner_user_agents)?,
             horizon,
             config,

@@ -56,7 +56,7 @@ fn uk(config: &mut PolicyConfig) {
     config.dial.international.access.others = false;
     config.dial.premium = ClassRule {
         prefixes: vec![Prefix::parse("+449").unwrap()],
-        access: Access::NOBODY,
+        ..ClassRule::open_to(Access::NOBODY)
     };
 }
 
@@ -168,6 +168,32 @@ fn premium_is_refused_for_everyone_even_the_allowlist() {
             "{source}"
         );
     }
+}
+
+#[test]
+fn an_allowlist_group_named_for_a_class_may_dial_it_and_the_other_groups_may_not() {
+    const OFFICE: &str = "203.0.113.7";
+    let policy = uk_policy(|config| {
+        config.allowlist.push(IpNet(OFFICE));
+        config.allowlist_groups = vec![
+            ("carrier".into(), vec![IpNet(CARRIER)]),
+            ("hq".into(), vec![IpNet(OFFICE)]),
+        ];
+        config.dial.international.access.allowlisted = false;
+        config.dial.international.groups = vec!["hq".into()];
+    });
+    assert_eq!(
+        check(&policy, &invite("1001", "0033123456", "a"), OFFICE, at(1)),
+        Ok(None)
+    );
+    let carrier = refused(check(
+        &policy,
+        &invite("1001", "0033123456", "b"),
+        CARRIER,
+        at(1),
+    ));
+    assert_eq!(carrier.class, "international");
+    assert!(carrier.answer, "an allowlisted source is told");
 }
 
 #[test]

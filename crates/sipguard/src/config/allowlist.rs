@@ -4,8 +4,8 @@
 //!
 //! The file goes through the same two stages as the main one, with its own schema, and its
 //! problems carry its own name and key paths (`carriers[0].cidrs[1]`); the main config's
-//! validation gathers them with its own, so one run reports both files. Group names are for
-//! people reading the file and must be unique in it; the policy only sees the networks.
+//! validation gathers them with its own, so one run reports both files. Group names must be
+//! unique in the file: the dial rules name groups that may dial a class of numbers.
 
 use super::error::{quote, Problem, ProblemKind};
 use super::raw::{self, RawAllowlist};
@@ -13,19 +13,19 @@ use super::validate::parse_net;
 use ipnet::IpNet;
 
 /// Validates allowlist `text` (read from `origin`), pushing every problem onto `problems`.
-/// Returns the networks, in file order, only when nothing was wrong.
+/// Returns the networks with their group's name, in file order, only when nothing was wrong.
 pub(crate) fn from_yaml(
     text: &str,
     origin: &str,
     problems: &mut Vec<Problem>,
-) -> Option<Vec<IpNet>> {
+) -> Option<Vec<(String, IpNet)>> {
     let before = problems.len();
     let raw = raw::parse_allowlist(text, origin, problems)?;
     let networks = validate(raw, origin, problems);
     (problems.len() == before).then_some(networks)
 }
 
-fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<IpNet> {
+fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<(String, IpNet)> {
     let problem = |path: String, value: Option<&str>, expected: &str| Problem {
         kind: ProblemKind::InvalidValue,
         origin: origin.to_owned(),
@@ -39,6 +39,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
     for (category, groups) in raw.categories {
         for (i, group) in groups.unwrap_or_default().into_iter().enumerate() {
             let at = format!("{category}[{i}]");
+            let group_name = group.name.clone().unwrap_or_default();
             match group.name {
                 None => problems.push(problem(
                     at.clone(),
@@ -79,7 +80,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
                 Some(cidrs) => {
                     for (j, text) in cidrs.into_iter().enumerate() {
                         match parse_net(&text) {
-                            Ok(net) => networks.push(net),
+                            Ok(net) => networks.push((group_name.clone(), net)),
                             Err(expected) => problems.push(problem(
                                 format!("{at}.cidrs[{j}]"),
                                 Some(&text),
@@ -102,7 +103,10 @@ mod tests {
         let mut problems = Vec::new();
         let nets = from_yaml(text, "allowlist.yaml", &mut problems);
         assert_eq!(problems, [], "{text}");
-        nets.unwrap().iter().map(IpNet::to_string).collect()
+        nets.unwrap()
+            .iter()
+            .map(|(_, net)| net.to_string())
+            .collect()
     }
 
     fn lines(text: &str) -> Vec<String> {

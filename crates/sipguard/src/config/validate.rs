@@ -135,7 +135,12 @@ pub(crate) fn validate(
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
-    let dial = v.dial(raw.dial.unwrap_or_default());
+    let groups: Vec<&str> = allowlist
+        .iter()
+        .flatten()
+        .map(|(g, _)| g.as_str())
+        .collect();
+    let dial = v.dial(raw.dial.unwrap_or_default(), &groups);
     let calls = v.call_rates(raw.call_rates.unwrap_or_default());
     let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir);
 
@@ -161,7 +166,8 @@ pub(crate) fn validate(
         },
         policy: PolicyConfig {
             deny: deny?,
-            allowlist: allowlist?,
+            allowlist: allowlist.as_ref()?.iter().map(|(_, net)| *net).collect(),
+            allowlist_groups: calls::groups(allowlist?),
             allowlist_mode: allowlist_mode?,
             max_message_size: max_message_size?,
             scanner_user_agents: rules.scanner_user_agents,
@@ -603,7 +609,7 @@ impl<'a> Validator<'a, '_> {
         &mut self,
         raw: RawAllowlistRef,
         dir: &Path,
-    ) -> (Option<Vec<IpNet>>, Option<AllowlistMode>) {
+    ) -> (Option<Vec<(String, IpNet)>>, Option<AllowlistMode>) {
         let networks = match &raw.file {
             None => Some(Vec::new()),
             Some(name) if name.trim().is_empty() => {

@@ -6,6 +6,7 @@ use super::super::raw::{
     self, RawCallRates, RawClass, RawCountries, RawCountryFilter, RawDial, RawDialPlan,
 };
 use super::Validator;
+use ipnet::IpNet;
 use sipguard_policy::geo::{self, Countries, PrivateSources, Unplaced};
 use sipguard_policy::{
     Access, CallRates, ClassRule, CountryDb, DialConfig, DialPlan, GeoConfig, Prefix, Rule,
@@ -13,9 +14,21 @@ use sipguard_policy::{
 };
 use std::path::Path;
 
+/// The allowlist's networks by group name, in file order.
+pub(super) fn groups(networks: Vec<(String, IpNet)>) -> Vec<(String, Vec<IpNet>)> {
+    let mut groups: Vec<(String, Vec<IpNet>)> = Vec::new();
+    for (name, net) in networks {
+        match groups.iter_mut().find(|(known, _)| *known == name) {
+            Some((_, nets)) => nets.push(net),
+            None => groups.push((name, vec![net])),
+        }
+    }
+    groups
+}
+
 impl Validator<'_, '_> {
-    /// The `dial` section.
-    pub(super) fn dial(&mut self, raw: RawDial) -> Option<DialConfig> {
+    /// The `dial` section; `groups` are the allowlist's group names, which `allow` may name.
+    pub(super) fn dial(&mut self, raw: RawDial, groups: &[&str]) -> Option<DialConfig> {
         let default = DialConfig::default();
         let rule = self.call_rule("dial", raw.mode, raw.ban_for, &default.rule);
         let plan = self.plan(raw.plan.unwrap_or_default(), &default.plan);
@@ -30,7 +43,7 @@ impl Validator<'_, '_> {
                 let key = self.key(format!("dial.{name}.countries"));
                 self.problem(key.invalid("…", "countries under dial.international only"));
             }
-            self.class(&format!("dial.{name}"), raw, default)
+            self.class(&format!("dial.{name}"), raw, default, groups)
         };
         let national = class("national", raw.national, &default.national);
         let international = class("international", international, &default.international);
@@ -134,7 +147,13 @@ impl Validator<'_, '_> {
         text
     }
 
-    fn class(&mut self, at: &str, raw: RawClass, default: &ClassRule) -> Option<ClassRule> {
+    fn class(
+        &mut self,
+        at: &str,
+        raw: RawClass,
+        default: &ClassRule,
+        groups: &[&str],
+    ) -> Option<ClassRule> {
         let mut ok = true;
         let prefixes = match raw.prefixes {
             None => default.prefixes.clone(),
@@ -152,27 +171,39 @@ impl Validator<'_, '_> {
                 })
                 .collect(),
         };
-        let access = match raw.allow {
-            None => default.access,
+        let (access, named) = match raw.allow {
+            None => (default.access, default.groups.clone()),
             Some(list) => {
                 let mut access = Access::NOBODY;
+                let mut named = Vec::new();
                 for (i, text) in list.iter().enumerate() {
                     match text.as_str() {
                         "allowlisted" => access.allowlisted = true,
                         "phones" => access.phones = true,
                         "others" => access.others = true,
                         "pbx" => access.pbx = true,
+                        group if groups.contains(&group) => named.push(group.to_owned()),
                         _ => {
                             let key = self.key(format!("{at}.allow[{i}]"));
-                            self.problem(key.invalid(text, raw::CALLER));
+                            self.problem(key.invalid(
+                                text,
+                                format_args!(
+                                    "{}, or a group name of the allowlist file",
+                                    raw::CALLER
+                                ),
+                            ));
                             ok = false;
                         }
                     }
                 }
-                access
+                (access, named)
             }
         };
-        ok.then_some(ClassRule { prefixes, access })
+        ok.then_some(ClassRule {
+            prefixes,
+            access,
+            groups: named,
+        })
     }
 
     fn calling_codes(&mut self, list: Vec<String>) -> Option<Vec<String>> {
@@ -380,12 +411,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nets = [("203.0.113.0/24".parse().unwrap(), "NG")];
         std::fs::write(dir.path().join("c.mmdb"), write_country_db(&nets, 3)).unwrap();
+        std::fs::write(
+            dir.path().join("allow.yaml"),
+            "offices:\n  - {name: hq, cidrs: [192.0.2.0/28]}\ncarriers:\n  - {name: sip-co, cidrs: [198.51.100.1]}\n",
+        )
+        .unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(
             &path,
-            "dial:\n  mode: observe\n  plan: {country_code: \"44\", national_prefix: \"0\", \
+            "allowlist: {file: allow.yaml}\ndial:\n  mode: observe\n  plan: {country_code: \"44\", national_prefix: \"0\", \
              international_prefixes: [\"00\", \"011\"], outside_line: \"9\"}\n  \
-             international: {countries: [\"+33\", \"49\"], allow: [phones, pbx]}\n  \
+             international: {countries: [\"+33\", \"49\"], allow: [phones, pbx, hq]}\n  \
              premium: {prefixes: [\"+449\"]}\n\
              call_rates: {per_user_per_hour: 20, concurrent_per_user: 2, call_timeout: 2h}\n\
              country_filter: {database: c.mmdb, mode: ban, register: {except: [ng]}, private: lookup}\n",
