@@ -8,7 +8,8 @@
 //! PBX, and give a stranger silence; the call rates refuse a phone past its limits, with a log
 //! line saying why, until a call ends; the country filter keeps registrations from a denied
 //! country (loopback addresses placed by a database the test writes) from the PBX, lets an
-//! allowlisted one through, and follows a new database on SIGHUP.
+//! allowlisted one through, and follows a new database on SIGHUP. Over TCP the 403 goes back on
+//! the phone's own connection, which stays up.
 
 use crate::attacks::from_client;
 use crate::support::{
@@ -318,4 +319,36 @@ fn registrations_from_a_denied_country_never_reach_the_pbx_unless_allowlisted_an
         "it reached the PBX"
     );
     Ok(())
+}
+
+#[test]
+fn a_phone_over_tcp_gets_its_403_on_its_own_connection() -> anyhow::Result<()> {
+    const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 155);
+    let pbx = Kamailio::start()?;
+    let guard = Sipguard::start_with(pbx.addr(), |config| {
+        config.policy.dial.premium.prefixes = vec![Prefix::parse("+449").unwrap()];
+    })?;
+    let mut ua = Ua::tcp(PHONE.into(), guard.tcp_addr(), "1001", password("1001"))?;
+    let registered = ua.register(ANSWER)?;
+    ensure!(
+        matches!(registered, Registration::Registered),
+        "{registered:?}"
+    );
+    let barred = call(&mut ua, "+449012345678", ANSWER, false)?;
+    ensure!(
+        barred.status == Some(403) && barred.reason == "Forbidden by sipguard rule dial premium",
+        "{:?} {}",
+        barred.status,
+        barred.reason
+    );
+    // The connection stays up: the next call goes through on it.
+    let placed = call(&mut ua, "+442079460000", ANSWER, false)?;
+    ensure!(
+        placed.status == Some(200),
+        "{:?} {}",
+        placed.status,
+        placed.reason
+    );
+    ensure!(dialled_at_pbx(&pbx, PHONE) == ["+442079460000"]);
+    guard.stop()
 }
