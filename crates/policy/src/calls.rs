@@ -342,6 +342,7 @@ impl Policy {
         now: Timestamp,
     ) -> Result<(), RateLimit> {
         let rates = &rules.config.calls;
+        let observed = rates.rule.mode == Mode::Observe;
         if self.calls.get(&call, now, |_| ()).is_some() {
             return Ok(());
         }
@@ -389,7 +390,8 @@ impl Policy {
                     _ => 0,
                 };
                 let limit = limits_hit(rates, minute + 1, hour + 1, calling.live(now), same + 1);
-                if limit.is_none() {
+                // In observe mode the call goes on: it is counted and holds its slot.
+                if limit.is_none() || observed {
                     calling.minute.hit(now, MINUTE);
                     calling.hour.hit(now, HOUR);
                     calling.hold(call, now + RING_TIMEOUT, now);
@@ -407,7 +409,7 @@ impl Policy {
                 }
                 limit
             });
-        if let Some(limit) = verdict {
+        if let (Some(limit), false) = (verdict, observed) {
             return Err(limit);
         }
         self.calls.upsert(
@@ -419,7 +421,7 @@ impl Policy {
             },
             |_| (),
         );
-        Ok(())
+        verdict.map_or(Ok(()), Err)
     }
 
     /// Ends the call `call_id` (a BYE, or a final answer that is no success): its slot is free.

@@ -298,6 +298,25 @@ fn concurrent_calls_past_the_limit_wait_for_a_bye_or_the_timeout() {
 }
 
 #[test]
+fn observed_calls_past_a_limit_go_on_and_still_hold_their_slot() {
+    let policy = uk_policy(|config| {
+        config.calls.concurrent_per_user = 1;
+        config.calls.rule.mode = Mode::Observe;
+    });
+    assert_eq!(
+        check(&policy, &invite("1001", "02079460000", "a"), PHONE, at(0)),
+        Ok(None)
+    );
+    let second = check(&policy, &invite("1001", "02079460000", "b"), PHONE, at(1));
+    let refusal = second.expect("forwarded").expect("observed");
+    assert!(refusal.observed && refusal.class == "concurrent");
+    track(&policy, &response(486, "a"), at(2));
+    // b holds the slot now: a third call is past the limit again.
+    let third = check(&policy, &invite("1001", "02079460000", "c"), PHONE, at(3));
+    assert!(third.expect("forwarded").is_some());
+}
+
+#[test]
 fn an_unanswered_call_frees_its_slot_with_its_final_answer() {
     let policy = uk_policy(|config| config.calls.concurrent_per_user = 1);
     assert!(check(&policy, &invite("1001", "02079460000", "a"), PHONE, at(0)).is_ok());
