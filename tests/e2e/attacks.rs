@@ -21,7 +21,7 @@ use crate::support::{
     Sipguard, Sipp, Tool,
 };
 use anyhow::{ensure, Context};
-use sipguard_policy::{AllowlistMode, Ban, RuleId};
+use sipguard_policy::{AllowGroup, AllowlistMode, Ban, RuleId};
 use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -522,7 +522,10 @@ fn enforced_allowlist_admits_only_listed_sources() -> anyhow::Result<()> {
     const OUTSIDER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 41);
     let pbx = Kamailio::start()?;
     let guard = Sipguard::start_with(pbx.addr(), |config| {
-        config.policy.allowlist = vec![ipnet::IpNet::from(IpAddr::from(LISTED))];
+        config.policy.allowlist = vec![AllowGroup::new(
+            "listed",
+            [ipnet::IpNet::from(IpAddr::from(LISTED))],
+        )];
         config.policy.allowlist_mode = AllowlistMode::Enforce;
     })?;
     let phone = Phone::legit(&pbx, guard.addr(), LISTED, "1001")?;
@@ -563,7 +566,10 @@ fn allowlisted_carrier_with_failing_registers_is_never_banned() -> anyhow::Resul
     let pbx = Kamailio::start()?;
     // Listed but not enforced: everyone is admitted, the carrier is never banned.
     let guard = Sipguard::start_with(pbx.addr(), |config| {
-        config.policy.allowlist = vec![ipnet::IpNet::from(IpAddr::from(CARRIER))];
+        config.policy.allowlist = vec![AllowGroup::new(
+            "listed",
+            [ipnet::IpNet::from(IpAddr::from(CARRIER))],
+        )];
     })?;
     let phone = Phone::legit(&pbx, guard.addr(), PHONE, "1003")?;
     let before = phone.successes();

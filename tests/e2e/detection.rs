@@ -29,7 +29,7 @@ use crate::support::{
 };
 use anyhow::{anyhow, bail, ensure, Context};
 use ipnet::{IpNet, Ipv6Net};
-use sipguard_policy::{Ban, RuleId, Timestamp};
+use sipguard_policy::{AllowGroup, Ban, RuleId, Timestamp};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant, SystemTime};
@@ -874,7 +874,8 @@ fn flood_from_forty_addresses_of_one_ipv6_64_bans_the_prefix_but_not_its_allowli
         let pbx = Kamailio::start()?;
         let guard = Sipguard::start_with(pbx.addr(), |config| {
             config.listen_udp = vec![SocketAddr::from((Ipv6Addr::LOCALHOST, 0))];
-            config.policy.allowlist = vec![IpNet::from(IpAddr::V6(listed))];
+            config.policy.allowlist =
+                vec![AllowGroup::new("listed", [IpNet::from(IpAddr::V6(listed))])];
         })?;
         let mut flooders = Vec::new();
         for n in 1..=FLOODERS {

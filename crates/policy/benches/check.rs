@@ -3,7 +3,9 @@
 //! inspection alone (`SipView::parse`), so the figure for the rules is the difference.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sipguard_policy::{Policy, PolicyConfig, Timestamp, Transport, DEFAULT_USER_AGENTS};
+use sipguard_policy::{
+    AllowGroup, Policy, PolicyConfig, Timestamp, Transport, DEFAULT_USER_AGENTS,
+};
 use sipguard_sip::SipView;
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -19,7 +21,10 @@ fn bench(c: &mut Criterion) {
     config
         .scanner_user_agents
         .extend((DEFAULT_USER_AGENTS.len()..100).map(|i| format!("bad-tool-{i}")));
-    config.allowlist = vec!["198.51.100.0/24".parse().unwrap()];
+    config.allowlist = vec![AllowGroup::new(
+        "listed",
+        ["198.51.100.0/24".parse().unwrap()],
+    )];
     // Benchmarks repeat one source thousands of times a second: no flood bans here.
     config.flood.threshold = u32::MAX;
     let policy = Policy::new(config).unwrap();

@@ -293,8 +293,8 @@ impl Policy {
         let dial = &rules.config.dial;
         let judged = attempt.number.filter(|_| dial.restricts());
         let in_group = |name: &str| {
-            let group = rules.groups.iter().find(|(group, _)| &**group == name);
-            group.is_some_and(|(_, nets)| nets.contains(source))
+            let group = rules.allowlist.get(source);
+            group.is_some_and(|&group| rules.config.allowlist[group].name == name)
         };
         if let Some(Err(barred)) = judged.map(|n| dial.judge(&n, caller, in_group)) {
             let mut refusal = self.refusal(judge, &view, RuleId::Dial, barred_class(barred));

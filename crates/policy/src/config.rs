@@ -3,6 +3,7 @@
 use crate::bans::RepeatConfig;
 use crate::scanner::DEFAULT_USER_AGENTS;
 use ipnet::IpNet;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// What a rule does when it trips.
@@ -42,15 +43,38 @@ pub enum AllowlistMode {
     Enforce,
 }
 
+/// A named group of allowlisted networks: one carrier, one office.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowGroup {
+    /// The operator's name for it, unique in the allowlist.
+    pub name: String,
+    /// Its networks.
+    pub networks: Vec<IpNet>,
+    /// The local address its sources reach the PBX from, so that the PBX can tell the group by
+    /// source address (Asterisk's `identify match=`) and nobody outside it can come from there;
+    /// `None`: the address every other client shares.
+    pub identity: Option<IpAddr>,
+}
+
+impl AllowGroup {
+    /// A group without an identity of its own.
+    pub fn new(name: &str, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        AllowGroup {
+            name: name.to_owned(),
+            networks: networks.into_iter().collect(),
+            identity: None,
+        }
+    }
+}
+
 /// Validated policy settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// Sources that are never let through, whatever they send.
     pub deny: Vec<IpNet>,
-    /// Carriers' and offices' networks: never banned, and with `Enforce` the only ones admitted.
-    pub allowlist: Vec<IpNet>,
-    /// The allowlist's networks by group name (the dial rules name groups).
-    pub allowlist_groups: Vec<(String, Vec<IpNet>)>,
+    /// Carriers' and offices' networks, in named groups: never banned, and with `Enforce` the
+    /// only ones admitted.
+    pub allowlist: Vec<AllowGroup>,
     /// Whether the allowlist is enforced.
     pub allowlist_mode: AllowlistMode,
     /// Datagrams longer than this are dropped before parsing.
@@ -97,7 +121,6 @@ impl Default for PolicyConfig {
         PolicyConfig {
             deny: Vec::new(),
             allowlist: Vec::new(),
-            allowlist_groups: Vec::new(),
             allowlist_mode: AllowlistMode::Off,
             max_message_size: 16 * 1024,
             scanner_user_agents: DEFAULT_USER_AGENTS

@@ -29,8 +29,8 @@ mod verdict;
 pub use bans::{Ban, RepeatConfig};
 pub use calls::{CallRates, Outbound, RateLimit, Refusal, MAX_CONCURRENT};
 pub use changes::{Change, Observer};
-pub use cidr::CidrSet;
-pub use config::{AllowlistMode, Mode, PolicyConfig, Rule};
+pub use cidr::{CidrMap, CidrSet};
+pub use config::{AllowGroup, AllowlistMode, Mode, PolicyConfig, Rule};
 pub use dial::{Access, Caller, Class, ClassRule, DialConfig, DialPlan, Number, Prefix};
 pub use geo::{CountryDb, GeoConfig};
 pub use ipnet::IpNet;
@@ -112,9 +112,8 @@ pub struct Stats {
 pub(crate) struct Rules {
     pub config: PolicyConfig,
     pub deny: CidrSet,
-    pub allowlist: CidrSet,
-    /// The allowlist's named groups, for the dial rules.
-    pub groups: Vec<(Arc<str>, CidrSet)>,
+    /// Each allowlisted network's group, as its index in `config.allowlist`.
+    pub allowlist: CidrMap<usize>,
     signatures: ScannerSignatures,
     /// The longest window of any rule: how long evidence is worth keeping.
     pub horizon: Duration,
@@ -135,9 +134,8 @@ impl Rules {
         .unwrap_or_default();
         Ok(Rules {
             deny: config.deny.iter().copied().collect(),
-            allowlist: config.allowlist.iter().copied().collect(),
-            groups: (config.allowlist_groups.iter())
-                .map(|(name, nets)| (Arc::from(name.as_str()), nets.iter().copied().collect()))
+            allowlist: (config.allowlist.iter().enumerate())
+                .flat_map(|(i, group)| group.networks.iter().map(move |net| (*net, i)))
                 .collect(),
             signatures: ScannerSignatures::new(&config.scanner_user_agents)?,
             horizon,
@@ -308,6 +306,15 @@ impl Policy {
         };
         self.rules.store(Arc::new(Rules::new(config)?));
         Ok(())
+    }
+
+    /// The local address `source` reaches the PBX from, when its allowlist group has an identity
+    /// of its own (read when a session or upstream connection opens, so a reload applies to
+    /// the next one).
+    pub fn upstream_identity(&self, source: IpAddr) -> Option<IpAddr> {
+        let rules = self.rules.load();
+        let group = *rules.allowlist.get(source)?;
+        rules.config.allowlist[group].identity
     }
 
     /// Whether anything from `source` may be admitted at all (it is not banned, not denied, and

@@ -164,6 +164,8 @@ pub struct Exchange {
     stream: bool,
     /// The client answered a challenge sent to it: it receives at this address.
     reachable: bool,
+    /// The PBX accepted a registration from this client (or a saved session was restored).
+    registered: bool,
 }
 
 impl Exchange {
@@ -180,10 +182,27 @@ impl Exchange {
         }
     }
 
+    /// The exchange of a UDP client restored from the last run's saved sessions: it was
+    /// established then, and it stays so.
+    pub fn restored() -> Self {
+        Exchange {
+            registered: true,
+            ..Exchange::default()
+        }
+    }
+
     /// Whether the client has shown that it receives what is sent to its address: it answered
     /// a challenge sent to it, or it is on a stream.
     pub fn is_proven(&self) -> bool {
         self.stream || self.reachable
+    }
+
+    /// Whether the client is one the PBX counts on reaching: it proved its address, or the PBX
+    /// accepted its registration (which a forged source cannot obtain from a PBX that
+    /// authenticates registrations). Such a session is never evicted for a newcomer and is
+    /// kept across a restart.
+    pub fn is_established(&self) -> bool {
+        self.is_proven() || self.registered
     }
 
     /// Remembers a forwarded request. A retransmission keeps the memo it already has, so a
@@ -386,6 +405,9 @@ impl Policy {
         let Some(memo) = exchange.answer(self.transaction(response)) else {
             return Judged::default();
         };
+        if memo.kind == Kind::Register && (200..300).contains(&code) {
+            exchange.registered = true;
+        }
         // A stale nonce: the credentials were right, the nonce too old (RFC 2617 section 3.2.1).
         let stale = challenge.is_some_and(|c| c.stale);
         let proven =

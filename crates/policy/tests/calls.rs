@@ -4,8 +4,8 @@
 
 use sipguard_policy::geo::{write_country_db, Countries, PrivateSources};
 use sipguard_policy::{
-    Access, ClassRule, CountryDb, DialPlan, DropReason, Mode, Policy, PolicyConfig, Prefix,
-    Refusal, RuleId, Timestamp, Transport, Verdict,
+    Access, AllowGroup, ClassRule, CountryDb, DialPlan, DropReason, Mode, Policy, PolicyConfig,
+    Prefix, Refusal, RuleId, Timestamp, Transport, Verdict,
 };
 use sipguard_sip::SipView;
 use std::time::Duration;
@@ -44,7 +44,7 @@ CSeq: 2 {method}\r\nContent-Length: 0\r\n\r\n"
 /// A UK plan: 9 for an outside line, 00 abroad, 0 national; calls abroad only to France and
 /// Germany, +449 premium.
 fn uk(config: &mut PolicyConfig) {
-    config.allowlist = vec![IpNet(CARRIER)];
+    config.allowlist = vec![AllowGroup::new("carrier", [IpNet(CARRIER)])];
     config.dial.plan = DialPlan {
         country_code: "44".into(),
         national_prefix: "0".into(),
@@ -174,11 +174,9 @@ fn premium_is_refused_for_everyone_even_the_allowlist() {
 fn an_allowlist_group_named_for_a_class_may_dial_it_and_the_other_groups_may_not() {
     const OFFICE: &str = "203.0.113.7";
     let policy = uk_policy(|config| {
-        config.allowlist.push(IpNet(OFFICE));
-        config.allowlist_groups = vec![
-            ("carrier".into(), vec![IpNet(CARRIER)]),
-            ("hq".into(), vec![IpNet(OFFICE)]),
-        ];
+        config
+            .allowlist
+            .push(AllowGroup::new("hq", [IpNet(OFFICE)]));
         config.dial.international.access.allowlisted = false;
         config.dial.international.groups = vec!["hq".into()];
     });

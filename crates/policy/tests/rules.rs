@@ -2,8 +2,8 @@
 //! requests go through `check`, the PBX's answers through `observe_response`.
 
 use sipguard_policy::{
-    Action, AllowlistMode, DropReason, Event, Exchange, IpNet, Mode, Policy, PolicyConfig, RuleId,
-    Timestamp, Transport, Verdict,
+    Action, AllowGroup, AllowlistMode, DropReason, Event, Exchange, IpNet, Mode, Policy,
+    PolicyConfig, RuleId, Timestamp, Transport, Verdict,
 };
 use sipguard_sip::SipView;
 use std::net::IpAddr;
@@ -643,7 +643,12 @@ fn steady_traffic_below_the_flood_rate_passes() {
 
 #[test]
 fn allowlisted_carrier_is_never_banned() {
-    let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let p = policy(|c| {
+        c.allowlist = vec![AllowGroup::new(
+            "listed",
+            ["198.51.100.0/28".parse().unwrap()],
+        )]
+    });
     let mut carrier = Client::new(&p, CARRIER);
     for i in 0..100 {
         let (dropped, events) = carrier.exchange(&register("trunk", true), 401, at(i / 10));
@@ -662,10 +667,13 @@ fn allowlisted_carrier_is_never_banned() {
 #[test]
 fn enforced_allowlist_drops_everyone_else_before_parsing() {
     let p = policy(|c| {
-        c.allowlist = vec![
-            "198.51.100.0/28".parse().unwrap(),
-            "2001:db8:10::/48".parse().unwrap(),
-        ];
+        c.allowlist = vec![AllowGroup::new(
+            "listed",
+            [
+                "198.51.100.0/28".parse().unwrap(),
+                "2001:db8:10::/48".parse().unwrap(),
+            ],
+        )];
         c.allowlist_mode = AllowlistMode::Enforce;
     });
     assert_eq!(
@@ -872,7 +880,10 @@ fn reconfigure_swaps_the_rules_and_keeps_bans_and_evidence() {
     assert_eq!(banned_by(&events), Some(RuleId::RegisterFailures));
     assert_eq!(p.ban_of(ip("192.0.2.67"), at(6)).unwrap().evidence, 6);
 
-    config.allowlist = vec!["203.0.113.0/24".parse().unwrap()];
+    config.allowlist = vec![AllowGroup::new(
+        "listed",
+        ["203.0.113.0/24".parse().unwrap()],
+    )];
     config.allowlist_mode = AllowlistMode::Enforce;
     p.reconfigure(config).unwrap();
     assert!(p.is_banned(ip(ATTACKER), at(7)), "a reload lifted a ban");
@@ -908,7 +919,12 @@ fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
         !p.restore(ip(OFFICE).into(), ban.clone(), at(3600)),
         "an expired ban was restored"
     );
-    let listed = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let listed = policy(|c| {
+        c.allowlist = vec![AllowGroup::new(
+            "listed",
+            ["198.51.100.0/28".parse().unwrap()],
+        )]
+    });
     assert!(!listed.restore(ip(CARRIER).into(), ban, at(10)));
 
     // Its third offence: the scanner rule's hour, doubled twice.
@@ -952,7 +968,12 @@ fn lifting_a_ban_lets_the_source_through_and_clears_its_counters() {
 #[test]
 fn judge_response_reports_refused_credentials_by_method_and_proof_and_never_a_bare_challenge() {
     use sipguard_policy::{AuthFailure, AuthMethod};
-    let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+    let p = policy(|c| {
+        c.allowlist = vec![AllowGroup::new(
+            "listed",
+            ["198.51.100.0/28".parse().unwrap()],
+        )]
+    });
     let failure = |method, proven| Some(AuthFailure { method, proven });
     // (source, request, the nonce it answers: one challenged to it or a made-up one, answer,
     // expected)
@@ -1057,7 +1078,7 @@ mod properties {
 
         #[test]
         fn allowlisted_sources_are_never_banned_or_blocked(steps in prop::collection::vec(step(), 1..200)) {
-            let p = policy(|c| c.allowlist = vec!["198.51.100.0/28".parse().unwrap()]);
+            let p = policy(|c| c.allowlist = vec![AllowGroup::new("listed", ["198.51.100.0/28".parse().unwrap()])]);
             let sources = [CARRIER, ATTACKER, OFFICE];
             let mut clients: Vec<Client> = sources.iter().map(|s| Client::new(&p, s)).collect();
             let mut now = at(0);
@@ -1506,7 +1527,12 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     #[test]
     fn an_ipv6_prefix_is_banned_once_four_of_its_addresses_are_and_one_offender_bans_no_neighbour()
     {
-        let p = policy(|c| c.allowlist = vec![format!("{PREFIX}ffff/128").parse().unwrap()]);
+        let p = policy(|c| {
+            c.allowlist = vec![AllowGroup::new(
+                "listed",
+                [format!("{PREFIX}ffff/128").parse().unwrap()],
+            )]
+        });
         let scan = |host: u32| {
             Client::new(&p, &v6(host)).exchange(&options("friendly-scanner"), 200, at(0));
         };

@@ -3,7 +3,8 @@
 //! for a scanner's signature (it still does from one for a burst of requests).
 
 use sipguard_policy::{
-    Action, AllowlistMode, DropReason, Exchange, Policy, RuleId, Timestamp, Transport, Verdict,
+    Action, AllowGroup, AllowlistMode, DropReason, Exchange, Policy, RuleId, Timestamp, Transport,
+    Verdict,
 };
 use sipguard_sip::SipView;
 use std::net::IpAddr;
@@ -100,7 +101,7 @@ fn a_flood_over_a_stream_from_an_untrusted_source_bans_it() {
 
 #[test]
 fn allowlisted_sources_are_never_banned_over_a_stream() {
-    let p = policy(|c| c.allowlist = vec![ip(CARRIER).into()]);
+    let p = policy(|c| c.allowlist = vec![AllowGroup::new("listed", [ip(CARRIER).into()])]);
     let scan = request("OPTIONS", 2, "friendly-scanner", false);
     let checked = p.check(scan.as_bytes(), ip(CARRIER), Transport::Stream, at(1));
     assert_eq!(checked.verdict, Verdict::Drop(DropReason::Scanner));
@@ -111,7 +112,7 @@ fn allowlisted_sources_are_never_banned_over_a_stream() {
 fn check_source_refuses_banned_denied_and_unlisted_sources() {
     let p = policy(|c| {
         c.deny = vec!["192.0.2.0/24".parse().unwrap()];
-        c.allowlist = vec![ip(CARRIER).into()];
+        c.allowlist = vec![AllowGroup::new("listed", [ip(CARRIER).into()])];
         c.allowlist_mode = AllowlistMode::Enforce;
     });
     assert_eq!(p.check_source(ip(CARRIER), at(0)), Ok(()));

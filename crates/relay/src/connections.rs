@@ -6,11 +6,12 @@
 //! is registered by an [`Admission`], which takes it out of the registry when dropped, so no
 //! path out of a connection task can leak a slot.
 
+use crate::Binding;
 use sipguard_policy::{Change, IpNet, Observer};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::Notify;
 
 /// Why a new connection was turned away.
@@ -26,9 +27,16 @@ pub(crate) enum Refusal {
 #[derive(Debug, Default)]
 pub(crate) struct Entry {
     close: Notify,
+    /// Set once its upstream connection is made.
+    binding: OnceLock<Binding>,
 }
 
 impl Entry {
+    /// Publishes the connection's binding, for the operator.
+    pub fn bound(&self, binding: Binding) {
+        let _ = self.binding.set(binding);
+    }
+
     /// Completes once the registry has asked this connection to close (a permit is stored, so
     /// a request made while the task was busy elsewhere is not lost).
     pub async fn closed(&self) {
@@ -119,6 +127,15 @@ impl Registry {
             .filter(|(ip, _)| source.contains(*ip))
             .map(|(_, entries)| close(entries))
             .sum()
+    }
+
+    /// The bindings of the connections whose upstream connection is made.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let by_ip = self.lock();
+        let entries = by_ip.values().flatten();
+        entries
+            .filter_map(|entry| entry.binding.get().copied())
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Vec<Arc<Entry>>>> {

@@ -16,6 +16,7 @@
 
 #[allow(unsafe_code)]
 mod batch;
+mod bindings;
 mod clock;
 mod connections;
 mod metrics;
@@ -26,6 +27,7 @@ mod stream;
 pub mod tls;
 mod udp;
 
+pub use bindings::{Binding, Directory, SessionStore};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use socket::bind_udp;
 pub use stream::{bind_tcp, StreamConfig};
@@ -81,6 +83,10 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// The recorder the relay's metrics register into; `None`: the process-wide one.
     pub recorder: Option<Arc<dyn ::metrics::Recorder + Send + Sync>>,
+    /// Where the live bindings are published for the operator.
+    pub directory: Arc<Directory>,
+    /// Where established UDP sessions are kept across restarts; `None`: they are not.
+    pub sessions: Option<Arc<dyn SessionStore>>,
 }
 
 impl Context {
@@ -90,16 +96,31 @@ impl Context {
             policy,
             clock: Arc::new(SystemClock),
             recorder: None,
+            directory: Arc::default(),
+            sessions: None,
         }
     }
 }
 
 /// How a message reached sipguard: a metric label, and how far its source can be believed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Transport {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    /// UDP.
     Udp,
+    /// Plain TCP.
     Tcp,
+    /// TLS over TCP.
     Tls,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        })
+    }
 }
 
 impl Transport {
@@ -138,10 +159,18 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let udp = udp::Front::start(config.clone(), Arc::clone(&pipeline), stopped.clone());
-    for socket in udp.sockets(listeners.udp)? {
+    let sockets = udp.sockets(listeners.udp)?;
+    if let Some(store) = &context.sessions {
+        udp.restore(store.load(), &sockets);
+        tasks.spawn(Arc::clone(&udp).keep_saved(Arc::clone(store)));
+    }
+    for socket in sockets {
         tasks.spawn(Arc::clone(&udp).receive(socket));
     }
     let streams = stream::Front::new(config, limits, Arc::clone(&pipeline), stopped);
+    context
+        .directory
+        .attach(udp.sessions(), &streams.registry());
     for listener in listeners.tcp {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tasks.spawn(Arc::clone(&streams).accept(listener, None));

@@ -4,15 +4,16 @@
 //! mark a session active without a lock; the session's own task reads it when its timer fires.
 //!
 //! A table full of forged one-packet sources must not lock out the phones: when it is full, the
-//! oldest session that never proved anything (its client never answered a challenge sent to
-//! it) makes room for the newcomer. Sessions are queued in the order they opened; a proven one
-//! leaves the queue for good when it comes up, so it is never evicted for anyone, and each
-//! opening looks at a bounded number of entries.
+//! oldest session that was never established (its client never answered a challenge sent to
+//! it, and the PBX never accepted its registration) makes room for the newcomer. Sessions are
+//! queued in the order they opened; an established one leaves the queue for good when it comes
+//! up, so it is never evicted for anyone, and each opening looks at a bounded number of entries.
 
+use crate::{Binding, Transport};
 use dashmap::DashMap;
 use sipguard_policy::Exchange;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -27,8 +28,14 @@ const EVICTION_SCAN: usize = 16;
 pub(crate) struct Session {
     /// The client's public address: where everything the PBX sends on `upstream` goes.
     pub client: SocketAddr,
+    /// The sipguard address the client sent to: where what goes back to it leaves from.
+    pub local: SocketAddr,
+    /// `local`'s address when the listener is a wildcard one: replies name it as their source.
+    pub reply_from: Option<IpAddr>,
     /// Connected to the PBX; its local port is the client's identity at the PBX.
     pub upstream: UdpSocket,
+    /// `upstream`'s local address: what the PBX knows the client as.
+    pub upstream_addr: SocketAddr,
     /// What the policy keeps of this client's exchange with the PBX (requests awaiting their
     /// answers), so the PBX's responses can be judged.
     exchange: Mutex<Exchange>,
@@ -38,6 +45,16 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// How the client reaches the PBX, for the operator.
+    pub fn binding(&self) -> Binding {
+        Binding {
+            transport: Transport::Udp,
+            client: self.client,
+            local: self.local,
+            upstream: self.upstream_addr,
+        }
+    }
+
     pub fn exchange(&self) -> MutexGuard<'_, Exchange> {
         self.exchange.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -60,7 +77,7 @@ pub(crate) enum Refusal {
 
 pub(crate) struct SessionTable {
     sessions: DashMap<SocketAddr, Arc<Session>>,
-    /// Sessions in the order they opened, minus the proven ones already looked at: the
+    /// Sessions in the order they opened, minus the established ones already looked at: the
     /// candidates for eviction, oldest first.
     unproven: Mutex<VecDeque<Weak<Session>>>,
     /// Kept beside the map so the limit check is one atomic load, exact under concurrency.
@@ -90,11 +107,16 @@ impl SessionTable {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Opens a session for a client that has none. Returns the session and whether this call
-    /// created it (another task may have raced us to the same client).
+    /// Opens a session for a client that has none, starting from `exchange`. Returns the
+    /// session and whether this call created it (another task may have raced us to the same
+    /// client).
+    /// `reached` is the address the client sent to, and the source address replies must name
+    /// (on a wildcard listener).
     pub fn open(
         &self,
         client: SocketAddr,
+        reached: (SocketAddr, Option<IpAddr>),
+        exchange: Exchange,
         connect: impl FnOnce() -> std::io::Result<UdpSocket>,
     ) -> Result<(Arc<Session>, bool), Refusal> {
         if let Some(existing) = self.get(&client) {
@@ -105,19 +127,24 @@ impl SessionTable {
             if !self.evict_one() {
                 return Err(Refusal::Full);
             }
-            return self.open(client, connect);
+            return self.open(client, reached, exchange, connect);
         }
-        let upstream = match connect() {
-            Ok(socket) => socket,
+        let connected = connect().and_then(|socket| Ok((socket.local_addr()?, socket)));
+        let (upstream_addr, upstream) = match connected {
+            Ok(connected) => connected,
             Err(error) => {
                 self.active.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refusal::Socket(error));
             }
         };
+        let (local, reply_from) = reached;
         let session = Arc::new(Session {
             client,
+            local,
+            reply_from,
             upstream,
-            exchange: Mutex::default(),
+            upstream_addr,
+            exchange: Mutex::new(exchange),
             last_active_ms: AtomicU64::new(self.now_ms()),
             evicted: Notify::new(),
         });
@@ -172,11 +199,11 @@ impl SessionTable {
             let Some(candidate) = queue.pop_front() else {
                 return false;
             };
-            // Gone already (expired or evicted), or proven: out of the queue for good.
+            // Gone already (expired or evicted), or established: out of the queue for good.
             let Some(session) = candidate.upgrade() else {
                 continue;
             };
-            if session.exchange().is_proven() {
+            if session.exchange().is_established() {
                 continue;
             }
             let removed = self
@@ -189,6 +216,14 @@ impl SessionTable {
             }
         }
         false
+    }
+
+    /// Every session, in no particular order.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect()
     }
 
     fn queue(&self) -> MutexGuard<'_, VecDeque<Weak<Session>>> {

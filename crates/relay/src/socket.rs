@@ -41,13 +41,14 @@ fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// Opens a client's upstream socket: bound to an ephemeral port on `local`, connected to the
-/// PBX so that only the PBX's datagrams are accepted on it.
+/// Opens a client's upstream socket: bound to `local` (port 0: an ephemeral port; a given port
+/// when a saved session is restored), connected to the PBX so that only the PBX's datagrams are
+/// accepted on it.
 pub(crate) fn connect_upstream(
-    local: std::net::IpAddr,
+    local: SocketAddr,
     pbx: SocketAddr,
 ) -> io::Result<tokio::net::UdpSocket> {
-    let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
+    let socket = UdpSocket::bind(local)?;
     socket.connect(pbx)?;
     socket.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(socket)

@@ -20,11 +20,11 @@
 //! connection itself, a rule over UDP or another connection, the operator): the connection
 //! registry follows the policy's ban events.
 
-use crate::connections::{Admission, Refusal, Registry};
+use crate::connections::{Admission, Entry, Refusal, Registry};
 use crate::metrics::{Closed, ConnectionCounters, PacketCounters, Refused, Sampler};
 use crate::pipeline::{Pipeline, Step};
 use crate::tls::TlsReload;
-use crate::{RelayConfig, Transport};
+use crate::{Binding, RelayConfig, Transport};
 use sipguard_policy::{Answer, Exchange, RequestMemo};
 use sipguard_sip::{next_frame, Frame};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Pause after a failed accept (out of descriptors), so the loop does not spin on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -164,14 +164,23 @@ impl Front {
         acceptor: Option<tokio_rustls::TlsAcceptor>,
     ) {
         let _ = stream.set_nodelay(true);
+        // The address the client connected to (on a wildcard listener, the one it chose).
+        let local = stream
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let transport = match acceptor {
             None => Transport::Tcp,
             Some(_) => Transport::Tls,
         };
         let outcome = match acceptor {
-            None => self.serve(stream, client, &admission, transport).await,
+            None => {
+                self.serve(stream, client, local, &admission, transport)
+                    .await
+            }
             // Boxed: the handshake's state is large and plain TCP connections need none of it.
-            Some(acceptor) => Box::pin(self.serve_tls(acceptor, stream, client, &admission)).await,
+            Some(acceptor) => {
+                Box::pin(self.serve_tls(acceptor, stream, client, local, &admission)).await
+            }
         };
         let metrics = self.connections(transport);
         let Err(reason) = outcome;
@@ -186,11 +195,15 @@ impl Front {
         acceptor: tokio_rustls::TlsAcceptor,
         stream: TcpStream,
         client: SocketAddr,
+        local: SocketAddr,
         admission: &Admission,
     ) -> Outcome {
         let handshake = tokio::time::timeout(self.limits.message_timeout, acceptor.accept(stream));
         match handshake.await {
-            Ok(Ok(tls)) => self.serve(tls, client, admission, Transport::Tls).await,
+            Ok(Ok(tls)) => {
+                self.serve(tls, client, local, admission, Transport::Tls)
+                    .await
+            }
             Ok(Err(error)) => {
                 debug!(%client, %error, "TLS handshake failed");
                 Err(Closed::TlsHandshake)
@@ -208,6 +221,7 @@ impl Front {
         &self,
         stream: S,
         client: SocketAddr,
+        local: SocketAddr,
         admission: &Admission,
         transport: Transport,
     ) -> Outcome {
@@ -215,9 +229,11 @@ impl Front {
         let mut shutdown = self.shutdown.clone();
         let mut conn = Connection {
             front: self,
+            entry: admission.entry(),
             transport,
             packets: self.pipeline.metrics.packets(transport),
             client,
+            local,
             upstream: None,
             exchange: Exchange::stream(),
             seen_message: false,
@@ -269,9 +285,13 @@ impl Front {
 /// The state of one client connection besides its buffers.
 struct Connection<'f> {
     front: &'f Front,
+    /// The connection's entry in the registry, where its binding is published.
+    entry: &'f Entry,
     transport: Transport,
     packets: &'f PacketCounters,
     client: SocketAddr,
+    /// The sipguard address the client connected to.
+    local: SocketAddr,
     /// Opened with the first message forwarded.
     upstream: Option<TcpStream>,
     /// What the policy keeps of this connection's exchange with the PBX (requests awaiting
@@ -285,6 +305,15 @@ struct Connection<'f> {
 }
 
 impl Connection<'_> {
+    fn binding(&self, upstream: &TcpStream) -> io::Result<Binding> {
+        Ok(Binding {
+            transport: self.transport,
+            client: self.client,
+            local: self.local,
+            upstream: upstream.local_addr()?,
+        })
+    }
+
     fn deadline(&self, last_active: Instant, partial_since: Option<Instant>) -> Instant {
         let limits = &self.front.limits;
         let idle = if self.seen_message {
@@ -405,14 +434,21 @@ impl Connection<'_> {
                 SocketAddr::V4(_) => TcpSocket::new_v4()?,
                 SocketAddr::V6(_) => TcpSocket::new_v6()?,
             };
-            socket.bind(SocketAddr::new(front.relay.upstream_bind, 0))?;
+            let identity = front.pipeline.policy.upstream_identity(self.client.ip());
+            socket.bind(SocketAddr::new(
+                identity.unwrap_or(front.relay.upstream_bind),
+                0,
+            ))?;
             let stream = socket.connect(front.relay.pbx).await?;
             stream.set_nodelay(true)?;
             Ok::<_, io::Error>(stream)
         };
         match tokio::time::timeout(front.limits.message_timeout, connect).await {
             Ok(Ok(stream)) => {
-                debug!(client = %self.client, upstream = ?stream.local_addr().ok(), "upstream connected");
+                if let Ok(binding) = self.binding(&stream) {
+                    info!(client = %self.client, upstream = %binding.upstream, transport = %self.transport, "upstream connected");
+                    self.entry.bound(binding);
+                }
                 Ok(stream)
             }
             failed => {

@@ -6,21 +6,23 @@
 //! (they wait for readiness and read into a per-thread one), so an idle session costs a socket
 //! and a parked task, not 64 KiB.
 
-use crate::batch::RecvBatch;
+use crate::batch::{receive_destinations, send_from, RecvBatch};
 use crate::metrics::{RelayDrop, Sampler};
 use crate::pipeline::{Pipeline, Step};
 use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::{bind_udp_sibling, connect_upstream};
-use crate::{RelayConfig, Transport};
-use sipguard_policy::{Answer, RequestMemo};
+use crate::{Binding, RelayConfig, SessionStore, Transport};
+use sipguard_policy::{Answer, Exchange, RequestMemo};
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Largest UDP payload: the receive buffers take any datagram whole, so that the policy sees
 /// an oversized one as such instead of a truncated one.
@@ -30,6 +32,13 @@ const MAX_DATAGRAM: usize = 65_535;
 /// the others on the same worker thread.
 const DRAIN_BATCH: usize = 64;
 
+/// How often the established sessions are handed to the [`SessionStore`] when they changed.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Session open and close lines logged at info level per second; past it they go to debug, so
+/// a flood of forged sources cannot flood the log (the metrics count every session).
+const SESSION_LINES_PER_SECOND: u64 = 20;
+
 thread_local! {
     static UPSTREAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
 }
@@ -37,8 +46,10 @@ thread_local! {
 pub(crate) struct Front {
     config: RelayConfig,
     pipeline: Arc<Pipeline>,
-    sessions: SessionTable,
+    sessions: Arc<SessionTable>,
     shutdown: watch::Receiver<bool>,
+    /// The second and the session lines logged in it, for [`SESSION_LINES_PER_SECOND`].
+    log_budget: AtomicU64,
 }
 
 impl Front {
@@ -48,11 +59,106 @@ impl Front {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Front {
-            sessions: SessionTable::new(config.max_sessions),
+            sessions: Arc::new(SessionTable::new(config.max_sessions)),
             config,
             pipeline,
             shutdown,
+            log_budget: AtomicU64::new(0),
         })
+    }
+
+    pub fn sessions(&self) -> &Arc<SessionTable> {
+        &self.sessions
+    }
+
+    /// Reopens the sessions a previous run saved, each on its old upstream port, so that what
+    /// the PBX sends to a client it knew reaches it before the client is heard from again.
+    pub fn restore(self: &Arc<Self>, bindings: Vec<Binding>, listeners: &[Arc<UdpSocket>]) {
+        let mut restored = 0;
+        for binding in bindings {
+            let listener = listeners
+                .iter()
+                .find(|l| l.local_addr().is_ok_and(|addr| addr == binding.local))
+                .or_else(|| {
+                    listeners.iter().find(|l| {
+                        l.local_addr()
+                            .is_ok_and(|addr| addr.is_ipv4() == binding.client.is_ipv4())
+                    })
+                });
+            let Some(listener) = listener else {
+                warn!(client = %binding.client, local = %binding.local, "saved session not restored: no listener of its address family");
+                continue;
+            };
+            let opened = self.open_session(
+                binding.client,
+                binding.local,
+                listener,
+                Exchange::restored(),
+                binding.upstream,
+            );
+            match opened {
+                Some(session) if session.upstream_addr == binding.upstream => restored += 1,
+                _ => {
+                    warn!(client = %binding.client, upstream = %binding.upstream, "saved session not restored: its upstream address could not be bound again")
+                }
+            }
+        }
+        if restored > 0 {
+            info!(restored, "saved sessions restored");
+        }
+    }
+
+    /// Hands the established sessions to `store` whenever they changed, and once more when the
+    /// relay stops.
+    pub async fn keep_saved(self: Arc<Self>, store: Arc<dyn SessionStore>) {
+        let mut saved = Vec::new();
+        let mut ticks = tokio::time::interval(SAVE_EVERY);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let stopping = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let mut established: Vec<Binding> = (self.sessions.sessions().iter())
+                .filter(|session| session.exchange().is_established())
+                .map(|session| session.binding())
+                .collect();
+            established.sort_unstable();
+            if established != saved {
+                let store = Arc::clone(&store);
+                let bindings = established.clone();
+                let written = tokio::task::spawn_blocking(move || store.save(&bindings)).await;
+                match written {
+                    Ok(Ok(())) => saved = established,
+                    Ok(Err(error)) => warn!(%error, "established sessions could not be saved"),
+                    Err(error) => warn!(%error, "saving the established sessions failed"),
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Logs a session's opening or closing at info level within [`SESSION_LINES_PER_SECOND`],
+    /// else at debug level.
+    fn log_session(&self, session: &Session, what: &'static str) {
+        let second = self.pipeline.now().as_millis() / 1000;
+        let budget = self.log_budget.load(Ordering::Relaxed);
+        // The second in the high half, the lines logged in it in the low half.
+        let within = if budget >> 32 == second {
+            self.log_budget.fetch_add(1, Ordering::Relaxed) & u64::from(u32::MAX)
+                < SESSION_LINES_PER_SECOND
+        } else {
+            self.log_budget.store(second << 32 | 1, Ordering::Relaxed);
+            true
+        };
+        let (client, upstream) = (session.client, session.upstream_addr);
+        if within {
+            info!(%client, %upstream, "{what}");
+        } else {
+            debug!(%client, %upstream, "{what}");
+        }
     }
 
     /// The sockets to receive on: each listener and, per extra core, a sibling on its address
@@ -63,9 +169,16 @@ impl Front {
         let mut sockets = Vec::new();
         for listener in listeners {
             let address = listener.local_addr()?;
-            sockets.push(Arc::new(UdpSocket::from_std(listener)?));
+            let mut group = vec![listener];
             for _ in 1..workers {
-                sockets.push(Arc::new(UdpSocket::from_std(bind_udp_sibling(address)?)?));
+                group.push(bind_udp_sibling(address)?);
+            }
+            for socket in group {
+                // A wildcard listener learns each datagram's destination, to answer from it.
+                if address.ip().is_unspecified() {
+                    receive_destinations(&socket, address.is_ipv6())?;
+                }
+                sockets.push(Arc::new(UdpSocket::from_std(socket)?));
             }
         }
         Ok(sockets)
@@ -76,6 +189,13 @@ impl Front {
         let mut batch = RecvBatch::new(MAX_DATAGRAM);
         let mut sampler = Sampler::default();
         let packets = self.pipeline.metrics.packets(Transport::Udp);
+        let bound = match listener.local_addr() {
+            Ok(bound) => bound,
+            Err(error) => {
+                warn!(%error, "udp listener has no local address");
+                return;
+            }
+        };
         loop {
             if let Err(error) = listener.readable().await {
                 debug!(%error, "udp listener failed");
@@ -93,7 +213,8 @@ impl Front {
             // One clock read per batch: its datagrams were all queued when it was taken.
             let now = self.pipeline.now();
             for i in 0..count {
-                if let (datagram, Some(client)) = batch.get(i) {
+                if let (datagram, Some(client), destination) = batch.get(i) {
+                    let local = SocketAddr::new(destination.unwrap_or(bound.ip()), bound.port());
                     let started = sampler.start();
                     match self.pipeline.request(datagram, client, Transport::Udp, now) {
                         Step::Forward {
@@ -101,7 +222,8 @@ impl Front {
                             memo,
                             answer,
                         } => {
-                            self.forward(message, memo, answer, client, &listener).await;
+                            self.forward(message, memo, answer, client, local, &listener)
+                                .await;
                         }
                         Step::Keepalive => {
                             if let Some(session) = self.sessions.get(&client) {
@@ -125,14 +247,19 @@ impl Front {
         memo: Option<RequestMemo>,
         answer: Option<Answer>,
         client: SocketAddr,
+        local: SocketAddr,
         listener: &Arc<UdpSocket>,
     ) {
         let session = match self.sessions.get(&client) {
             Some(session) => session,
-            None => match self.open_session(client, listener) {
-                Some(session) => session,
-                None => return,
-            },
+            None => {
+                let identity = self.pipeline.policy.upstream_identity(client.ip());
+                let upstream = SocketAddr::new(identity.unwrap_or(self.config.upstream_bind), 0);
+                match self.open_session(client, local, listener, Exchange::datagram(), upstream) {
+                    Some(session) => session,
+                    None => return,
+                }
+            }
         };
         self.sessions.touch(&session);
         self.pipeline
@@ -160,14 +287,26 @@ impl Front {
         }
     }
 
+    /// Opens a session for `client`, which sent to `local` (on `listener`), with its upstream
+    /// socket bound to `upstream`.
     fn open_session(
         self: &Arc<Self>,
         client: SocketAddr,
+        local: SocketAddr,
         listener: &Arc<UdpSocket>,
+        exchange: Exchange,
+        upstream: SocketAddr,
     ) -> Option<Arc<Session>> {
-        let opened = self.sessions.open(client, || {
-            connect_upstream(self.config.upstream_bind, self.config.pbx)
-        });
+        // Only a wildcard listener needs to be told which address to answer from.
+        let wildcard = listener
+            .local_addr()
+            .is_ok_and(|bound| bound.ip().is_unspecified());
+        let reply_from = (wildcard && !local.ip().is_unspecified()).then_some(local.ip());
+        let opened = self
+            .sessions
+            .open(client, (local, reply_from), exchange, || {
+                connect_upstream(upstream, self.config.pbx)
+            });
         match opened {
             Ok((session, created)) => {
                 if created {
@@ -178,7 +317,7 @@ impl Front {
                     tokio::spawn(
                         Arc::clone(self).serve_session(Arc::clone(&session), Arc::clone(listener)),
                     );
-                    debug!(%client, upstream = ?session.upstream.local_addr().ok(), "session opened");
+                    self.log_session(&session, "session opened");
                 }
                 Some(session)
             }
@@ -189,7 +328,7 @@ impl Front {
             }
             Err(Refusal::Socket(error)) => {
                 self.packets().relay_drop(RelayDrop::UpstreamUnavailable);
-                debug!(%client, %error, "no upstream socket for client");
+                debug!(%client, %upstream, %error, "no upstream socket for client");
                 None
             }
         }
@@ -215,7 +354,7 @@ impl Front {
                     let metrics = &self.pipeline.metrics;
                     metrics.sessions_evicted.increment(1);
                     metrics.sessions_active.set(self.sessions.len() as f64);
-                    debug!(client = %session.client, "session evicted to make room");
+                    self.log_session(&session, "session evicted to make room");
                     return;
                 }
                 () = &mut timer => {
@@ -223,7 +362,7 @@ impl Front {
                         let metrics = &self.pipeline.metrics;
                         metrics.sessions_expired.increment(1);
                         metrics.sessions_active.set(self.sessions.len() as f64);
-                        debug!(client = %session.client, "session expired");
+                        self.log_session(&session, "session expired");
                         return;
                     }
                     timer.as_mut().reset(self.sessions.idle_deadline(&session, idle));
@@ -262,7 +401,7 @@ impl Front {
                 self.sessions.touch(session);
                 self.pipeline
                     .response(&buf[..len], session.client, &mut session.exchange());
-                match listener.try_send_to(&buf[..len], session.client) {
+                match self.send_to_client(listener, session, &buf[..len]) {
                     Ok(_) => self.packets().forwarded_to_client.increment(1),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         return Some(buf[..len].to_vec());
@@ -273,10 +412,31 @@ impl Front {
             None
         });
         if let Some(datagram) = blocked {
-            match listener.send_to(&datagram, session.client).await {
+            let sent = listener
+                .async_io(Interest::WRITABLE, || {
+                    self.send_to_client(listener, session, &datagram)
+                })
+                .await;
+            match sent {
                 Ok(_) => self.packets().forwarded_to_client.increment(1),
                 Err(error) => self.client_send_failed(session, &error),
             }
+        }
+    }
+
+    /// Sends to the client without waiting, from the address it sent to: a wildcard listener
+    /// names it in each datagram, another is bound to it.
+    fn send_to_client(
+        &self,
+        listener: &UdpSocket,
+        session: &Session,
+        datagram: &[u8],
+    ) -> io::Result<usize> {
+        match session.reply_from {
+            None => listener.try_send_to(datagram, session.client),
+            Some(from) => listener.try_io(Interest::WRITABLE, || {
+                send_from(listener, datagram, session.client, from)
+            }),
         }
     }
 

@@ -105,9 +105,9 @@ async fn start_with(tune: impl FnOnce(&mut StreamConfig), tls: Option<TlsReload>
     let policy = Arc::new(Policy::new(PolicyConfig::default()).unwrap());
     let metrics = Metrics::default();
     let context = Context {
-        policy: Arc::clone(&policy),
         clock: Arc::new(TokioClock::new()),
         recorder: Some(metrics.recorder()),
+        ..Context::new(Arc::clone(&policy))
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(sipguard_relay::run(

@@ -2,10 +2,13 @@
 //! each test can see exactly what reaches it and from where. The relay runs on tokio's clock
 //! (`TokioClock`), so tests with a paused clock move its timers without waiting.
 
-use sipguard_policy::{Policy, PolicyConfig};
-use sipguard_relay::{bind_udp, Context, Listeners, RelayConfig, StreamConfig, TokioClock};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use sipguard_policy::{AllowGroup, Policy, PolicyConfig};
+use sipguard_relay::{
+    bind_udp, Binding, Context, Directory, Listeners, RelayConfig, SessionStore, StreamConfig,
+    TokioClock,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -45,6 +48,7 @@ struct Running {
     addr: SocketAddr,
     pbx: UdpSocket,
     metrics: Metrics,
+    directory: Arc<Directory>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -54,6 +58,17 @@ async fn start(tune: impl FnOnce(&mut RelayConfig)) -> Running {
 
 async fn start_on(listen: &str, tune: impl FnOnce(&mut RelayConfig)) -> Running {
     let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    start_with(pbx, listen, PolicyConfig::default(), None, tune).await
+}
+
+/// A relay to `pbx` with the given policy settings and session store.
+async fn start_with(
+    pbx: UdpSocket,
+    listen: &str,
+    policy: PolicyConfig,
+    sessions: Option<Arc<dyn SessionStore>>,
+    tune: impl FnOnce(&mut RelayConfig),
+) -> Running {
     let mut config = RelayConfig {
         pbx: pbx.local_addr().unwrap(),
         upstream_bind: "127.0.0.1".parse().unwrap(),
@@ -65,11 +80,14 @@ async fn start_on(listen: &str, tune: impl FnOnce(&mut RelayConfig)) -> Running 
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let metrics = Metrics::default();
+    let policy = Arc::new(Policy::new(policy).unwrap());
     let context = Context {
-        policy: Arc::new(Policy::new(PolicyConfig::default()).unwrap()),
         clock: Arc::new(TokioClock::new()),
         recorder: Some(metrics.recorder()),
+        sessions,
+        ..Context::new(policy)
     };
+    let directory = Arc::clone(&context.directory);
     let listeners = Listeners {
         udp: vec![listener],
         ..Listeners::default()
@@ -87,6 +105,7 @@ async fn start_on(listen: &str, tune: impl FnOnce(&mut RelayConfig)) -> Running 
         addr,
         pbx,
         metrics,
+        directory,
         _stop: stop,
     }
 }
@@ -367,4 +386,156 @@ Content-Length: 0\r\n\r\n";
         .metrics
         .counter("sipguard_bans_total", &["rule=\"scanner\""]);
     assert_eq!(banned, 0.0);
+}
+
+/// A carrier whose allowlist group has an identity reaches the PBX from that address, so the PBX
+/// can tell it by address; a phone, and anyone else, arrives from the shared one.
+#[tokio::test]
+async fn an_identified_carrier_reaches_the_pbx_from_its_identity_and_nobody_else_does() {
+    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let policy = PolicyConfig {
+        allowlist: vec![AllowGroup {
+            identity: Some("127.0.1.1".parse().unwrap()),
+            ..AllowGroup::new("carrier", [IpAddr::from([127, 0, 0, 3]).into()])
+        }],
+        ..PolicyConfig::default()
+    };
+    let relay = start_with(pbx, "127.0.0.1:0", policy, None, |_| {}).await;
+    let carrier = client("127.0.0.3").await;
+    let phone = client("127.0.0.2").await;
+
+    carrier.send_to(&options("c1"), relay.addr).await.unwrap();
+    let (_, from_carrier) = recv(&relay.pbx).await;
+    phone.send_to(&options("p1"), relay.addr).await.unwrap();
+    let (_, from_phone) = recv(&relay.pbx).await;
+    assert_eq!(from_carrier.ip().to_string(), "127.0.1.1");
+    assert_eq!(from_phone.ip().to_string(), "127.0.0.1");
+
+    let traced = relay.directory.by_upstream(from_carrier);
+    assert_eq!(traced.len(), 1);
+    assert_eq!(traced[0].client, carrier.local_addr().unwrap());
+    let by_port = SocketAddr::from(([0, 0, 0, 0], from_phone.port()));
+    assert_eq!(
+        relay.directory.by_upstream(by_port)[0].client,
+        phone.local_addr().unwrap()
+    );
+}
+
+/// Saved sessions, in memory.
+#[derive(Default)]
+struct Saved(Mutex<Vec<Binding>>);
+
+impl Saved {
+    fn get(&self) -> Vec<Binding> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl SessionStore for Saved {
+    fn load(&self) -> Vec<Binding> {
+        self.get()
+    }
+
+    fn save(&self, bindings: &[Binding]) -> std::io::Result<()> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = bindings.to_vec();
+        Ok(())
+    }
+}
+
+async fn saving_to(store: &Arc<Saved>, pbx: UdpSocket) -> Running {
+    let store: Arc<dyn SessionStore> = store.clone();
+    start_with(
+        pbx,
+        "127.0.0.1:0",
+        PolicyConfig::default(),
+        Some(store),
+        |_| {},
+    )
+    .await
+}
+
+/// Polls `condition` until it holds, failing the test after [`WAIT`].
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A registered phone's session outlives the relay: the next run rebinds its upstream port, so
+/// the PBX's INVITE to the contact it holds reaches the phone before it registers again. A
+/// client that never registered is not kept.
+#[tokio::test]
+async fn a_registered_session_is_saved_and_the_next_run_rebinds_its_upstream_port() {
+    let store = Arc::new(Saved::default());
+    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pbx_addr = pbx.local_addr().unwrap();
+    let first = saving_to(&store, pbx).await;
+    let phone = client("127.0.0.2").await;
+    let passer_by = client("127.0.0.4").await;
+    passer_by
+        .send_to(&options("once"), first.addr)
+        .await
+        .unwrap();
+    recv(&first.pbx).await;
+    phone.send_to(&register(1, None), first.addr).await.unwrap();
+    let (_, upstream) = recv(&first.pbx).await;
+    first.pbx.send_to(&answer(1, None), upstream).await.unwrap();
+    assert_eq!(recv(&phone).await.0, answer(1, None));
+
+    until("the session is saved", || !store.get().is_empty()).await;
+    let saved = store.get();
+    assert_eq!(
+        saved.len(),
+        1,
+        "only the registered phone is kept: {saved:?}"
+    );
+    assert_eq!(saved[0].client, phone.local_addr().unwrap());
+    assert_eq!(saved[0].upstream, upstream);
+
+    drop(first);
+    // The first run's sockets close as its tasks end, as a process's do when it exits.
+    until("the old upstream port is free", || {
+        std::net::UdpSocket::bind(upstream).is_ok()
+    })
+    .await;
+    let pbx = UdpSocket::bind(pbx_addr).await.unwrap();
+    let second = saving_to(&store, pbx).await;
+    until("the session is restored", || {
+        !second.directory.by_upstream(upstream).is_empty()
+    })
+    .await;
+    let invite = options("from-pbx-after-restart");
+    second.pbx.send_to(&invite, upstream).await.unwrap();
+    let (at_phone, from) = recv(&phone).await;
+    assert_eq!(at_phone, invite);
+    assert_eq!(from, second.addr);
+}
+
+/// On a wildcard listener, a client that sent to one of the host's addresses is answered from
+/// that address (and port), not from the address the routing table would pick.
+#[tokio::test]
+async fn a_wildcard_listener_answers_from_the_address_the_client_sent_to() {
+    let relay = start_on("0.0.0.0:0", |_| {}).await;
+    let spoken_to = SocketAddr::from(([127, 0, 0, 5], relay.addr.port()));
+    let phone = client("127.0.0.2").await;
+    phone.send_to(&options("w1"), spoken_to).await.unwrap();
+    let (_, upstream) = recv(&relay.pbx).await;
+
+    let reply = b"SIP/2.0 200 OK\r\n\r\n";
+    relay.pbx.send_to(reply, upstream).await.unwrap();
+    let (at_phone, from) = recv(&phone).await;
+    assert_eq!(at_phone, reply);
+    assert_eq!(from, spoken_to);
+    let invite = options("from-pbx");
+    relay.pbx.send_to(&invite, upstream).await.unwrap();
+    assert_eq!(recv(&phone).await, (invite, spoken_to));
+    assert_eq!(relay.directory.by_upstream(upstream)[0].local, spoken_to);
 }

@@ -34,7 +34,9 @@ use hyper::{Method, StatusCode};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use sipguard_policy::{Ban, IpNet, Policy, RuleId, Timestamp};
+use sipguard_relay::Directory;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -86,6 +88,8 @@ pub struct Admin {
     policy: Arc<Policy>,
     journal: Journal,
     reloader: Arc<Reloader>,
+    /// The relay's live client bindings.
+    directory: Arc<Directory>,
     /// The IPv6 prefix length the policy's ban table was built with: a ban on a network of any
     /// other length would be listed but never match a packet.
     prefix_len: u8,
@@ -113,6 +117,14 @@ struct ManualBan {
     ip: IpNet,
     duration: Duration,
     reason: Option<String>,
+}
+
+/// An upstream port (any address) or address with port.
+fn parse_upstream(text: &str) -> Option<SocketAddr> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Some(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    text.parse().ok()
 }
 
 /// Reads a `POST /bans` body, or says which part is wrong and what was expected; a network
@@ -191,13 +203,20 @@ pub(crate) fn replayed_reason(text: &str) -> Option<String> {
 }
 
 impl Admin {
-    /// The API over `policy`, whose changes `journal` follows (as the daemon subscribes it).
-    pub fn new(policy: Arc<Policy>, journal: Journal, reloader: Arc<Reloader>) -> Self {
+    /// The API over `policy`, whose changes `journal` follows (as the daemon subscribes it), and
+    /// over the relay's client bindings in `directory`.
+    pub fn new(
+        policy: Arc<Policy>,
+        journal: Journal,
+        reloader: Arc<Reloader>,
+        directory: Arc<Directory>,
+    ) -> Self {
         let prefix_len = policy.config().ipv6_prefix_len;
         Admin {
             policy,
             journal,
             reloader,
+            directory,
             prefix_len,
         }
     }
@@ -244,14 +263,51 @@ impl Admin {
                 self.remove(&path["/bans/".len()..]).await
             }
             (&Method::POST, "/reload") => self.reload().await,
-            (_, "/bans" | "/reload") => {
+            (&Method::GET, "/sessions") => self.sessions(None),
+            (&Method::GET, _) if path.starts_with("/sessions/") => {
+                self.sessions(Some(&path["/sessions/".len()..]))
+            }
+            (_, "/bans" | "/reload" | "/sessions") => {
                 Reply::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => Reply::error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; try GET /bans, POST /bans, DELETE /bans/SOURCE, POST /reload",
+                "no such endpoint; try GET /bans, POST /bans, DELETE /bans/SOURCE, POST /reload, \
+                 GET /sessions, GET /sessions/UPSTREAM",
             ),
         }
+    }
+
+    /// The relay's client bindings; with `upstream` (a port, or an address and port, as the
+    /// PBX logs a peer), only the ones behind it.
+    fn sessions(&self, upstream: Option<&str>) -> Reply {
+        let bindings = match upstream {
+            None => self.directory.bindings(),
+            Some(text) => match parse_upstream(text) {
+                Some(upstream) => self.directory.by_upstream(upstream),
+                None => {
+                    return Reply::error(
+                        StatusCode::BAD_REQUEST,
+                        format_args!(
+                            "{text:?} is not an upstream port or address, such as 40312 or \
+                             127.0.0.1:40312"
+                        ),
+                    )
+                }
+            },
+        };
+        let sessions: Vec<serde_json::Value> = bindings
+            .iter()
+            .map(|binding| {
+                json!({
+                    "transport": binding.transport.to_string(),
+                    "client": binding.client.to_string(),
+                    "local": binding.local.to_string(),
+                    "upstream": binding.upstream.to_string(),
+                })
+            })
+            .collect();
+        Reply::json(StatusCode::OK, &json!({ "sessions": sessions }))
     }
 
     /// The policy's bans at `now`, the soonest to end first.
@@ -575,7 +631,7 @@ mod tests {
             Arc::clone(&policy),
         ));
         Api {
-            admin: Admin::new(Arc::clone(&policy), journal, reloader),
+            admin: Admin::new(Arc::clone(&policy), journal, reloader, Arc::default()),
             policy,
             journal: path,
             _dir: dir,

@@ -273,17 +273,19 @@ mod tests {
         assert!(config.listen_udp.iter().any(SocketAddr::is_ipv6));
         assert!(!config.policy.deny.is_empty());
         let policy = &config.policy;
-        assert!(policy
-            .allowlist
-            .iter()
+        let mut networks = policy.allowlist.iter().flat_map(|group| &group.networks);
+        assert!(networks
+            .clone()
             .any(|net| net.to_string() == "203.0.113.0/24"));
-        assert!(policy
-            .allowlist
-            .iter()
-            .any(|net| matches!(net, ipnet::IpNet::V6(_))));
+        assert!(networks.any(|net| matches!(net, ipnet::IpNet::V6(_))));
         assert_eq!(policy.scanner_user_agents.last().unwrap(), "MyOwnBadTool");
         assert_eq!(policy.invite_failures.mode, Mode::Observe);
         sipguard_policy::Policy::new(config.policy).expect("example builds a policy");
+    }
+
+    fn networks_in(config: &Config) -> usize {
+        let groups = &config.policy.allowlist;
+        groups.iter().map(|group| group.networks.len()).sum()
     }
 
     #[test]
@@ -999,6 +1001,7 @@ mod tests {
             .policy
             .allowlist
             .iter()
+            .flat_map(|group| &group.networks)
             .map(|net| net.to_string())
             .collect();
         assert_eq!(
@@ -1020,7 +1023,31 @@ mod tests {
         ]);
         let config = load(&dir.path().join("config.yaml")).unwrap();
         assert_eq!(config.policy.allowlist_mode, AllowlistMode::Off);
-        assert_eq!(config.policy.allowlist.len(), 3);
+        assert_eq!(networks_in(&config), 3);
+    }
+
+    #[test]
+    fn an_identity_shared_with_every_other_client_is_refused() {
+        let dir = config_dir(&[
+            (
+                "config.yaml",
+                "pbx:\n  upstream_bind: 127.0.1.1\nallowlist:\n  file: allowlist.yaml\n",
+            ),
+            (
+                "allowlist.yaml",
+                "carriers:\n  - {name: c, cidrs: [198.51.100.0/28], identity: 127.0.1.1}\n",
+            ),
+        ]);
+        let errors = load(&dir.path().join("config.yaml")).unwrap_err();
+        let found: Vec<String> = errors.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains(
+                "pbx.upstream_bind: \"127.0.1.1\": expected an address apart from \
+                               allowlist group c's identity"
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -1029,7 +1056,7 @@ mod tests {
         let absolute = lists.path().join("allowlist.yaml");
         let text = format!("allowlist:\n  file: {:?}\n", absolute.display().to_string());
         let config = from_yaml(&text, "c.yaml").unwrap();
-        assert_eq!(config.policy.allowlist.len(), 3);
+        assert_eq!(networks_in(&config), 3);
     }
 
     #[test]
@@ -1052,7 +1079,9 @@ mod tests {
         assert_eq!(
             found,
             [
-                format!("{list}: carriers[0].note: unknown key, expected one of: name, cidrs"),
+                format!(
+                    "{list}: carriers[0].note: unknown key, expected one of: name, cidrs, identity"
+                ),
                 format!(
                     "{list}: carriers[0].cidrs[1]: \"198.51.100.1/24\": expected a network \
                      address with no host bits set, such as 198.51.100.0/24"

@@ -8,6 +8,7 @@ use crate::admin::{replayed_reason, Admin};
 use crate::config::{Config, Overrides};
 use crate::journal::{Journal, Snapshot, Source};
 use crate::reload::{ReloadHook, Reloader};
+use crate::sessions::SessionFile;
 use crate::Sockets;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -110,12 +111,12 @@ pub async fn serve(
         reloader.on_reload(hook);
     }
     let token_file = crate::admin::token_file(&config.ops, journal.path());
-    let mut relay = std::pin::pin!(crate::run_with_policy(
-        config,
-        sockets,
-        Arc::clone(&policy),
-        shutdown
-    ));
+    let context = crate::RelayContext {
+        sessions: Some(Arc::new(SessionFile::beside(journal.path()))),
+        ..crate::RelayContext::new(Arc::clone(&policy))
+    };
+    let directory = Arc::clone(&context.directory);
+    let mut relay = std::pin::pin!(crate::run_with_context(config, sockets, context, shutdown));
     // The relay's first step registers its metrics and subscribes them to the policy. The
     // operator's services start after it: /metrics has every family from its first scrape, and
     // a ban by the admin API, however early, is counted like any other.
@@ -140,7 +141,12 @@ pub async fn serve(
         }));
     }
     if let Some(listener) = ops.admin {
-        let admin = Admin::new(Arc::clone(&policy), journal, Arc::clone(&reloader));
+        let admin = Admin::new(
+            Arc::clone(&policy),
+            journal,
+            Arc::clone(&reloader),
+            directory,
+        );
         services.spawn(admin.serve(listener, &token_file)?);
     }
     let reload_on_hangup = Arc::clone(&reloader);

@@ -5,12 +5,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
 pub mod http;
 pub mod journal;
 pub mod reload;
+pub mod sessions;
 
 pub use config::Config;
 pub use sipguard_relay::{Context as RelayContext, StreamConfig, TlsFiles};

@@ -10,7 +10,7 @@
 //! Exit codes: 0 success; 1 failure at run time, or a config file that cannot be read, or for
 //! `bans` a token that cannot be read or is refused; 2 an invalid configuration (every problem
 //! printed, one per line) or bad command-line usage; 3 for `bans` when no sipguard answers at
-//! the admin address.
+//! the admin address; 4 for `audit` when a finding is high severity.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ use std::process::ExitCode;
     version,
     about = "Inline SIP filtering proxy in front of a PBX",
     after_help = "Exit codes: 0 ok; 1 runtime failure or unreadable config file; 2 invalid \
-                  configuration or usage."
+                  configuration or usage; 4 audit found a high-severity problem."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,10 +37,24 @@ enum Command {
     Run(RunArgs),
     /// List, add or lift bans of a running sipguard (over its admin API).
     Bans(BansArgs),
+    /// Which client each upstream port belongs to, in a running sipguard (over its admin API):
+    /// the PBX logs every client as a loopback address and port.
+    Sessions(SessionsArgs),
     /// Validate a configuration file: print every problem, or `FILE: ok`.
     CheckConfig {
         /// The YAML configuration file.
         file: PathBuf,
+    },
+    /// Audit the Asterisk configuration behind sipguard: passwords, voicemail PINs, open doors,
+    /// exposed transports, international dialling. Exit 4 when a finding is high, 1 when the
+    /// directory cannot be read.
+    Audit {
+        /// Asterisk's configuration directory.
+        #[arg(default_value = "/etc/asterisk")]
+        dir: PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -80,17 +94,38 @@ struct RunArgs {
                         takes root or the service's group."
 )]
 struct BansArgs {
+    #[command(flatten)]
+    target: AdminArgs,
+    #[command(subcommand)]
+    action: BansAction,
+}
+
+/// How to reach a running sipguard's admin API.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
     /// The admin API's address; default: admin.listen of --config, else 127.0.0.1:9465.
     #[arg(long, global = true, value_name = "ADDR")]
     admin: Option<String>,
     /// The config file whose admin.listen and token file to use.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The file holding the admin API's token (see below for where it is looked for).
+    /// The file holding the admin API's token (see `sipguard bans --help` for where it is
+    /// looked for).
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    #[command(subcommand)]
-    action: BansAction,
+}
+
+#[derive(Debug, clap::Args)]
+struct SessionsArgs {
+    #[command(flatten)]
+    target: AdminArgs,
+    /// Only the client behind this upstream port, or upstream address (IP:PORT), as the PBX's
+    /// log names it.
+    #[arg(value_name = "UPSTREAM")]
+    upstream: Option<String>,
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,7 +188,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
-        Command::Bans(args) => return bans::command(args),
+        Command::Bans(args) => return admin_client::bans(args),
+        Command::Sessions(args) => return admin_client::sessions(args),
+        Command::Audit { dir, json } => return audit(&dir, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +213,29 @@ fn report(err: &anyhow::Error) -> ExitCode {
     }
     eprintln!("sipguard: error: {err:#}");
     ExitCode::FAILURE
+}
+
+/// Exit code of `audit` when any finding is high severity.
+const EXIT_HIGH_FINDINGS: u8 = 4;
+
+fn audit(dir: &Path, json: bool) -> ExitCode {
+    let report = match sipguard::audit::audit_dir(dir) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("sipguard: {}: {err}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", report.json(dir));
+    } else {
+        print!("{}", report.text(dir));
+    }
+    if report.has_high() {
+        ExitCode::from(EXIT_HIGH_FINDINGS)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
@@ -310,9 +370,9 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// `sipguard bans`: a client of the admin API.
-mod bans {
-    use super::{BansAction, BansArgs};
+/// `sipguard bans` and `sipguard sessions`: clients of the admin API.
+mod admin_client {
+    use super::{AdminArgs, BansAction, BansArgs, SessionsArgs};
     use hyper::{Method, StatusCode};
     use serde_json::Value;
     use sipguard::admin::gate::Token;
@@ -331,14 +391,7 @@ mod bans {
         token_file: PathBuf,
     }
 
-    pub fn command(args: BansArgs) -> ExitCode {
-        let target = match target(args.admin, args.config, args.token_file) {
-            Ok(target) => target,
-            Err((code, message)) => {
-                eprintln!("sipguard: {message}");
-                return code;
-            }
-        };
+    pub fn bans(args: BansArgs) -> ExitCode {
         let action = args.action;
         let (method, path, body, json) = match &action {
             BansAction::List { json } => (Method::GET, "/bans".to_owned(), None, *json),
@@ -358,6 +411,76 @@ mod bans {
             ),
             BansAction::Remove { ip, json } => (Method::DELETE, format!("/bans/{ip}"), None, *json),
         };
+        let (status, value) = match call(args.target, method, &path, body) {
+            Ok(reply) => reply,
+            Err(code) => return code,
+        };
+        if json {
+            println!("{value}");
+            return ExitCode::SUCCESS;
+        }
+        match action {
+            BansAction::List { .. } => {
+                let bans = value
+                    .get("bans")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                print!("{}", table(&BAN_COLUMNS, &bans, "no bans"));
+            }
+            BansAction::Add { .. } => {
+                println!(
+                    "banned {} until {}",
+                    field(&value, "ip"),
+                    field(&value, "expires")
+                );
+            }
+            BansAction::Remove { .. } => {
+                if status == StatusCode::OK {
+                    println!("lifted the ban on {}", field(&value, "ip"));
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    }
+
+    pub fn sessions(args: SessionsArgs) -> ExitCode {
+        let path = match &args.upstream {
+            Some(upstream) => format!("/sessions/{upstream}"),
+            None => "/sessions".to_owned(),
+        };
+        let value = match call(args.target, Method::GET, &path, None) {
+            Ok((_, value)) => value,
+            Err(code) => return code,
+        };
+        if args.json {
+            println!("{value}");
+            return ExitCode::SUCCESS;
+        }
+        let sessions = value
+            .get("sessions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        print!("{}", table(&SESSION_COLUMNS, &sessions, "no sessions"));
+        ExitCode::SUCCESS
+    }
+
+    /// One request to the admin API: its status and JSON on success, else the exit code after
+    /// saying why.
+    fn call(
+        target: AdminArgs,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Value), ExitCode> {
+        let target = match self::target(target.admin, target.config, target.token_file) {
+            Ok(target) => target,
+            Err((code, message)) => {
+                eprintln!("sipguard: {message}");
+                return Err(code);
+            }
+        };
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -365,7 +488,7 @@ mod bans {
             Ok(runtime) => runtime,
             Err(err) => {
                 eprintln!("sipguard: error: cannot start the async runtime: {err}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         };
         let addr = target.addr;
@@ -373,14 +496,14 @@ mod bans {
             addr,
             target.token.as_str(),
             method,
-            &path,
+            path,
             body,
         ));
         let (status, text) = match reply {
             Ok(reply) => reply,
             Err(err) => {
                 eprintln!("sipguard: no sipguard answers at {addr} (is it running, with admin.listen there?): {err:#}");
-                return ExitCode::from(EXIT_NOT_RUNNING);
+                return Err(ExitCode::from(EXIT_NOT_RUNNING));
             }
         };
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -397,35 +520,9 @@ mod bans {
                     target.token_file.display()
                 );
             }
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
-        if json {
-            println!("{value}");
-            return ExitCode::SUCCESS;
-        }
-        match action {
-            BansAction::List { .. } => {
-                let bans = value
-                    .get("bans")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                print!("{}", table(&bans));
-            }
-            BansAction::Add { .. } => {
-                println!(
-                    "banned {} until {}",
-                    field(&value, "ip"),
-                    field(&value, "expires")
-                );
-            }
-            BansAction::Remove { .. } => {
-                if status == StatusCode::OK {
-                    println!("lifted the ban on {}", field(&value, "ip"));
-                }
-            }
-        }
-        ExitCode::SUCCESS
+        Ok((status, value))
     }
 
     /// The address and token from the flags and the config, or the exit code and message: 2 for
@@ -514,7 +611,9 @@ mod bans {
         }
     }
 
-    const COLUMNS: [&str; 8] = [
+    const SESSION_COLUMNS: [&str; 4] = ["transport", "client", "local", "upstream"];
+
+    const BAN_COLUMNS: [&str; 8] = [
         "ip",
         "rule",
         "reason",
@@ -525,19 +624,20 @@ mod bans {
         "expires",
     ];
 
-    /// The bans as an aligned table with a header; a line saying so when there are none.
-    fn table(bans: &[Value]) -> String {
-        if bans.is_empty() {
-            return "no bans\n".to_owned();
+    /// `items` as an aligned table of `columns` with a header; `none` when there are none.
+    fn table(columns: &[&str], items: &[Value], none: &str) -> String {
+        if items.is_empty() {
+            return format!("{none}\n");
         }
         let rows: Vec<Vec<String>> =
-            std::iter::once(COLUMNS.iter().map(|c| c.to_uppercase()).collect())
+            std::iter::once(columns.iter().map(|c| c.to_uppercase()).collect())
                 .chain(
-                    bans.iter()
-                        .map(|ban| COLUMNS.iter().map(|c| field(ban, c)).collect()),
+                    items
+                        .iter()
+                        .map(|item| columns.iter().map(|c| field(item, c)).collect()),
                 )
                 .collect();
-        let widths: Vec<usize> = (0..COLUMNS.len())
+        let widths: Vec<usize> = (0..columns.len())
             .map(|i| {
                 rows.iter()
                     .map(|row| row[i].chars().count())

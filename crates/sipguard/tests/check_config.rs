@@ -7,32 +7,14 @@
 //! needs no change here. Allowlist files that fixtures refer to live in `config/invalid/allowlists/`,
 //! out of the fixtures' way; their problems are expected under their own paths.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Runs `sipguard ARGS` from the repository root, so file names print as `config/...`.
-fn sipguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sipguard"))
-        .args(args)
-        .current_dir(repo_root())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("sipguard runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{repo_root, sipguard, text};
 
 #[test]
 fn shipped_configs_check_ok_and_exit_0() {

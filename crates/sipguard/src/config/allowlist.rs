@@ -4,28 +4,31 @@
 //!
 //! The file goes through the same two stages as the main one, with its own schema, and its
 //! problems carry its own name and key paths (`carriers[0].cidrs[1]`); the main config's
-//! validation gathers them with its own, so one run reports both files. Group names must be
-//! unique in the file: the dial rules name groups that may dial a class of numbers.
+//! validation gathers them with its own, so one run reports both files. Group names are unique
+//! in the file: they name the group in logs and in rules. A group may have an `identity`, the
+//! loopback address its sources reach the PBX from, so the PBX can recognise a carrier by
+//! address; each identity belongs to one group.
 
 use super::error::{quote, Problem, ProblemKind};
 use super::raw::{self, RawAllowlist};
 use super::validate::parse_net;
-use ipnet::IpNet;
+use sipguard_policy::AllowGroup;
+use std::net::IpAddr;
 
 /// Validates allowlist `text` (read from `origin`), pushing every problem onto `problems`.
-/// Returns the networks with their group's name, in file order, only when nothing was wrong.
+/// Returns the groups, in file order, only when nothing was wrong.
 pub(crate) fn from_yaml(
     text: &str,
     origin: &str,
     problems: &mut Vec<Problem>,
-) -> Option<Vec<(String, IpNet)>> {
+) -> Option<Vec<AllowGroup>> {
     let before = problems.len();
     let raw = raw::parse_allowlist(text, origin, problems)?;
     let networks = validate(raw, origin, problems);
     (problems.len() == before).then_some(networks)
 }
 
-fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<(String, IpNet)> {
+fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<AllowGroup> {
     let problem = |path: String, value: Option<&str>, expected: &str| Problem {
         kind: ProblemKind::InvalidValue,
         origin: origin.to_owned(),
@@ -34,12 +37,14 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
         value: value.map(quote),
         message: format!("expected {expected}"),
     };
-    let mut networks = Vec::new();
+    let mut groups = Vec::new();
     let mut names: Vec<(String, String)> = Vec::new();
-    for (category, groups) in raw.categories {
-        for (i, group) in groups.unwrap_or_default().into_iter().enumerate() {
+    let mut identities: Vec<(IpAddr, String)> = Vec::new();
+    for (category, raw_groups) in raw.categories {
+        for (i, group) in raw_groups.unwrap_or_default().into_iter().enumerate() {
             let at = format!("{category}[{i}]");
-            let group_name = group.name.clone().unwrap_or_default();
+            let mut networks = Vec::new();
+            let name = group.name.clone().unwrap_or_default();
             match group.name {
                 None => problems.push(problem(
                     at.clone(),
@@ -65,7 +70,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
             }
             match group.cidrs {
                 None => problems.push(problem(
-                    at,
+                    at.clone(),
                     None,
                     "the group's networks, such as cidrs: [198.51.100.0/28]",
                 )),
@@ -80,7 +85,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
                 Some(cidrs) => {
                     for (j, text) in cidrs.into_iter().enumerate() {
                         match parse_net(&text) {
-                            Ok(net) => networks.push((group_name.clone(), net)),
+                            Ok(net) => networks.push(net),
                             Err(expected) => problems.push(problem(
                                 format!("{at}.cidrs[{j}]"),
                                 Some(&text),
@@ -90,9 +95,32 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
                     }
                 }
             }
+            let identity = group.identity.and_then(|text| {
+                let path = format!("{at}.identity");
+                let address = match text.parse::<IpAddr>() {
+                    Ok(address) if address.is_loopback() => address,
+                    _ => {
+                        problems.push(problem(path, Some(&text), raw::IDENTITY));
+                        return None;
+                    }
+                };
+                if let Some((_, earlier)) = identities.iter().find(|(seen, _)| *seen == address) {
+                    let expected =
+                        format!("an identity of this group's own, and {earlier} is the same");
+                    problems.push(problem(path, Some(&text), &expected));
+                    return None;
+                }
+                identities.push((address, path));
+                Some(address)
+            });
+            groups.push(AllowGroup {
+                name,
+                networks,
+                identity,
+            });
         }
     }
-    networks
+    groups
 }
 
 #[cfg(test)]
@@ -103,10 +131,9 @@ mod tests {
         let mut problems = Vec::new();
         let nets = from_yaml(text, "allowlist.yaml", &mut problems);
         assert_eq!(problems, [], "{text}");
-        nets.unwrap()
-            .iter()
-            .map(|(_, net)| net.to_string())
-            .collect()
+        let groups = nets.unwrap();
+        let networks = groups.iter().flat_map(|group| &group.networks);
+        networks.map(ToString::to_string).collect()
     }
 
     fn lines(text: &str) -> Vec<String> {
@@ -177,7 +204,7 @@ mod tests {
         );
         assert_eq!(
             found,
-            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs"]
+            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs, identity"]
         );
     }
 
@@ -198,13 +225,40 @@ mod tests {
         assert_eq!(
             lines("carriers:\n  - 198.51.100.0/28\n"),
             ["allowlist.yaml:2:5: carriers[0]: \"198.51.100.0/28\": expected a mapping with the \
-              keys name, cidrs"]
+              keys name, cidrs, identity"]
         );
         assert_eq!(
             lines("carriers:\n  - name: a\n    cidrs: 198.51.100.0/28\n"),
             [
                 "allowlist.yaml:3:12: carriers[0].cidrs: \"198.51.100.0/28\": expected a list of \
               networks, such as [\"198.51.100.0/28\", \"2001:db8:10::/48\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_identity_is_a_loopback_address_of_its_own() {
+        let mut problems = Vec::new();
+        let groups = from_yaml(
+            "carriers:\n  - {name: a, cidrs: [198.51.100.0/28], identity: 127.0.1.1}\n  \
+             - {name: b, cidrs: [192.0.2.1]}\n",
+            "allowlist.yaml",
+            &mut problems,
+        )
+        .unwrap();
+        assert_eq!(groups[0].identity, Some("127.0.1.1".parse().unwrap()));
+        assert_eq!(groups[1].identity, None);
+        assert_eq!(
+            lines(
+                "carriers:\n  - {name: a, cidrs: [192.0.2.1], identity: 127.0.1.1}\n  \
+                 - {name: b, cidrs: [192.0.2.2], identity: 127.0.1.1}\n  \
+                 - {name: c, cidrs: [192.0.2.3], identity: 192.0.2.10}\n"
+            ),
+            [
+                "allowlist.yaml: carriers[1].identity: \"127.0.1.1\": expected an identity of \
+                 this group's own, and carriers[0].identity is the same",
+                "allowlist.yaml: carriers[2].identity: \"192.0.2.10\": expected a loopback \
+                 address of the group's own, such as 127.0.1.1, that the PBX knows the group by",
             ]
         );
     }

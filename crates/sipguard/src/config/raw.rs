@@ -186,6 +186,7 @@ impl<'de> Deserialize<'de> for RawAllowlist {
 pub(crate) struct RawGroup {
     pub name: Option<String>,
     pub cidrs: Option<Vec<String>>,
+    pub identity: Option<String>,
 }
 
 /// The `dial` section: the dialling plan and who may dial each class.
@@ -503,7 +504,12 @@ pub(crate) const ALLOWLIST_SCHEMA: Schema = Schema(&[
         "a list of networks, such as [\"198.51.100.0/28\", \"2001:db8:10::/48\"]",
     ),
     ("*[].cidrs[]", NETWORK),
+    ("*[].identity", IDENTITY),
 ]);
+
+/// What an allowlist group's `identity` accepts, in messages.
+pub(crate) const IDENTITY: &str =
+    "a loopback address of the group's own, such as 127.0.1.1, that the PBX knows the group by";
 
 impl Schema {
     /// The keys a mapping at `parent` accepts, in schema order (names of the operator's choosing

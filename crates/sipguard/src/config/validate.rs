@@ -16,7 +16,7 @@ use super::raw::{
 };
 use super::{allowlist, read_text, Config, OpsConfig, Overrides, ReadError};
 use ipnet::IpNet;
-use sipguard_policy::{AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
+use sipguard_policy::{AllowGroup, AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles, TlsReload};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -132,13 +132,16 @@ pub(crate) fn validate(
     );
     let deny = v.deny(raw.deny);
     let (allowlist, allowlist_mode) = v.allowlist(raw.allowlist.unwrap_or_default(), dir);
+    if let (Some(groups), Some(shared), Some(pbx)) = (&allowlist, upstream_bind, pbx_addr) {
+        v.identities_apart(groups, shared, pbx);
+    }
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
     let groups: Vec<&str> = allowlist
         .iter()
         .flatten()
-        .map(|(g, _)| g.as_str())
+        .map(|g| g.name.as_str())
         .collect();
     let dial = v.dial(raw.dial.unwrap_or_default(), &groups);
     let calls = v.call_rates(raw.call_rates.unwrap_or_default());
@@ -166,8 +169,7 @@ pub(crate) fn validate(
         },
         policy: PolicyConfig {
             deny: deny?,
-            allowlist: allowlist.as_ref()?.iter().map(|(_, net)| *net).collect(),
-            allowlist_groups: calls::groups(allowlist?),
+            allowlist: allowlist?,
             allowlist_mode: allowlist_mode?,
             max_message_size: max_message_size?,
             scanner_user_agents: rules.scanner_user_agents,
@@ -352,6 +354,35 @@ impl<'a> Validator<'a, '_> {
             return None;
         }
         Some(addr)
+    }
+
+    /// Allowlist identities are worth something only if nobody else reaches the PBX from them:
+    /// never the address every other client shares, and of the PBX's family.
+    fn identities_apart(&mut self, groups: &[AllowGroup], shared: IpAddr, pbx: SocketAddr) {
+        for group in groups {
+            let Some(identity) = group.identity else {
+                continue;
+            };
+            let name = &group.name;
+            if identity == shared {
+                let key = self.key("pbx.upstream_bind");
+                self.problem(key.invalid(
+                    &shared.to_string(),
+                    format_args!(
+                        "an address apart from allowlist group {name}'s identity: every other \
+                         client would reach the PBX as that group"
+                    ),
+                ));
+            } else if identity.is_ipv4() != pbx.is_ipv4() {
+                let key = self.key("allowlist.file");
+                self.problem(key.invalid(
+                    &identity.to_string(),
+                    format_args!(
+                        "group {name}'s identity in the family of the PBX's address {pbx}"
+                    ),
+                ));
+            }
+        }
     }
 
     /// Unset: loopback of the PBX's family when the PBX is on loopback (the usual single-host
@@ -609,7 +640,7 @@ impl<'a> Validator<'a, '_> {
         &mut self,
         raw: RawAllowlistRef,
         dir: &Path,
-    ) -> (Option<Vec<(String, IpNet)>>, Option<AllowlistMode>) {
+    ) -> (Option<Vec<AllowGroup>>, Option<AllowlistMode>) {
         let networks = match &raw.file {
             None => Some(Vec::new()),
             Some(name) if name.trim().is_empty() => {

@@ -6,25 +6,12 @@ use super::super::raw::{
     self, RawCallRates, RawClass, RawCountries, RawCountryFilter, RawDial, RawDialPlan,
 };
 use super::Validator;
-use ipnet::IpNet;
 use sipguard_policy::geo::{self, Countries, PrivateSources, Unplaced};
 use sipguard_policy::{
     Access, CallRates, ClassRule, CountryDb, DialConfig, DialPlan, GeoConfig, Prefix, Rule,
     MAX_CONCURRENT,
 };
 use std::path::Path;
-
-/// The allowlist's networks by group name, in file order.
-pub(super) fn groups(networks: Vec<(String, IpNet)>) -> Vec<(String, Vec<IpNet>)> {
-    let mut groups: Vec<(String, Vec<IpNet>)> = Vec::new();
-    for (name, net) in networks {
-        match groups.iter_mut().find(|(known, _)| *known == name) {
-            Some((_, nets)) => nets.push(net),
-            None => groups.push((name, vec![net])),
-        }
-    }
-    groups
-}
 
 impl Validator<'_, '_> {
     /// The `dial` section; `groups` are the allowlist's group names, which `allow` may name.
