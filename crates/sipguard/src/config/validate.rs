@@ -143,9 +143,11 @@ pub(crate) fn validate(
         .flatten()
         .map(|g| g.name.as_str())
         .collect();
-    let dial = v.dial(raw.dial.unwrap_or_default(), &groups);
-    let calls = v.call_rates(raw.call_rates.unwrap_or_default());
-    let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir);
+    // The toll-fraud rules' bans grow like the others', up to repeat_offenders.max_ban.
+    let max_ban = rules.as_ref().map(|rules| rules.repeat.max_ban);
+    let dial = v.dial(raw.dial.unwrap_or_default(), &groups, max_ban);
+    let calls = v.call_rates(raw.call_rates.unwrap_or_default(), max_ban);
+    let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir, max_ban);
 
     if problems.len() > before {
         return None;

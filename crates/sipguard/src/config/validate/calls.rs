@@ -12,12 +12,18 @@ use sipguard_policy::{
     MAX_CONCURRENT,
 };
 use std::path::Path;
+use std::time::Duration;
 
 impl Validator<'_, '_> {
     /// The `dial` section; `groups` are the allowlist's group names, which `allow` may name.
-    pub(super) fn dial(&mut self, raw: RawDial, groups: &[&str]) -> Option<DialConfig> {
+    pub(super) fn dial(
+        &mut self,
+        raw: RawDial,
+        groups: &[&str],
+        max_ban: Option<Duration>,
+    ) -> Option<DialConfig> {
         let default = DialConfig::default();
-        let rule = self.call_rule("dial", raw.mode, raw.ban_for, &default.rule);
+        let rule = self.call_rule("dial", raw.mode, raw.ban_for, &default.rule, max_ban);
         let plan = self.plan(raw.plan.unwrap_or_default(), &default.plan);
         let mut countries = Some(Vec::new());
         let international = raw.international.map(|mut class| {
@@ -47,19 +53,31 @@ impl Validator<'_, '_> {
         })
     }
 
+    /// A rule's mode and `ban_for`, which must not pass `max_ban` (repeat offenders' cap, when it
+    /// validated).
     fn call_rule(
         &mut self,
         at: &str,
         mode: Option<String>,
         ban_for: Option<String>,
         default: &Rule,
+        max_ban: Option<Duration>,
     ) -> Option<Rule> {
         let mode = self.mode(&format!("{at}.mode"), mode.as_deref(), default.mode);
-        let ban_for = self.duration(
-            &format!("{at}.ban_for"),
-            ban_for.as_deref(),
-            default.ban_for,
-        );
+        let path = format!("{at}.ban_for");
+        let written = ban_for;
+        let mut ban_for = self.duration(&path, written.as_deref(), default.ban_for);
+        if let (Some(duration), Some(max_ban), Some(written)) = (ban_for, max_ban, &written) {
+            if duration > max_ban {
+                let key = self.key(path);
+                let expected = format_args!(
+                    "at most rules.repeat_offenders.max_ban ({}), which caps every ban",
+                    humantime::format_duration(max_ban)
+                );
+                self.problem(key.invalid(written, expected));
+                ban_for = None;
+            }
+        }
         Some(Rule {
             mode: mode?,
             ban_for: ban_for?,
@@ -225,9 +243,13 @@ impl Validator<'_, '_> {
     }
 
     /// The `call_rates` section.
-    pub(super) fn call_rates(&mut self, raw: RawCallRates) -> Option<CallRates> {
+    pub(super) fn call_rates(
+        &mut self,
+        raw: RawCallRates,
+        max_ban: Option<Duration>,
+    ) -> Option<CallRates> {
         let default = CallRates::default();
-        let rule = self.call_rule("call_rates", raw.mode, raw.ban_for, &default.rule);
+        let rule = self.call_rule("call_rates", raw.mode, raw.ban_for, &default.rule, max_ban);
         let mut limit = |name: &str, text: Option<String>, default: u32, max: u32| match text {
             None => Some(default),
             Some(text) => self.limit(&format!("call_rates.{name}"), &text, max),
@@ -290,9 +312,16 @@ impl Validator<'_, '_> {
         &mut self,
         raw: RawCountryFilter,
         dir: &Path,
+        max_ban: Option<Duration>,
     ) -> Option<GeoConfig> {
         let default = GeoConfig::default();
-        let rule = self.call_rule("country_filter", raw.mode, raw.ban_for, &default.rule);
+        let rule = self.call_rule(
+            "country_filter",
+            raw.mode,
+            raw.ban_for,
+            &default.rule,
+            max_ban,
+        );
         let db = match raw.database {
             None => Some(None),
             Some(name) => {
@@ -440,7 +469,7 @@ mod tests {
         let found = lines(
             "dial:\n  plan: {national_prefix: \"0\", international_prefixes: [\"\"]}\n  \
              premium: {prefixes: [\"+44x\"], allow: [everyone]}\n\
-             call_rates: {concurrent_per_user: 17}\n\
+             call_rates: {concurrent_per_user: 17, ban_for: 2w}\n\
              country_filter: {database: /nonexistent.mmdb, register: {only: [FRA]}, private: maybe}\n",
         );
         let keys = [
@@ -449,6 +478,7 @@ mod tests {
             "dial.premium.prefixes[0]",
             "dial.premium.allow[0]",
             "call_rates.concurrent_per_user",
+            "call_rates.ban_for",
             "country_filter.database",
             "country_filter.register.only[0]",
             "country_filter.private",
