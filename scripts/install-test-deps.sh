@@ -3,7 +3,8 @@
 # sipp (sip-tester), kamailio and kamcmd (kamailio), svmap/svwar/svcrack (sipvicious), promtool
 # (prometheus), systemd-analyze (systemd), which checks the unit in deploy/, stunnel4 (the TLS
 # side of SIPp phones: Debian's SIPp is built without TLS) and ip (iproute2: the IPv6 test's
-# network namespace). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
+# network namespace) and dnsmasq (dnsmasq-base: the DNS server behind the allowlist's names,
+# without the packaged service). The real Asterisk the e2e tests start comes from ../shared/asterisk, whose
 # start script installs the libraries it needs. Does nothing when every command is
 # already on PATH. Needs root or sudo; never reads stdin.
 set -euo pipefail
@@ -20,8 +21,9 @@ declare -A package_of=(
     [systemd-analyze]=systemd
     [stunnel4]=stunnel4
     [ip]=iproute2
+    [dnsmasq]=dnsmasq-base
 )
-commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip)
+commands=(sipp kamailio kamcmd svmap promtool systemd-analyze stunnel4 ip dnsmasq)
 
 missing=()
 for command in "${commands[@]}"; do

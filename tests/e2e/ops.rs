@@ -23,7 +23,11 @@ const SILENCE: Duration = Duration::from_millis(1500);
 const PHONE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether an OPTIONS from `socket` through sipguard is answered within `within`.
-fn answered(socket: &UdpSocket, guard: &Daemon, within: Duration) -> anyhow::Result<bool> {
+pub(crate) fn answered(
+    socket: &UdpSocket,
+    guard: &Daemon,
+    within: Duration,
+) -> anyhow::Result<bool> {
     let (_, reply) = ask(
         socket,
         guard.addr(),
@@ -37,7 +41,7 @@ fn answered(socket: &UdpSocket, guard: &Daemon, within: Duration) -> anyhow::Res
 
 /// Sends one scanner's OPTIONS from `from` (which gets it banned by the relay) and checks it goes
 /// unanswered; returns the scanner's socket.
-fn scan(guard: &Daemon, from: Ipv4Addr) -> anyhow::Result<UdpSocket> {
+pub(crate) fn scan(guard: &Daemon, from: Ipv4Addr) -> anyhow::Result<UdpSocket> {
     let scanner = UdpSocket::bind((from, 0))?;
     let (_, reply) = ask(
         &scanner,

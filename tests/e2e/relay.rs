@@ -1,9 +1,7 @@
 //! The relay between real peers: SIPp phones register through sipguard to Kamailio, the PBX
 //! reaches them back through their sessions, and each client address is its own peer at the PBX.
 
-use crate::support::{
-    free_udp_addr, password, poll_until, qualify, udp_port_bound, Kamailio, Sipguard, Sipp,
-};
+use crate::support::{free_udp_addr, password, qualify, Kamailio, Sipguard, Sipp};
 use anyhow::{ensure, Context};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -11,9 +9,6 @@ use std::time::Duration;
 /// Phones live on their own loopback addresses, as distinct hosts would.
 const PHONE_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const PHONE_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
-
-/// How long a phone process gets to bind its port.
-const BIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Registers `user` from `phone` through sipguard: SIPp asserts the 401 challenge and the 200.
 fn register(pbx: &Kamailio, guard: &Sipguard, phone: SocketAddr, user: &str) -> anyhow::Result<()> {
@@ -94,19 +89,11 @@ fn incoming_call_reaches_phone_registered_through_sipguard() -> anyhow::Result<(
 
     // The phone now waits for a call on the address it registered from; sipguard's session for
     // that address is what the PBX's location points at.
-    let mut uas = Sipp::new("uas.xml", pbx.dir())
+    let uas = Sipp::new("uas.xml", pbx.dir())
         .local(phone)
         .service("1001")
         .timeout(Duration::from_secs(20))
-        .spawn()?;
-    poll_until("the phone to bind its port", BIND_TIMEOUT, || {
-        (udp_port_bound(phone) || !uas.is_running()).then_some(())
-    })?;
-    ensure!(
-        uas.is_running(),
-        "the phone exited before the call: {}",
-        uas.wait()?.logs()
-    );
+        .listen()?;
 
     // The caller talks to the PBX directly, as another extension or a trunk would.
     let caller = Sipp::new("uac.xml", pbx.dir())

@@ -18,6 +18,7 @@ mod changes;
 mod cidr;
 mod config;
 mod dial;
+mod feeds;
 pub mod geo;
 mod prefix;
 mod response;
@@ -32,6 +33,7 @@ pub use changes::{Change, Observer};
 pub use cidr::{CidrMap, CidrSet};
 pub use config::{AllowGroup, AllowlistMode, Mode, PolicyConfig, Rule};
 pub use dial::{Access, Caller, Class, ClassRule, DialConfig, DialPlan, Number, Prefix};
+pub use feeds::{FeedTally, Feeds, MAX_FEEDS};
 pub use geo::{CountryDb, GeoConfig};
 pub use ipnet::IpNet;
 pub use response::{Answer, AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
@@ -169,6 +171,8 @@ pub struct Policy {
     callers: BoundedMap<calls::Counted, calls::Calling>,
     /// Who follows the ban and trust tables.
     observers: ArcSwap<Vec<Arc<dyn Observer>>>,
+    /// The blocklist feeds, replaced whole by [`Policy::set_feeds`] when one changes.
+    feeds: ArcSwap<Feeds>,
 }
 
 /// The deny list, and the allowlist when it is enforced: whether an unbanned source is admitted.
@@ -209,6 +213,7 @@ impl Policy {
             callers: BoundedMap::new(cap),
             hasher: RandomState::new(),
             observers: ArcSwap::from_pointee(Vec::new()),
+            feeds: ArcSwap::from_pointee(Feeds::default()),
         })
     }
 
@@ -325,7 +330,37 @@ impl Policy {
         if self.banned(&rules, source, self.bans.cover(source, now), now) {
             return Err(DropReason::Banned);
         }
+        self.unlisted(&rules, source, now)?;
         screen(&rules, source)
+    }
+
+    /// Replaces the blocklist feeds' networks while traffic flows: a packet sees the old set or
+    /// the new one, never half of each.
+    pub fn set_feeds(&self, feeds: Feeds) {
+        self.feeds.store(Arc::new(feeds));
+    }
+
+    /// The feeds' networks in force.
+    pub fn feeds(&self) -> Arc<Feeds> {
+        self.feeds.load_full()
+    }
+
+    /// Whether no feed lists `source`, or one does and it is admitted anyway: allowlisted, or
+    /// trusted (it authenticated here, which a community list cannot know). Either way the
+    /// listing feeds count it.
+    fn unlisted(&self, rules: &Rules, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
+        let feeds = self.feeds.load();
+        let listed = feeds.lookup(source);
+        if listed == 0 {
+            return Ok(());
+        }
+        let admitted = rules.allowlist.contains(source) || self.is_trusted(source, now);
+        feeds.count(listed, !admitted);
+        if admitted {
+            Ok(())
+        } else {
+            Err(DropReason::Feed)
+        }
     }
 
     /// Whether `cover` (what the ban table holds over `source`) bans it: its own ban, or its
@@ -363,7 +398,10 @@ impl Policy {
         if self.banned(&rules, source, cover, now) {
             return Verdict::Drop(DropReason::Banned).into();
         }
-        if let Err(reason) = screen(&rules, source) {
+        if let Err(reason) = self
+            .unlisted(&rules, source, now)
+            .and_then(|()| screen(&rules, source))
+        {
             return Verdict::Drop(reason).into();
         }
         let judge = Judge {

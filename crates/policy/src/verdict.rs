@@ -28,6 +28,8 @@ pub enum DropReason {
     Banned,
     /// The source is on the static deny list.
     Denied,
+    /// A blocklist feed lists the source.
+    Feed,
     /// The allowlist is enforced and the source is not on it.
     NotAllowlisted,
     /// Longer than the configured maximum message size.
@@ -53,9 +55,10 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Banned,
         DropReason::Denied,
+        DropReason::Feed,
         DropReason::NotAllowlisted,
         DropReason::TooLarge,
         DropReason::NotSip,
@@ -73,6 +76,7 @@ impl DropReason {
         match self {
             DropReason::Banned => "banned",
             DropReason::Denied => "denied",
+            DropReason::Feed => "feed",
             DropReason::NotAllowlisted => "not_allowlisted",
             DropReason::TooLarge => "too_large",
             DropReason::NotSip => "not_sip",

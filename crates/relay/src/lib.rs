@@ -11,6 +11,10 @@
 //! policy, a response once on its way back, with one set of transport-labelled counters. The
 //! relay is given its clock and the recorder its metrics register into, so tests run it on
 //! tokio's paused time and read their own figures. One shutdown signal stops every task.
+//!
+//! The one exception to "never rewritten" is the [`outbound`] path, where the PBX sends its
+//! requests to carriers through sipguard as through a stateless proxy, which must change Via,
+//! Route and Record-Route.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,6 +24,7 @@ mod bindings;
 mod clock;
 mod connections;
 mod metrics;
+mod outbound;
 mod pipeline;
 mod session;
 mod socket;
@@ -29,6 +34,7 @@ mod udp;
 
 pub use bindings::{Binding, Directory, SessionStore};
 pub use clock::{Clock, SystemClock, TokioClock};
+pub use outbound::OutboundListener;
 pub use socket::bind_udp;
 pub use stream::{bind_tcp, StreamConfig};
 pub use tls::{TlsError, TlsFiles, TlsReload};
@@ -72,6 +78,8 @@ pub struct Listeners {
     pub tls: Vec<std::net::TcpListener>,
     /// The certificate for the TLS listeners.
     pub certificate: Option<TlsReload>,
+    /// The outbound path's loopback listener, when it is on.
+    pub outbound: Option<OutboundListener>,
 }
 
 /// What the relay works with besides its sockets.
@@ -158,7 +166,24 @@ pub async fn run(
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let udp = udp::Front::start(config.clone(), Arc::clone(&pipeline), stopped.clone());
+    let outbound = match listeners.outbound {
+        Some(listener) => Some(outbound::Outbound::new(
+            listener,
+            &listeners.udp,
+            config.pbx,
+            Arc::clone(&pipeline),
+        )?),
+        None => None,
+    };
+    let udp = udp::Front::start(
+        config.clone(),
+        Arc::clone(&pipeline),
+        outbound.clone(),
+        stopped.clone(),
+    );
+    if let Some(outbound) = outbound {
+        tasks.spawn(outbound.receive());
+    }
     let sockets = udp.sockets(listeners.udp)?;
     if let Some(store) = &context.sessions {
         udp.restore(store.load(), &sockets);

@@ -9,8 +9,10 @@ use metrics::{
     Gauge, Histogram, Unit,
 };
 use sipguard_policy::{
-    Action, AuthFailure, AuthMethod, Change, DropReason, Event, Observer, Refusal, RuleId, Stats,
+    Action, AuthFailure, AuthMethod, Change, DropReason, Event, Observer, Refusal as CallRefusal,
+    RuleId, Stats,
 };
+use sipguard_sip::proxy::Refusal;
 use sipguard_sip::FrameError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, info};
@@ -37,6 +39,11 @@ const SOURCES_TRACKED: &str = "sipguard_sources_tracked";
 const EVICTIONS: &str = "sipguard_state_evictions_total";
 const AUTH_FAILURES: &str = "sipguard_auth_failures_total";
 const CALL_REFUSALS: &str = "sipguard_call_refusals_total";
+const OUTBOUND_RECEIVED: &str = "sipguard_outbound_received_total";
+const OUTBOUND_REQUESTS: &str = "sipguard_outbound_requests_total";
+const OUTBOUND_RESPONSES: &str = "sipguard_outbound_responses_total";
+const OUTBOUND_DROPPED: &str = "sipguard_outbound_dropped_total";
+const OUTBOUND_ROUTES_REMOVED: &str = "sipguard_outbound_routes_removed_total";
 
 /// The `evidence` label: whether a spoofer could have forged the evidence (index 0) or not
 /// (index 1, by `bool` as `usize`).
@@ -262,6 +269,118 @@ impl ConnectionCounters {
     }
 }
 
+/// What became of a request the PBX sent out through sipguard: relayed, or answered by
+/// sipguard itself, and why (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboundResult {
+    Forwarded,
+    /// The outbound rules refused it ([`crate::pipeline::Pipeline::outbound`]).
+    Policy,
+    /// The proxy could not relay it ([`sipguard_sip::proxy::Refusal`]).
+    Refused(Refusal),
+}
+
+impl OutboundResult {
+    const ALL: [OutboundResult; 6] = [
+        OutboundResult::Forwarded,
+        OutboundResult::Policy,
+        OutboundResult::Refused(Refusal::TooManyHops),
+        OutboundResult::Refused(Refusal::Loop),
+        OutboundResult::Refused(Refusal::Unroutable),
+        OutboundResult::Refused(Refusal::Malformed),
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboundResult::Forwarded => "forwarded",
+            OutboundResult::Policy => "policy",
+            OutboundResult::Refused(refusal) => refusal.as_str(),
+        }
+    }
+}
+
+/// Why the outbound path dropped a message without an answer (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboundDrop {
+    /// A datagram on the outbound listener from another address than the PBX's.
+    NotPbx,
+    /// Not SIP, or SIP the view refuses.
+    Malformed,
+    /// A response on the outbound listener: the PBX answers carriers on their sessions.
+    UnexpectedResponse,
+    /// A response with sipguard's branch mark whose branch sipguard did not give, or whose next
+    /// Via is not the PBX's.
+    NotOurs,
+    /// The send to the next hop failed.
+    SendFailed,
+}
+
+impl OutboundDrop {
+    const ALL: [OutboundDrop; 5] = [
+        OutboundDrop::NotPbx,
+        OutboundDrop::Malformed,
+        OutboundDrop::UnexpectedResponse,
+        OutboundDrop::NotOurs,
+        OutboundDrop::SendFailed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboundDrop::NotPbx => "not_pbx",
+            OutboundDrop::Malformed => "malformed",
+            OutboundDrop::UnexpectedResponse => "unexpected_response",
+            OutboundDrop::NotOurs => "not_ours",
+            OutboundDrop::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// The outbound path's counters.
+pub(crate) struct OutboundCounters {
+    /// Datagrams received on the outbound listener.
+    pub received: Counter,
+    /// Carriers' responses relayed to the PBX.
+    pub responses: Counter,
+    /// Clients' requests whose Route entries naming sipguard were removed (carriers' in-dialog
+    /// requests, routed by its Record-Route).
+    pub routes_removed: Counter,
+    /// By [`OutboundResult::ALL`] order.
+    requests: Vec<Counter>,
+    /// By [`OutboundDrop::ALL`] order.
+    drops: Vec<Counter>,
+}
+
+impl OutboundCounters {
+    fn new() -> Self {
+        OutboundCounters {
+            // Labelled like the session families: the outbound path is UDP only.
+            received: counter!(OUTBOUND_RECEIVED, "transport" => "udp"),
+            responses: counter!(OUTBOUND_RESPONSES, "transport" => "udp"),
+            routes_removed: counter!(OUTBOUND_ROUTES_REMOVED, "transport" => "udp"),
+            requests: OutboundResult::ALL
+                .iter()
+                .map(|result| counter!(OUTBOUND_REQUESTS, "result" => result.as_str()))
+                .collect(),
+            drops: OutboundDrop::ALL
+                .iter()
+                .map(|reason| counter!(OUTBOUND_DROPPED, "reason" => reason.as_str()))
+                .collect(),
+        }
+    }
+
+    pub fn request(&self, result: OutboundResult) {
+        if let Some(index) = OutboundResult::ALL.iter().position(|&r| r == result) {
+            self.requests[index].increment(1);
+        }
+    }
+
+    pub fn drop(&self, reason: OutboundDrop) {
+        if let Some(index) = OutboundDrop::ALL.iter().position(|&r| r == reason) {
+            self.drops[index].increment(1);
+        }
+    }
+}
+
 /// Every metric the relay keeps.
 pub(crate) struct Metrics {
     udp: PacketCounters,
@@ -282,6 +401,8 @@ pub(crate) struct Metrics {
     auth_failures: Vec<(AuthMethod, [Counter; 2])>,
     policy: PolicyGauges,
     bans: BanCounters,
+    /// The outbound path (the PBX's requests to carriers through sipguard).
+    pub outbound: OutboundCounters,
 }
 
 /// The policy's table sizes, published by the sweep.
@@ -374,6 +495,28 @@ fn describe() {
         "Credentials the PBX refused, by request method and evidence (proven: the attempt \
          answered a challenge sent to that client)."
     );
+    describe_counter!(
+        OUTBOUND_RECEIVED,
+        "Datagrams received on the outbound listener (the PBX's requests to carriers)."
+    );
+    describe_counter!(
+        OUTBOUND_REQUESTS,
+        "The PBX's requests to carriers, by result: forwarded, or answered by sipguard (policy, \
+         too_many_hops, loop, unroutable, malformed)."
+    );
+    describe_counter!(
+        OUTBOUND_RESPONSES,
+        "Carriers' responses relayed to the PBX on the outbound path."
+    );
+    describe_counter!(
+        OUTBOUND_DROPPED,
+        "Messages the outbound path dropped unanswered, by reason."
+    );
+    describe_counter!(
+        OUTBOUND_ROUTES_REMOVED,
+        "Requests relayed to the PBX with sipguard's Route entries removed (carriers' in-dialog \
+         requests, routed by its Record-Route)."
+    );
 }
 
 impl Metrics {
@@ -399,7 +542,7 @@ impl Metrics {
                     (rule, EVIDENCE.map(hits))
                 })
                 .collect(),
-            call_refusals: Refusal::CLASSES
+            call_refusals: CallRefusal::CLASSES
                 .iter()
                 .map(|&(rule, class)| {
                     let action = |action: &'static str| counter!(CALL_REFUSALS, "rule" => rule.as_str(), "class" => class, "action" => action);
@@ -426,6 +569,7 @@ impl Metrics {
                 expired: counter!(UNBANS, "how" => "expired"),
                 lifted: counter!(UNBANS, "how" => "manual"),
             },
+            outbound: OutboundCounters::new(),
         }
     }
 
@@ -463,7 +607,7 @@ impl Metrics {
     }
 
     /// Counts a call rule's refusal.
-    pub fn refusal(&self, refusal: &Refusal) {
+    pub fn refusal(&self, refusal: &CallRefusal) {
         let key = (refusal.rule, refusal.class);
         if let Some((_, counters)) = self.call_refusals.iter().find(|(k, _)| *k == key) {
             counters[usize::from(!refusal.observed)].increment(1);

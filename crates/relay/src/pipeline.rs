@@ -9,7 +9,7 @@ use crate::Transport;
 use sipguard_policy::{
     Action, Answer, DropReason, Exchange, Policy, RequestMemo, Timestamp, Verdict,
 };
-use sipguard_sip::SipView;
+use sipguard_sip::{proxy, SipView};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{debug, info};
@@ -27,6 +27,9 @@ pub(crate) enum Step<'a> {
         memo: Option<RequestMemo>,
         /// A response of the client's: it may answer a request the PBX sent it.
         answer: Option<Answer>,
+        /// A response carrying sipguard's own Via on top: it answers a request the outbound
+        /// path relayed for the PBX, and goes there ([`crate::outbound`]).
+        relayed_response: bool,
     },
     /// Refused with an answer sipguard makes itself (a 403 to a phone's barred call): send
     /// `response` back to the client, forward nothing.
@@ -41,6 +44,16 @@ pub(crate) enum Step<'a> {
         /// The source is banned (by this message or before it): a stream closes.
         banned: bool,
     },
+}
+
+/// What the outbound path does with a request the PBX sends out through sipguard.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboundStep {
+    /// Relay it to its next hop.
+    Forward,
+    /// Answer it to the PBX with this final status and reason phrase, and relay nothing.
+    Reject(u16, &'static str),
 }
 
 /// The policy, the clock and the metrics, shared by every front.
@@ -94,6 +107,7 @@ impl Pipeline {
                 message: view.message,
                 memo: checked.memo,
                 answer: checked.answer,
+                relayed_response: proxy::is_relayed_response(&view),
             },
             Verdict::Keepalive => {
                 packets.keepalives.increment(1);
@@ -108,11 +122,23 @@ impl Pipeline {
                 }) {
                     return Step::Reply { response };
                 }
+                // A source a blocklist feed lists is shut out like a banned one.
                 Step::Drop {
-                    banned: banned_now || reason == DropReason::Banned,
+                    banned: banned_now || matches!(reason, DropReason::Banned | DropReason::Feed),
                 }
             }
         }
+    }
+
+    /// Judges a request the PBX sends out through sipguard (the outbound path), parsed by the
+    /// caller. The rules for outbound calls hook in here; for now only the size limit applies.
+    /// `now` is the time those rules judge by.
+    pub fn outbound(&self, view: &SipView<'_>, now: Timestamp) -> OutboundStep {
+        let _ = now;
+        if view.message.len() > self.policy.max_message_size() {
+            return OutboundStep::Reject(513, "Message Too Large");
+        }
+        OutboundStep::Forward
     }
 
     /// Hands what a client forwards to its exchange: a request's memo, or a response's

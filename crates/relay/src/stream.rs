@@ -386,10 +386,12 @@ impl Connection<'_> {
         self.packets.received.increment(1);
         let pipeline = &self.front.pipeline;
         let outcome = match pipeline.request(message, self.client, self.transport, pipeline.now()) {
+            // Only UDP carries the outbound path: a relayed response here is any client's.
             Step::Forward {
                 message,
                 memo,
                 answer,
+                ..
             } => self.forward(message, memo, answer).await,
             Step::Reply { response } => self.write_to_client(client_write, &response).await,
             Step::Keepalive | Step::Drop { banned: false } => Ok(()),

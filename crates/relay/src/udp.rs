@@ -8,6 +8,7 @@
 
 use crate::batch::{receive_destinations, send_from, RecvBatch};
 use crate::metrics::{RelayDrop, Sampler};
+use crate::outbound::Outbound;
 use crate::pipeline::{Pipeline, Step};
 use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::{bind_udp_sibling, connect_upstream};
@@ -26,7 +27,7 @@ use tracing::{debug, info, warn};
 
 /// Largest UDP payload: the receive buffers take any datagram whole, so that the policy sees
 /// an oversized one as such instead of a truncated one.
-const MAX_DATAGRAM: usize = 65_535;
+pub(crate) const MAX_DATAGRAM: usize = 65_535;
 
 /// Datagrams relayed from one upstream socket per wake-up, so one busy session cannot starve
 /// the others on the same worker thread.
@@ -46,6 +47,8 @@ thread_local! {
 pub(crate) struct Front {
     config: RelayConfig,
     pipeline: Arc<Pipeline>,
+    /// The outbound path, when on (crate::outbound).
+    outbound: Option<Arc<Outbound>>,
     sessions: Arc<SessionTable>,
     shutdown: watch::Receiver<bool>,
     /// The second and the session lines logged in it, for [`SESSION_LINES_PER_SECOND`].
@@ -56,12 +59,14 @@ impl Front {
     pub fn start(
         config: RelayConfig,
         pipeline: Arc<Pipeline>,
+        outbound: Option<Arc<Outbound>>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Front {
             sessions: Arc::new(SessionTable::new(config.max_sessions)),
             config,
             pipeline,
+            outbound,
             shutdown,
             log_budget: AtomicU64::new(0),
         })
@@ -221,10 +226,15 @@ impl Front {
                             message,
                             memo,
                             answer,
-                        } => {
-                            self.forward(message, memo, answer, client, local, &listener)
-                                .await;
-                        }
+                            relayed_response,
+                        } => match &self.outbound {
+                            // Outbound path: a carrier's answer to a request relayed for the PBX.
+                            Some(outbound) if relayed_response => outbound.response(message).await,
+                            _ => {
+                                self.forward(message, memo, answer, client, local, &listener)
+                                    .await
+                            }
+                        },
                         Step::Keepalive => {
                             if let Some(session) = self.sessions.get(&client) {
                                 self.sessions.touch(&session);
@@ -265,9 +275,14 @@ impl Front {
         self.pipeline
             .forwarded(client, memo, answer, &mut session.exchange());
         let packets = self.pipeline.metrics.packets(Transport::Udp);
+        // Outbound path: sipguard's own Route entries leave a carrier's in-dialog request.
+        let message = match &self.outbound {
+            Some(outbound) => outbound.inbound(message),
+            None => std::borrow::Cow::Borrowed(message),
+        };
         // Awaited rather than tried: a new socket's write readiness is only known after the
         // reactor's next turn, and a send to loopback does not otherwise wait.
-        match session.upstream.send(message).await {
+        match session.upstream.send(&message).await {
             Ok(_) => packets.forwarded_to_pbx.increment(1),
             Err(error) => {
                 packets.upstream_errors.increment(1);

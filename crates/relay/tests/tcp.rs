@@ -5,7 +5,7 @@
 
 mod support;
 
-use sipguard_policy::{Policy, PolicyConfig, Timestamp};
+use sipguard_policy::{Feeds, Policy, PolicyConfig, Timestamp};
 use sipguard_relay::{
     bind_tcp, Context, Listeners, RelayConfig, StreamConfig, TlsFiles, TlsReload, TokioClock,
 };
@@ -424,6 +424,31 @@ async fn a_manual_ban_closes_the_sources_connections_within_50_ms() {
     // And a new connection from the banned source is refused at once.
     let mut again = connect("127.0.0.13", relay.tcp).await;
     assert_eq!(read_to_close(&mut again).await, b"");
+}
+
+#[tokio::test]
+async fn a_source_a_feed_starts_listing_loses_its_connection_and_cannot_reconnect() {
+    let relay = start(|_| {}).await;
+    let mut client = connect("127.0.0.16", relay.tcp).await;
+    send(&mut client, &options("before")).await;
+    let mut upstream = accept_upstream(&relay.pbx).await;
+    let first = options("before");
+    assert_eq!(read_exactly(&mut upstream, first.len()).await, first);
+
+    let listed = vec!["127.0.0.16/32".parse().unwrap()];
+    relay
+        .policy
+        .set_feeds(Feeds::new(vec![(Arc::default(), listed)]));
+    send(&mut client, &options("after")).await;
+    assert_eq!(read_to_close(&mut client).await, b"");
+    let mut again = connect("127.0.0.16", relay.tcp).await;
+    send(&mut again, &options("again")).await;
+    assert_eq!(read_to_close(&mut again).await, b"");
+    assert_eq!(
+        read_to_close(&mut upstream).await,
+        b"",
+        "nothing more forwarded"
+    );
 }
 
 #[tokio::test]

@@ -87,7 +87,7 @@ fn find_any3(a: u8, b: u8, c: u8, s: &[u8]) -> Option<usize> {
 /// Jumps from one significant byte to the next with `memchr`: quotes open a quoted string
 /// (backslash escapes inside), `<` opens an angle section that only `>` closes, and a quote
 /// inside it still opens a quoted string. An unclosed quote or angle hides the rest.
-fn find_unquoted(s: &[u8], needle: u8) -> Option<usize> {
+pub(crate) fn find_unquoted(s: &[u8], needle: u8) -> Option<usize> {
     let mut i = 0;
     loop {
         i += find_any3(needle, b'"', b'<', &s[i..])?;

@@ -6,8 +6,10 @@
 //! itself: nothing is allocated per packet.
 //! It is deliberately narrower than a SIP parser: it checks what a filter must be able to trust
 //! and leaves the rest of the message untouched, because sipguard forwards the original bytes.
-//! [`strict`] runs a full parse through `rsip` where a complete message tree is wanted, and
-//! [`reply`] builds the few responses sipguard sends itself (a refused call's 403).
+//! [`proxy`] holds what sipguard changes in the messages it relays as a stateless proxy
+//! (the PBX's outbound requests). [`strict`] runs a full parse through `rsip` where a complete
+//! message tree is wanted, and [`reply`] builds the few responses sipguard sends itself (a
+//! refused call's 403).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +17,7 @@ mod error;
 mod field;
 pub mod framing;
 mod method;
+pub mod proxy;
 mod reply;
 pub mod strict;
 mod view;

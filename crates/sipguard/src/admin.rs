@@ -6,6 +6,8 @@
 //! | `POST /bans`             | `{"ip", "duration"?, "reason"?}`       | 201 `BAN`                   |
 //! | `DELETE /bans/SOURCE`    |                                        | 200 `BAN`, 404 if none      |
 //! | `POST /reload`           |                                        | 200 or 422 with the problems|
+//! | `GET /feeds`             |                                        | `{"feeds": [FEED, ...]}`    |
+//! | `GET /feeds/bans`        |                                        | the bans, one a line (text) |
 //!
 //! A source (`ip`) is an address, or an IPv6 network at the length the policy bans prefixes at
 //! (`rules.ipv6_prefix.length`, such as `2001:db8:1:2::/64`); a ban is `{ip, rule, reason,
@@ -93,6 +95,8 @@ pub struct Admin {
     /// The IPv6 prefix length the policy's ban table was built with: a ban on a network of any
     /// other length would be listed but never match a packet.
     prefix_len: u8,
+    /// The blocklist feeds, listed at `GET /feeds`.
+    feeds: Option<Arc<crate::feeds::Feeds>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +222,15 @@ impl Admin {
             reloader,
             directory,
             prefix_len,
+            feeds: None,
+        }
+    }
+
+    /// Lists `feeds` at `GET /feeds`.
+    pub fn with_feeds(self, feeds: Arc<crate::feeds::Feeds>) -> Self {
+        Admin {
+            feeds: Some(feeds),
+            ..self
         }
     }
 
@@ -267,13 +280,25 @@ impl Admin {
             (&Method::GET, _) if path.starts_with("/sessions/") => {
                 self.sessions(Some(&path["/sessions/".len()..]))
             }
-            (_, "/bans" | "/reload" | "/sessions") => {
+            (&Method::GET, "/feeds") => Reply::json(
+                StatusCode::OK,
+                &self
+                    .feeds
+                    .as_ref()
+                    .map_or_else(|| json!({ "feeds": [] }), |feeds| feeds.listing()),
+            ),
+            (&Method::GET, "/feeds/bans") => Reply {
+                status: StatusCode::OK,
+                content_type: "text/plain; charset=utf-8",
+                body: crate::feeds::bans_text(&self.policy, now()),
+            },
+            (_, "/bans" | "/reload" | "/sessions" | "/feeds" | "/feeds/bans") => {
                 Reply::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => Reply::error(
                 StatusCode::NOT_FOUND,
                 "no such endpoint; try GET /bans, POST /bans, DELETE /bans/SOURCE, POST /reload, \
-                 GET /sessions, GET /sessions/UPSTREAM",
+                 GET /sessions, GET /sessions/UPSTREAM, GET /feeds, GET /feeds/bans",
             ),
         }
     }

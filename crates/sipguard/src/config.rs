@@ -16,10 +16,12 @@
 
 mod allowlist;
 mod error;
+mod feeds;
 mod raw;
 mod validate;
 
 pub use error::{ConfigErrors, Problem, ProblemKind};
+pub use feeds::{FeedOrigin, FeedSource, FeedsConfig, NamesConfig};
 
 use sipguard_policy::PolicyConfig;
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles};
@@ -53,6 +55,22 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The metrics exporter, the admin API and the ban journal.
     pub ops: OpsConfig,
+    /// Blocklists followed, and the file sipguard shares its own bans in.
+    pub feeds: FeedsConfig,
+    /// Names in the allowlist and how they are resolved.
+    pub names: NamesConfig,
+    /// The outbound path (the PBX's requests to carriers through sipguard); `None`: off.
+    pub outbound: Option<OutboundConfig>,
+}
+
+/// The outbound path's addresses (docs/design.md, "Outbound path").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// The loopback listener the PBX names as its outbound proxy.
+    pub listen: SocketAddr,
+    /// The address carriers see in Via and Record-Route, one a UDP listener receives on;
+    /// `None`: the first UDP listener's address, which is then not a wildcard.
+    pub public: Option<SocketAddr>,
 }
 
 /// Where the operator's services are.
@@ -268,6 +286,55 @@ mod tests {
     }
 
     #[test]
+    fn outbound_is_off_by_default_and_on_with_a_loopback_listener() {
+        assert_eq!(Config::default().outbound, None);
+        let config = from_yaml(
+            "listen:\n  udp: [\"192.0.2.1:5060\"]\noutbound:\n  listen: 127.0.0.1:5070\n",
+            "config.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.outbound,
+            Some(OutboundConfig {
+                listen: "127.0.0.1:5070".parse().unwrap(),
+                public: None,
+            })
+        );
+        let example = load(&repo_file("config/example.yaml")).unwrap();
+        assert_eq!(
+            example.outbound.and_then(|o| o.public),
+            Some("203.0.113.10:5060".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn outbound_refuses_an_open_relay_a_wildcard_without_public_and_a_public_nobody_receives_on() {
+        assert_eq!(
+            lines("outbound:\n  listen: 0.0.0.0:5070\n  public: 192.0.2.1:5060\n"),
+            [
+                ": outbound.listen: \"0.0.0.0:5070\": expected a loopback address such as \
+              127.0.0.1:5070: the PBX sends there, and anywhere else it would relay requests \
+              for anyone who reaches it"
+            ]
+        );
+        let found = problems("outbound:\n  listen: 127.0.0.1:5070\n");
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.contains("outbound.public beside it"),
+            "{found:?}"
+        );
+        let found = problems(
+            "listen:\n  udp: [\"192.0.2.1:5060\"]\noutbound:\n  listen: 127.0.0.1:5070\n  \
+             public: 192.0.2.2:5060\n",
+        );
+        assert_eq!(found[0].path, "outbound.public");
+        let found = problems("outbound:\n  listen: 127.0.0.1:5080\n  public: 192.0.2.1:5060\n");
+        assert_eq!(found[0].path, "outbound.listen");
+        let found = problems("outbound:\n  public: 192.0.2.1:5060\n");
+        assert_eq!(found[0].path, "outbound.public");
+    }
+
+    #[test]
     fn example_config_validates_with_its_allowlist_pattern_and_observed_rule() {
         let config = load(&repo_file("config/example.yaml")).expect("example is valid");
         assert!(config.listen_udp.iter().any(SocketAddr::is_ipv6));
@@ -280,6 +347,13 @@ mod tests {
         assert!(networks.any(|net| matches!(net, ipnet::IpNet::V6(_))));
         assert_eq!(policy.scanner_user_agents.last().unwrap(), "MyOwnBadTool");
         assert_eq!(policy.invite_failures.mode, Mode::Observe);
+        assert_eq!(config.feeds.lists.len(), 2);
+        assert!(config.feeds.bans_file.is_some());
+        assert!(config
+            .names
+            .names
+            .iter()
+            .any(|(_, name)| name == "_sip._udp.carrier.example"));
         sipguard_policy::Policy::new(config.policy).expect("example builds a policy");
     }
 
@@ -295,7 +369,7 @@ mod tests {
         let mut problems = Vec::new();
         let networks = allowlist::from_yaml(&text, "allowlist.example.yaml", &mut problems);
         assert_eq!(problems, []);
-        assert!(networks.unwrap().len() >= 4);
+        assert!(networks.unwrap().0.len() >= 4);
     }
 
     #[test]
@@ -440,7 +514,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter"
+             trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter, feeds, outbound"
         );
     }
 
@@ -451,7 +525,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter, feeds, outbound",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -524,7 +598,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter"
+             rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter, feeds, outbound"
         );
     }
 
@@ -1080,7 +1154,7 @@ mod tests {
             found,
             [
                 format!(
-                    "{list}: carriers[0].note: unknown key, expected one of: name, cidrs, identity"
+                    "{list}: carriers[0].note: unknown key, expected one of: name, cidrs, names, identity"
                 ),
                 format!(
                     "{list}: carriers[0].cidrs[1]: \"198.51.100.1/24\": expected a network \

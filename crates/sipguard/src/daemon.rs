@@ -6,8 +6,10 @@
 
 use crate::admin::{replayed_reason, Admin};
 use crate::config::{Config, Overrides};
+use crate::feeds::Feeds;
 use crate::journal::{Journal, Snapshot, Source};
 use crate::reload::{ReloadHook, Reloader};
+use crate::resolve::Names;
 use crate::sessions::SessionFile;
 use crate::Sockets;
 use anyhow::Context;
@@ -111,6 +113,7 @@ pub async fn serve(
         reloader.on_reload(hook);
     }
     let token_file = crate::admin::token_file(&config.ops, journal.path());
+    let (feeds, names, bans_file) = follow_feeds_and_names(&config, &policy, &reloader).await?;
     let context = crate::RelayContext {
         sessions: Some(Arc::new(SessionFile::beside(journal.path()))),
         ..crate::RelayContext::new(Arc::clone(&policy))
@@ -140,13 +143,19 @@ pub async fn serve(
             async move { metrics_reply(&handle, &call) }
         }));
     }
+    services.spawn(Arc::clone(&feeds).run());
+    services.spawn(names.run());
+    if let Some(path) = bans_file {
+        services.spawn(crate::feeds::BansFeed::follow(&policy, path));
+    }
     if let Some(listener) = ops.admin {
         let admin = Admin::new(
             Arc::clone(&policy),
             journal,
             Arc::clone(&reloader),
             directory,
-        );
+        )
+        .with_feeds(feeds);
         services.spawn(admin.serve(listener, &token_file)?);
     }
     let reload_on_hangup = Arc::clone(&reloader);
@@ -162,6 +171,37 @@ pub async fn serve(
     let result = relay.await;
     services.shutdown().await;
     result
+}
+
+/// How long a start waits for the allowlist's names.
+const FIRST_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The blocklist feeds and the allowlist's names, both following reloads; the names resolved
+/// once before the first packet. Also where the bans feed file goes, if anywhere.
+async fn follow_feeds_and_names(
+    config: &Config,
+    policy: &Arc<Policy>,
+    reloader: &Arc<Reloader>,
+) -> anyhow::Result<(Arc<Feeds>, Arc<Names>, Option<PathBuf>)> {
+    let feeds = Feeds::new(Arc::clone(policy), &config.feeds)
+        .context("cannot set up the HTTP client for the blocklist feeds")?;
+    let names = Names::new(
+        Arc::clone(policy),
+        config.names.clone(),
+        config.policy.clone(),
+    );
+    // Resolved before the first packet, unless the DNS is slow: the rest follows in the
+    // background.
+    let _ = tokio::time::timeout(FIRST_RESOLUTION, names.round()).await;
+    let (followed_feeds, followed_names) = (Arc::clone(&feeds), Arc::clone(&names));
+    reloader.on_reload(Box::new(move |config: &Config| {
+        followed_feeds.reconfigure(&config.feeds);
+        followed_names.reload(&config.names);
+        Ok(())
+    }));
+    let applying = Arc::clone(&names);
+    reloader.apply_policy_with(Box::new(move |base| applying.apply(base)));
+    Ok((feeds, names, config.feeds.bans_file.clone()))
 }
 
 /// Opens the ban journal at `path`, puts back into `policy` the bans and trust it holds (as of

@@ -5,7 +5,7 @@
 //! sipguard in-process give each instance a recorder of its own. `/metrics` is served by sipguard's own listener ([`crate::http`]) from the handle,
 //! so a port-0 bind works and a bind error stops the start like any other.
 
-use metrics::describe_counter;
+use metrics::{describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::time::Duration;
 
@@ -45,5 +45,33 @@ fn describe() {
     describe_counter!(
         "sipguard_journal_writer_restarts_total",
         "Ban journal writer threads restarted after a failure."
+    );
+    describe_gauge!(
+        "sipguard_feed_entries",
+        "Addresses and networks a blocklist feed lists now (its last good copy), by feed."
+    );
+    describe_counter!(
+        "sipguard_feed_fetches_total",
+        "Blocklist feed fetches, by feed and result (ok, unchanged, error)."
+    );
+    describe_counter!(
+        "sipguard_feed_failures_total",
+        "Blocklist feed fetches that failed (the last good copy stays), by feed."
+    );
+    describe_counter!(
+        "sipguard_feed_dropped_total",
+        "Messages and connections dropped because a feed lists their source, by feed."
+    );
+    describe_counter!(
+        "sipguard_feed_admitted_total",
+        "Messages and connections from a source a feed lists, admitted as allowlisted or trusted, by feed."
+    );
+    describe_counter!(
+        "sipguard_feed_bans_file_errors_total",
+        "Failed rewrites of the shared bans file (feeds.bans_file)."
+    );
+    describe_counter!(
+        "sipguard_allowlist_resolve_errors_total",
+        "Lookups of allowlist names that failed (what the name resolved to before stays)."
     );
 }

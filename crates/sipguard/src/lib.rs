@@ -9,9 +9,11 @@ pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod feeds;
 pub mod http;
 pub mod journal;
 pub mod reload;
+pub mod resolve;
 pub mod sessions;
 
 pub use config::Config;
@@ -19,7 +21,7 @@ pub use sipguard_relay::{Context as RelayContext, StreamConfig, TlsFiles};
 
 use anyhow::Context;
 use sipguard_policy::Policy;
-use sipguard_relay::{Listeners, TlsReload};
+use sipguard_relay::{Listeners, OutboundListener, TlsReload};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,14 @@ impl Sockets {
     /// The local addresses of the TLS listeners, in the order of `Config::listen_tls`.
     pub fn tls_addrs(&self) -> Vec<SocketAddr> {
         stream_addrs(&self.listeners.tls)
+    }
+
+    /// The outbound path's loopback listener (the PBX's outbound proxy), when it is on.
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .outbound
+            .as_ref()
+            .and_then(|outbound| outbound.socket.local_addr().ok())
     }
 
     /// The handle that reloads the TLS certificate and key (on SIGHUP), when TLS is on.
@@ -89,11 +99,23 @@ pub fn bind(config: &Config) -> anyhow::Result<Sockets> {
         }
         _ => None,
     };
+    let outbound = config
+        .outbound
+        .map(|outbound| {
+            let socket = std::net::UdpSocket::bind(outbound.listen)
+                .with_context(|| format!("cannot bind outbound.listen {}", outbound.listen))?;
+            anyhow::Ok(OutboundListener {
+                socket,
+                public: outbound.public,
+            })
+        })
+        .transpose()?;
     let listeners = Listeners {
         udp,
         tcp: bind_stream(&config.listen_tcp, "TCP")?,
         tls: bind_stream(&config.listen_tls, "TLS")?,
         certificate,
+        outbound,
     };
     Ok(Sockets { listeners })
 }

@@ -160,6 +160,14 @@ enum BansAction {
         #[arg(long)]
         json: bool,
     },
+    /// The blocklist feeds followed: entries, what they dropped or let through, failures.
+    Feeds {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The bans in force as a plain blocklist (one address or network a line), for others.
+    Export,
 }
 
 /// An address or a network on the command line, as the admin API takes it.
@@ -410,6 +418,8 @@ mod admin_client {
                 *json,
             ),
             BansAction::Remove { ip, json } => (Method::DELETE, format!("/bans/{ip}"), None, *json),
+            BansAction::Feeds { json } => (Method::GET, "/feeds".to_owned(), None, *json),
+            BansAction::Export => (Method::GET, "/feeds/bans".to_owned(), None, false),
         };
         let (status, value) = match call(args.target, method, &path, body) {
             Ok(reply) => reply,
@@ -440,6 +450,16 @@ mod admin_client {
                     println!("lifted the ban on {}", field(&value, "ip"));
                 }
             }
+            BansAction::Feeds { .. } => {
+                let feeds = value
+                    .get("feeds")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                print!("{}", table(&FEED_COLUMNS, &feeds, "no feeds configured"));
+            }
+            // Plain text, one address or network a line: what the API sent, as it was.
+            BansAction::Export => print!("{}", value.as_str().unwrap_or_default()),
         }
         ExitCode::SUCCESS
     }
@@ -606,8 +626,8 @@ mod admin_client {
     fn field(value: &Value, key: &str) -> String {
         match value.get(key) {
             Some(Value::String(text)) => text.clone(),
+            Some(Value::Null) | None => String::new(),
             Some(other) => other.to_string(),
-            None => String::new(),
         }
     }
 
@@ -622,6 +642,16 @@ mod admin_client {
         "first_seen",
         "last_seen",
         "expires",
+    ];
+
+    const FEED_COLUMNS: [&str; 7] = [
+        "name",
+        "kind",
+        "entries",
+        "dropped",
+        "admitted",
+        "failures",
+        "last_error",
     ];
 
     /// `items` as an aligned table of `columns` with a header; `none` when there are none.

@@ -11,13 +11,18 @@
 
 use crate::config::{self, Config, Overrides};
 use metrics::counter;
-use sipguard_policy::Policy;
+use sipguard_policy::{Policy, PolicyConfig};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Something else to reload with the config: gets the new config once it validated; an error
 /// (logged, counted) fails the reload.
 pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
+/// What puts a reloaded config's policy settings in force, when something adds to them (the
+/// allowlist's resolved names); the policy's own `reconfigure` otherwise.
+pub type PolicyApply =
+    Box<dyn Fn(PolicyConfig) -> Result<(), sipguard_policy::BuildError> + Send + Sync>;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +46,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     policy: Arc<Policy>,
     hooks: Mutex<Vec<ReloadHook>>,
+    apply_policy: Mutex<Option<PolicyApply>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -69,6 +75,7 @@ impl Reloader {
             running: Mutex::new(running),
             policy,
             hooks: Mutex::new(Vec::new()),
+            apply_policy: Mutex::new(None),
         }
     }
 
@@ -78,6 +85,15 @@ impl Reloader {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(hook);
+    }
+
+    /// Puts reloaded policy settings in force through `apply` instead of the policy's own
+    /// `reconfigure`.
+    pub fn apply_policy_with(&self, apply: PolicyApply) {
+        *self
+            .apply_policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(apply);
     }
 
     /// The config in force.
@@ -133,7 +149,15 @@ impl Reloader {
         };
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let restart_required = keep_bound_settings(&running, &mut new);
-        if let Err(err) = self.policy.reconfigure(new.policy.clone()) {
+        let applied = match &*self
+            .apply_policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(apply) => apply(new.policy.clone()),
+            None => self.policy.reconfigure(new.policy.clone()),
+        };
+        if let Err(err) = applied {
             return Outcome::Rejected {
                 problems: vec![format!("rules.scanner.user_agents: {err}")],
             };
@@ -194,6 +218,12 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
         new.ops.admin_token != running.ops.admin_token,
     );
     keep("journal.path", new.ops.journal != running.ops.journal);
+    keep(
+        "feeds.bans_file",
+        new.feeds.bans_file != running.feeds.bans_file,
+    );
+    new.feeds.bans_file = running.feeds.bans_file.clone();
+    keep("outbound", new.outbound != running.outbound);
     new.listen_udp = running.listen_udp.clone();
     new.listen_tcp = running.listen_tcp.clone();
     new.listen_tls = running.listen_tls.clone();
@@ -203,6 +233,7 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     new.policy.repeat = running.policy.repeat;
     new.policy.ipv6_prefix_len = running.policy.ipv6_prefix_len;
     new.ops = running.ops.clone();
+    new.outbound = running.outbound;
     changed
 }
 

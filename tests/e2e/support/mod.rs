@@ -7,6 +7,8 @@
 pub mod asterisk;
 mod cracker;
 mod daemon;
+mod dnsmasq;
+mod feed_server;
 mod kamailio;
 mod netns;
 mod phone;
@@ -28,11 +30,13 @@ pub mod metrics;
 
 pub use cracker::{Cracked, Cracker, Style};
 pub use daemon::{http_exchange, Daemon, DaemonConfig, HttpReply, Scrape};
+pub use dnsmasq::Dnsmasq;
+pub use feed_server::FeedServer;
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use netns::in_private_namespace;
 pub use phone::Phone;
 pub use sipguard::Sipguard;
-pub use sipp::{qualify, Sipp};
+pub use sipp::{qualify, Sipp, SippProcess, SippRun};
 pub use sipvicious::{SipVicious, Tool};
 pub use spoof::Spoofer;
 pub use stunnel::Stunnel;

@@ -17,6 +17,7 @@ pub struct Sipguard {
     addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    outbound_addr: Option<SocketAddr>,
     policy: Arc<Policy>,
     metrics: super::metrics::Metrics,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -60,6 +61,7 @@ impl Sipguard {
             .context("sipguard bound no UDP listener")?;
         let tcp_addr = sockets.tcp_addrs().first().copied();
         let tls_addr = sockets.tls_addrs().first().copied();
+        let outbound_addr = sockets.outbound_addr();
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = mpsc::channel();
         let metrics = super::metrics::Metrics::default();
@@ -91,6 +93,7 @@ impl Sipguard {
             addr,
             tcp_addr,
             tls_addr,
+            outbound_addr,
             policy,
             metrics,
             shutdown: Some(shutdown),
@@ -111,6 +114,11 @@ impl Sipguard {
     /// The TLS address clients connect to (when the test configured TLS).
     pub fn tls_addr(&self) -> SocketAddr {
         self.tls_addr.expect("sipguard listens on TLS")
+    }
+
+    /// The outbound listener the PBX sends to (when the test turned the outbound path on).
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound_addr.expect("sipguard's outbound path is on")
     }
 
     /// The policy sipguard runs with.

@@ -26,13 +26,10 @@ static RUNS: AtomicUsize = AtomicUsize::new(0);
 /// the PBX relays to the location the phone registered, so it reaches the phone only through
 /// the session the phone registered on. An error with both sides' logs unless it was answered.
 pub fn qualify(pbx: &Kamailio, phone: SocketAddr, user: &str) -> anyhow::Result<()> {
-    let mut uas = Sipp::new("uas_options.xml", pbx.dir())
+    let uas = Sipp::new("uas_options.xml", pbx.dir())
         .local(phone)
         .service(user)
-        .spawn()?;
-    poll_until("the phone to bind its port", BIND_TIMEOUT, || {
-        (udp_port_bound(phone) || !uas.is_running()).then_some(())
-    })?;
+        .listen()?;
     let ping = Sipp::new("options.xml", pbx.dir())
         .remote(pbx.addr())
         .local_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -99,6 +96,12 @@ impl Sipp {
     /// The user part of the Request-URI and To (`-s`).
     pub fn service(mut self, user: &str) -> Self {
         self.args.extend(["-s".into(), user.into()]);
+        self
+    }
+
+    /// Sets the scenario's `[name]` keyword to `value` (`-key`).
+    pub fn key(mut self, name: &str, value: &str) -> Self {
+        self.args.extend(["-key".into(), name.into(), value.into()]);
         self
     }
 
@@ -187,6 +190,26 @@ impl Sipp {
             description,
             process,
         })
+    }
+
+    /// Starts SIPp on the address given to [`Sipp::local`] and waits until it has bound it: a
+    /// UAS that must be listening before anyone sends. An error with its logs if it exits first.
+    pub fn listen(self) -> anyhow::Result<SippProcess> {
+        let (ip, Some(port)) = self.local else {
+            bail!("a listening SIPp needs its address given with Sipp::local");
+        };
+        let addr = SocketAddr::new(ip, port);
+        let mut process = self.spawn()?;
+        poll_until("SIPp to bind its port", BIND_TIMEOUT, || {
+            (udp_port_bound(addr) || !process.is_running()).then_some(())
+        })?;
+        if !process.is_running() {
+            bail!(
+                "SIPp exited before listening on {addr}:\n{}",
+                process.wait()?.logs()
+            );
+        }
+        Ok(process)
     }
 
     /// Runs SIPp for its calls and waits for it to exit.

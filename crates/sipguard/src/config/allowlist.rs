@@ -7,28 +7,31 @@
 //! validation gathers them with its own, so one run reports both files. Group names are unique
 //! in the file: they name the group in logs and in rules. A group may have an `identity`, the
 //! loopback address its sources reach the PBX from, so the PBX can recognise a carrier by
-//! address; each identity belongs to one group.
+//! address; each identity belongs to one group. A group may also list DNS `names` (a carrier's
+//! host or SRV names), which the daemon resolves into the group and keeps resolved
+//! (`crate::resolve`).
 
 use super::error::{quote, Problem, ProblemKind};
+use super::feeds::is_dns_name;
 use super::raw::{self, RawAllowlist};
 use super::validate::parse_net;
 use sipguard_policy::AllowGroup;
 use std::net::IpAddr;
 
+/// What an allowlist file lists: its groups, and the DNS names each group lists (as group name,
+/// DNS name), each in file order.
+pub(crate) type Listed = (Vec<AllowGroup>, Vec<(String, String)>);
+
 /// Validates allowlist `text` (read from `origin`), pushing every problem onto `problems`.
-/// Returns the groups, in file order, only when nothing was wrong.
-pub(crate) fn from_yaml(
-    text: &str,
-    origin: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Vec<AllowGroup>> {
+/// Returns the groups and names only when nothing was wrong.
+pub(crate) fn from_yaml(text: &str, origin: &str, problems: &mut Vec<Problem>) -> Option<Listed> {
     let before = problems.len();
     let raw = raw::parse_allowlist(text, origin, problems)?;
     let networks = validate(raw, origin, problems);
     (problems.len() == before).then_some(networks)
 }
 
-fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec<AllowGroup> {
+fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Listed {
     let problem = |path: String, value: Option<&str>, expected: &str| Problem {
         kind: ProblemKind::InvalidValue,
         origin: origin.to_owned(),
@@ -38,6 +41,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
         message: format!("expected {expected}"),
     };
     let mut groups = Vec::new();
+    let mut dns_names = Vec::new();
     let mut names: Vec<(String, String)> = Vec::new();
     let mut identities: Vec<(IpAddr, String)> = Vec::new();
     for (category, raw_groups) in raw.categories {
@@ -68,7 +72,19 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
                     }
                 }
             }
+            for (j, dns_name) in group.names.iter().flatten().enumerate() {
+                if is_dns_name(dns_name) {
+                    dns_names.push((name.clone(), dns_name.clone()));
+                } else {
+                    problems.push(problem(
+                        format!("{at}.names[{j}]"),
+                        Some(dns_name),
+                        "a host name or an SRV name, such as sip.carrier.example",
+                    ));
+                }
+            }
             match group.cidrs {
+                None if group.names.as_ref().is_some_and(|n| !n.is_empty()) => {}
                 None => problems.push(problem(
                     at.clone(),
                     None,
@@ -120,7 +136,7 @@ fn validate(raw: RawAllowlist, origin: &str, problems: &mut Vec<Problem>) -> Vec
             });
         }
     }
-    groups
+    (groups, dns_names)
 }
 
 #[cfg(test)]
@@ -131,7 +147,7 @@ mod tests {
         let mut problems = Vec::new();
         let nets = from_yaml(text, "allowlist.yaml", &mut problems);
         assert_eq!(problems, [], "{text}");
-        let groups = nets.unwrap();
+        let (groups, _) = nets.unwrap();
         let networks = groups.iter().flat_map(|group| &group.networks);
         networks.map(ToString::to_string).collect()
     }
@@ -198,13 +214,43 @@ mod tests {
     }
 
     #[test]
+    fn a_group_may_list_dns_names_instead_of_or_beside_networks() {
+        let mut problems = Vec::new();
+        let (groups, names) = from_yaml(
+            "carriers:\n  - name: a\n    names: [sip.carrier.example, _sip._udp.carrier.example]\n\
+             \x20 - name: b\n    cidrs: [198.51.100.0/28]\n    names: [edge.carrier.example]\n",
+            "allowlist.yaml",
+            &mut problems,
+        )
+        .unwrap();
+        assert_eq!(problems, []);
+        assert_eq!(groups.len(), 2);
+        assert!(groups[0].networks.is_empty());
+        let names: Vec<(&str, &str)> = (names.iter())
+            .map(|(group, name)| (group.as_str(), name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", "sip.carrier.example"),
+                ("a", "_sip._udp.carrier.example"),
+                ("b", "edge.carrier.example")
+            ]
+        );
+        assert_eq!(
+            lines("carriers:\n  - name: a\n    names: [\"not a name\"]\n"),
+            ["allowlist.yaml: carriers[0].names[0]: \"not a name\": expected a host name or an SRV name, such as sip.carrier.example"]
+        );
+    }
+
+    #[test]
     fn unknown_keys_inside_a_group_are_named_with_the_keys_allowed_there() {
         let found = lines(
             "carriers:\n  - name: a\n    cidr: [198.51.100.0/28]\n    cidrs: [198.51.100.0/28]\n",
         );
         assert_eq!(
             found,
-            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs, identity"]
+            ["allowlist.yaml: carriers[0].cidr: unknown key, expected one of: name, cidrs, names, identity"]
         );
     }
 
@@ -225,7 +271,7 @@ mod tests {
         assert_eq!(
             lines("carriers:\n  - 198.51.100.0/28\n"),
             ["allowlist.yaml:2:5: carriers[0]: \"198.51.100.0/28\": expected a mapping with the \
-              keys name, cidrs, identity"]
+              keys name, cidrs, names, identity"]
         );
         assert_eq!(
             lines("carriers:\n  - name: a\n    cidrs: 198.51.100.0/28\n"),
@@ -239,7 +285,7 @@ mod tests {
     #[test]
     fn a_group_identity_is_a_loopback_address_of_its_own() {
         let mut problems = Vec::new();
-        let groups = from_yaml(
+        let (groups, _) = from_yaml(
             "carriers:\n  - {name: a, cidrs: [198.51.100.0/28], identity: 127.0.1.1}\n  \
              - {name: b, cidrs: [192.0.2.1]}\n",
             "allowlist.yaml",

@@ -31,6 +31,15 @@ pub(crate) struct RawConfig {
     pub dial: Option<RawDial>,
     pub call_rates: Option<RawCallRates>,
     pub country_filter: Option<RawCountryFilter>,
+    pub feeds: Option<super::feeds::RawFeeds>,
+    pub outbound: Option<RawOutbound>,
+}
+
+/// The outbound path: the PBX's loopback outbound proxy, and the address carriers see.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawOutbound {
+    pub listen: Option<String>,
+    pub public: Option<String>,
 }
 
 /// The admin API: its address, and the file holding the token every request must carry.
@@ -97,6 +106,10 @@ pub(crate) struct RawLimits {
 pub(crate) struct RawAllowlistRef {
     pub file: Option<String>,
     pub mode: Option<String>,
+    pub nameservers: Option<Vec<String>>,
+    pub min_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +199,7 @@ impl<'de> Deserialize<'de> for RawAllowlist {
 pub(crate) struct RawGroup {
     pub name: Option<String>,
     pub cidrs: Option<Vec<String>>,
+    pub names: Option<Vec<String>>,
     pub identity: Option<String>,
 }
 
@@ -336,6 +350,17 @@ pub(crate) const SCHEMA: Schema = Schema(&[
         "a file name, such as allowlist.yaml (relative to this file's directory)",
     ),
     ("allowlist.mode", "off or enforce"),
+    (
+        "allowlist.nameservers",
+        "a list of DNS servers, such as [\"127.0.0.1:53\"], or [] for the system's",
+    ),
+    (
+        "allowlist.nameservers[]",
+        "an IP address, with a port if not 53, such as 192.0.2.53 or 127.0.0.1:5353",
+    ),
+    ("allowlist.min_ttl", DURATION),
+    ("allowlist.max_ttl", DURATION),
+    ("allowlist.grace", DURATION),
     ("rules", "a mapping"),
     ("rules.scanner", "a mapping"),
     ("rules.scanner.mode", MODES),
@@ -484,6 +509,34 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     ("country_filter.invite.except[]", COUNTRY),
     ("country_filter.private", "one of allow, deny, lookup"),
     ("country_filter.unknown", "one of allow, deny"),
+    ("feeds", "a mapping"),
+    ("feeds.lists", "a list of blocklists"),
+    ("feeds.lists[]", "a mapping"),
+    (
+        "feeds.lists[].name",
+        "a name of letters, digits, - and _ (a metric label), such as voipbl",
+    ),
+    (
+        "feeds.lists[].file",
+        "a file name, such as blocklist.txt (relative to this file's directory)",
+    ),
+    ("feeds.lists[].url", "an http:// or https:// URL"),
+    ("feeds.lists[].apiban_key", "an APIBAN key"),
+    ("feeds.lists[].apiban_url", "an http:// or https:// URL"),
+    ("feeds.lists[].interval", DURATION),
+    (
+        "feeds.bans_file",
+        "a file name, such as /var/lib/sipguard/bans.txt (relative to this file's directory), or off",
+    ),
+    ("outbound", "a mapping"),
+    (
+        "outbound.listen",
+        "a loopback address with a port, such as 127.0.0.1:5070",
+    ),
+    (
+        "outbound.public",
+        "the public address a UDP listener receives on, such as 203.0.113.10:5060",
+    ),
 ]);
 
 /// The allowlist file: categories of the operator's naming, each a list of named groups.
@@ -504,6 +557,14 @@ pub(crate) const ALLOWLIST_SCHEMA: Schema = Schema(&[
         "a list of networks, such as [\"198.51.100.0/28\", \"2001:db8:10::/48\"]",
     ),
     ("*[].cidrs[]", NETWORK),
+    (
+        "*[].names",
+        "a list of DNS names, such as [sip.carrier.example, _sip._udp.carrier.example]",
+    ),
+    (
+        "*[].names[]",
+        "a host name or an SRV name, such as sip.carrier.example",
+    ),
     ("*[].identity", IDENTITY),
 ]);
 

@@ -14,7 +14,7 @@ use super::raw::{
     self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
     RawTcp, RawTls,
 };
-use super::{allowlist, read_text, Config, OpsConfig, Overrides, ReadError};
+use super::{allowlist, read_text, Config, OpsConfig, OutboundConfig, Overrides, ReadError};
 use ipnet::IpNet;
 use sipguard_policy::{AllowGroup, AllowlistMode, Mode, PolicyConfig, RepeatConfig, Rule};
 use sipguard_relay::{RelayConfig, StreamConfig, TlsFiles, TlsReload};
@@ -131,10 +131,23 @@ pub(crate) fn validate(
         defaults.max_tracked_sources,
     );
     let deny = v.deny(raw.deny);
-    let (allowlist, allowlist_mode) = v.allowlist(raw.allowlist.unwrap_or_default(), dir);
+    let raw_allowlist = raw.allowlist.unwrap_or_default();
+    let resolver = super::feeds::RawResolver {
+        nameservers: raw_allowlist.nameservers.as_deref(),
+        min_ttl: raw_allowlist.min_ttl.as_deref(),
+        max_ttl: raw_allowlist.max_ttl.as_deref(),
+        grace: raw_allowlist.grace.as_deref(),
+    };
+    let (listed, allowlist_mode) = v.allowlist(&raw_allowlist, dir);
+    let (allowlist, names) = listed.map_or((None, None), |(nets, names)| {
+        let names = super::feeds::validate_names(resolver, names, origin, v.problems);
+        (Some(nets), names)
+    });
     if let (Some(groups), Some(shared), Some(pbx)) = (&allowlist, upstream_bind, pbx_addr) {
         v.identities_apart(groups, shared, pbx);
     }
+    let feeds =
+        super::feeds::validate_feeds(raw.feeds.unwrap_or_default(), origin, dir, v.problems);
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
@@ -148,6 +161,7 @@ pub(crate) fn validate(
     let dial = v.dial(raw.dial.unwrap_or_default(), &groups, max_ban);
     let calls = v.call_rates(raw.call_rates.unwrap_or_default(), max_ban);
     let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir, max_ban);
+    let outbound = v.outbound(raw.outbound.unwrap_or_default(), &listen_udp, pbx_addr);
 
     if problems.len() > before {
         return None;
@@ -192,6 +206,9 @@ pub(crate) fn validate(
             geo: geo?,
         },
         ops: ops?,
+        feeds: feeds?,
+        names: names?,
+        outbound: outbound?,
     })
 }
 
@@ -640,11 +657,11 @@ impl<'a> Validator<'a, '_> {
     /// enforcing an allowlist that lists nobody would drop every source.
     fn allowlist(
         &mut self,
-        raw: RawAllowlistRef,
+        raw: &RawAllowlistRef,
         dir: &Path,
-    ) -> (Option<Vec<AllowGroup>>, Option<AllowlistMode>) {
+    ) -> (Option<allowlist::Listed>, Option<AllowlistMode>) {
         let networks = match &raw.file {
-            None => Some(Vec::new()),
+            None => Some(Default::default()),
             Some(name) if name.trim().is_empty() => {
                 let key = self.key("allowlist.file");
                 self.problem(key.invalid(name, expected_at("allowlist.file").unwrap_or_default()));
@@ -692,7 +709,9 @@ impl<'a> Validator<'a, '_> {
                         ));
                         None
                     }
-                    (Some(name), Some(networks)) if networks.is_empty() => {
+                    (Some(name), Some((groups, names)))
+                        if groups.is_empty() && names.is_empty() =>
+                    {
                         let file = dir.join(name);
                         self.problem(key.invalid(
                             "enforce",
@@ -1099,6 +1118,95 @@ impl<'a> Validator<'a, '_> {
                 None
             }
         }
+    }
+}
+
+impl<'a> Validator<'a, '_> {
+    /// The outbound path: a loopback listener (anywhere else it would relay for anyone who can
+    /// reach it) that is not the PBX's address, and a public address a UDP listener receives on.
+    fn outbound(
+        &mut self,
+        raw: raw::RawOutbound,
+        udp: &[(Key<'a>, Option<SocketAddr>)],
+        pbx: Option<SocketAddr>,
+    ) -> Option<Option<OutboundConfig>> {
+        let Some(text) = raw.listen else {
+            if let Some(public) = raw.public {
+                self.problem(
+                    self.key("outbound.public")
+                        .invalid(&public, "to be left out unless outbound.listen is set"),
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let key = self.key("outbound.listen");
+        let listen = match parse_socket_addr(&text, 5070) {
+            Ok(addr) if !addr.ip().is_loopback() => {
+                self.problem(key.invalid(
+                    &text,
+                    "a loopback address such as 127.0.0.1:5070: the PBX sends there, and \
+                     anywhere else it would relay requests for anyone who reaches it",
+                ));
+                None
+            }
+            Ok(addr) if Some(addr) == pbx => {
+                self.problem(key.invalid(&text, "an address other than the PBX's own"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(expected) => {
+                self.problem(key.invalid(&text, expected));
+                None
+            }
+        };
+        let receives = |addr: SocketAddr| {
+            udp.iter()
+                .filter_map(|(_, listener)| *listener)
+                .any(|listener| listener == addr || covers(listener, addr))
+        };
+        let public = match raw.public {
+            None => {
+                let first = udp.first().and_then(|(_, addr)| *addr);
+                if first.is_some_and(|addr| addr.ip().is_unspecified()) {
+                    self.problem(key.invalid(
+                        &text,
+                        "outbound.public beside it, since the first of listen.udp is a \
+                         wildcard and carriers must be told an address they can reach",
+                    ));
+                    return None;
+                }
+                None
+            }
+            Some(public_text) => {
+                let public_key = self.key("outbound.public");
+                match parse_socket_addr(&public_text, 5060) {
+                    Ok(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+                        self.problem(public_key.invalid(
+                            &public_text,
+                            "the address carriers reach sipguard at, not a wildcard",
+                        ));
+                        return None;
+                    }
+                    Ok(addr) if !receives(addr) => {
+                        self.problem(public_key.invalid(
+                            &public_text,
+                            "an address one of listen.udp receives on (carriers answer there)",
+                        ));
+                        return None;
+                    }
+                    Ok(addr) => Some(addr),
+                    Err(expected) => {
+                        self.problem(public_key.invalid(&public_text, expected));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Some(OutboundConfig {
+            listen: listen?,
+            public,
+        }))
     }
 }
 
