@@ -146,13 +146,30 @@ impl Refusal {
         (RuleId::Country, "invite"),
     ];
 
-    /// The reason phrase of the 403 that answers it.
-    pub fn reason_phrase(&self) -> String {
-        format!(
-            "Forbidden by sipguard rule {} {}",
-            self.rule.as_str(),
-            self.class
-        )
+    /// The reason phrases of the 403s, in the order of [`Refusal::CLASSES`].
+    const PHRASES: [&'static str; 12] = [
+        "Forbidden by sipguard rule dial national",
+        "Forbidden by sipguard rule dial international",
+        "Forbidden by sipguard rule dial international_country",
+        "Forbidden by sipguard rule dial premium",
+        "Forbidden by sipguard rule dial special",
+        "Forbidden by sipguard rule call_rate source_per_minute",
+        "Forbidden by sipguard rule call_rate user_per_minute",
+        "Forbidden by sipguard rule call_rate user_per_hour",
+        "Forbidden by sipguard rule call_rate concurrent",
+        "Forbidden by sipguard rule call_rate same_prefix",
+        "Forbidden by sipguard rule country register",
+        "Forbidden by sipguard rule country invite",
+    ];
+
+    /// The reason phrase of the 403 that answers it: the rule and the class, a static string
+    /// (the outbound path's answers take no allocation).
+    pub fn reason_phrase(&self) -> &'static str {
+        let class = (self.rule, self.class);
+        Refusal::CLASSES
+            .iter()
+            .position(|known| *known == class)
+            .map_or("Forbidden by sipguard", |i| Refusal::PHRASES[i])
     }
 }
 

@@ -130,6 +130,22 @@ fn a_phone_dialling_a_country_not_listed_is_answered_403_and_a_stranger_gets_sil
 }
 
 #[test]
+fn every_class_a_refusal_can_carry_has_a_reason_phrase_naming_it() {
+    for (rule, class) in Refusal::CLASSES {
+        let refusal = Refusal {
+            rule,
+            class,
+            observed: false,
+            answer: true,
+            username: None,
+            destination: None,
+        };
+        let phrase = format!("Forbidden by sipguard rule {} {class}", rule.as_str());
+        assert_eq!(refusal.reason_phrase(), phrase);
+    }
+}
+
+#[test]
 fn listed_countries_and_national_numbers_go_through_in_every_form() {
     let policy = uk_policy(|_| {});
     for (i, to) in [
