@@ -157,6 +157,9 @@ fn ban_for(guard: &Sipguard, ban: &Ban) -> anyhow::Result<Duration> {
         RuleId::Enumeration => config.enumeration.ban_for,
         RuleId::Flood => config.flood.ban_for,
         RuleId::Garbage => config.garbage.ban_for,
+        RuleId::Dial => config.dial.rule.ban_for,
+        RuleId::CallRate => config.calls.rule.ban_for,
+        RuleId::Country => config.geo.rule.ban_for,
         RuleId::Manual => bail!("an operator's ban: {ban:?}"),
     })
 }

@@ -14,6 +14,7 @@ mod cluster;
 mod deploy;
 mod deployment;
 mod detection;
+mod dial;
 mod feeds;
 mod inspection;
 mod kernel;

@@ -108,6 +108,12 @@ pub struct PolicyConfig {
     pub trust_for: Duration,
     /// Cap on entries in each per-source table (bans, evidence, trust).
     pub max_tracked_sources: usize,
+    /// Toll-fraud dial rules on INVITEs.
+    pub dial: crate::DialConfig,
+    /// Call rate and concurrency limits.
+    pub calls: crate::CallRates,
+    /// The country filter.
+    pub geo: crate::GeoConfig,
 }
 
 impl Default for PolicyConfig {
@@ -163,6 +169,9 @@ impl Default for PolicyConfig {
             repeat: RepeatConfig::default(),
             trust_for: 24 * HOUR,
             max_tracked_sources: 100_000,
+            dial: crate::DialConfig::default(),
+            calls: crate::CallRates::default(),
+            geo: crate::GeoConfig::default(),
         }
     }
 }

@@ -13,10 +13,13 @@
 
 mod bans;
 mod bounded;
+mod calls;
 mod changes;
 mod cidr;
 mod config;
+mod dial;
 mod feeds;
+pub mod geo;
 mod prefix;
 mod response;
 mod scanner;
@@ -25,10 +28,13 @@ mod time;
 mod verdict;
 
 pub use bans::{Ban, RepeatConfig};
+pub use calls::{CallRates, Outbound, RateLimit, Refusal, MAX_CONCURRENT};
 pub use changes::{Change, Observer};
 pub use cidr::{CidrMap, CidrSet};
 pub use config::{AllowGroup, AllowlistMode, Mode, PolicyConfig, Rule};
+pub use dial::{Access, Caller, Class, ClassRule, DialConfig, DialPlan, Number, Prefix};
 pub use feeds::{FeedTally, Feeds, MAX_FEEDS};
+pub use geo::{CountryDb, GeoConfig};
 pub use ipnet::IpNet;
 pub use response::{Answer, AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
@@ -63,6 +69,8 @@ pub struct Checked<'a> {
     /// For a response to forward: what to hand to [`Policy::answered`] with the client's
     /// [`Exchange`].
     pub answer: Option<Answer>,
+    /// A call or registration the dial, call rate or country rules refused (or observed).
+    pub refusal: Option<Refusal>,
 }
 
 impl<'a> From<Verdict<'a>> for Checked<'a> {
@@ -72,6 +80,7 @@ impl<'a> From<Verdict<'a>> for Checked<'a> {
             event: None,
             memo: None,
             answer: None,
+            refusal: None,
         }
     }
 }
@@ -156,6 +165,10 @@ pub struct Policy {
     nonces: BoundedMap<u64, response::NonceSent>,
     /// Keys username hashes, so a remote party cannot aim for collisions.
     hasher: RandomState,
+    /// Calls being followed, by the keyed hash of their Call-ID.
+    calls: BoundedMap<u64, calls::Call>,
+    /// Call rates and live calls per source and per username.
+    callers: BoundedMap<calls::Counted, calls::Calling>,
     /// Who follows the ban and trust tables.
     observers: ArcSwap<Vec<Arc<dyn Observer>>>,
     /// The blocklist feeds, replaced whole by [`Policy::set_feeds`] when one changes.
@@ -196,6 +209,8 @@ impl Policy {
             trust: BoundedMap::new(cap),
             prefixes: BoundedMap::new(cap),
             nonces: BoundedMap::new(cap),
+            calls: BoundedMap::new(cap),
+            callers: BoundedMap::new(cap),
             hasher: RandomState::new(),
             observers: ArcSwap::from_pointee(Vec::new()),
             feeds: ArcSwap::from_pointee(Feeds::default()),
@@ -432,11 +447,15 @@ impl Policy {
         if self.is_user_blocked(user, source, now) {
             return Verdict::Drop(DropReason::UserBlocked).into();
         }
+        if let Some(refused) = self.screen_call(&judge, view, user) {
+            return refused;
+        }
         Checked {
             memo: Some(self.memo(&view, user)),
             answer: None,
             verdict: Verdict::Forward(view),
             event: None,
+            refusal: None,
         }
     }
 
@@ -592,6 +611,8 @@ impl Policy {
         self.trust.sweep(now);
         self.prefixes.sweep(now);
         self.nonces.sweep(now);
+        self.calls.sweep(now);
+        self.callers.sweep(now);
     }
 
     /// Table sizes and evictions.
@@ -663,6 +684,7 @@ impl Judge<'_> {
                 verdict: Verdict::Forward(view),
                 event,
                 answer: None,
+                refusal: None,
             };
         }
         Checked {
@@ -670,6 +692,7 @@ impl Judge<'_> {
             event,
             memo: None,
             answer: None,
+            refusal: None,
         }
     }
 
@@ -752,6 +775,7 @@ impl Judge<'_> {
             event: action.map(|action| self.event(RuleId::Garbage, action)),
             memo: None,
             answer: None,
+            refusal: None,
         }
     }
 }

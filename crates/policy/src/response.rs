@@ -335,7 +335,7 @@ impl Policy {
     }
 
     /// A keyed hash that is never 0 (0 stands for "none").
-    fn token(&self, bytes: &[u8]) -> u64 {
+    pub(crate) fn token(&self, bytes: &[u8]) -> u64 {
         self.hasher.hash_one(bytes).max(1)
     }
 

@@ -45,11 +45,17 @@ pub enum DropReason {
     /// This username is blocked from this source after repeated failures (the source itself,
     /// trusted because others authenticate from it, is not banned).
     UserBlocked,
+    /// A call to a destination its caller may not dial.
+    Dial,
+    /// A call past a call rate limit.
+    CallRate,
+    /// A REGISTER or call from a country not admitted.
+    Country,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Banned,
         DropReason::Denied,
         DropReason::Feed,
@@ -60,6 +66,9 @@ impl DropReason {
         DropReason::Scanner,
         DropReason::Flood,
         DropReason::UserBlocked,
+        DropReason::Dial,
+        DropReason::CallRate,
+        DropReason::Country,
     ];
 
     /// The metric label value.
@@ -75,6 +84,9 @@ impl DropReason {
             DropReason::Scanner => "scanner",
             DropReason::Flood => "flood",
             DropReason::UserBlocked => "user_blocked",
+            DropReason::Dial => "dial",
+            DropReason::CallRate => "call_rate",
+            DropReason::Country => "country",
         }
     }
 }
@@ -96,11 +108,17 @@ pub enum RuleId {
     Garbage,
     /// Added by the operator.
     Manual,
+    /// A call to a destination its caller may not dial (toll fraud).
+    Dial,
+    /// Calls past a rate or concurrency limit.
+    CallRate,
+    /// A REGISTER or call from a country not admitted.
+    Country,
 }
 
 impl RuleId {
     /// Every rule, for pre-registering metrics.
-    pub const ALL: [RuleId; 7] = [
+    pub const ALL: [RuleId; 10] = [
         RuleId::Scanner,
         RuleId::RegisterFailures,
         RuleId::InviteFailures,
@@ -108,6 +126,9 @@ impl RuleId {
         RuleId::Flood,
         RuleId::Garbage,
         RuleId::Manual,
+        RuleId::Dial,
+        RuleId::CallRate,
+        RuleId::Country,
     ];
 
     /// The metric label value.
@@ -120,6 +141,9 @@ impl RuleId {
             RuleId::Flood => "flood",
             RuleId::Garbage => "garbage",
             RuleId::Manual => "manual",
+            RuleId::Dial => "dial",
+            RuleId::CallRate => "call_rate",
+            RuleId::Country => "country",
         }
     }
 }

@@ -9,7 +9,8 @@ use metrics::{
     Gauge, Histogram, Unit,
 };
 use sipguard_policy::{
-    Action, AuthFailure, AuthMethod, Change, DropReason, Event, Observer, RuleId, Stats,
+    Action, AuthFailure, AuthMethod, Change, DropReason, Event, Observer, Refusal as CallRefusal,
+    RuleId, Stats,
 };
 use sipguard_sip::proxy::Refusal;
 use sipguard_sip::FrameError;
@@ -37,6 +38,7 @@ const BANS_ACTIVE: &str = "sipguard_bans_active";
 const SOURCES_TRACKED: &str = "sipguard_sources_tracked";
 const EVICTIONS: &str = "sipguard_state_evictions_total";
 const AUTH_FAILURES: &str = "sipguard_auth_failures_total";
+const CALL_REFUSALS: &str = "sipguard_call_refusals_total";
 const OUTBOUND_RECEIVED: &str = "sipguard_outbound_received_total";
 const OUTBOUND_REQUESTS: &str = "sipguard_outbound_requests_total";
 const OUTBOUND_RESPONSES: &str = "sipguard_outbound_responses_total";
@@ -393,6 +395,8 @@ pub(crate) struct Metrics {
     /// Per rule, for unproven then proven evidence: observe-mode hits, drops without a ban,
     /// usernames blocked.
     rule_hits: Vec<(RuleId, [[Counter; 3]; 2])>,
+    /// Per call rule and class: observed, then refused.
+    call_refusals: Vec<((RuleId, &'static str), [Counter; 2])>,
     /// Per method, for unproven then proven evidence.
     auth_failures: Vec<(AuthMethod, [Counter; 2])>,
     policy: PolicyGauges,
@@ -482,6 +486,11 @@ fn describe() {
         "Live entries evicted from a full per-source table, or new ones turned away."
     );
     describe_counter!(
+        CALL_REFUSALS,
+        "Calls and registrations the dial, call rate and country rules refused (or observed), by \
+         rule and class."
+    );
+    describe_counter!(
         AUTH_FAILURES,
         "Credentials the PBX refused, by request method and evidence (proven: the attempt \
          answered a challenge sent to that client)."
@@ -531,6 +540,13 @@ impl Metrics {
                         ["observed", "dropped", "user_blocked"].map(|action| counter!(RULE_HITS, "rule" => rule.as_str(), "action" => action, "evidence" => evidence))
                     };
                     (rule, EVIDENCE.map(hits))
+                })
+                .collect(),
+            call_refusals: CallRefusal::CLASSES
+                .iter()
+                .map(|&(rule, class)| {
+                    let action = |action: &'static str| counter!(CALL_REFUSALS, "rule" => rule.as_str(), "class" => class, "action" => action);
+                    ((rule, class), [action("observed"), action("refused")])
                 })
                 .collect(),
             auth_failures: AuthMethod::ALL
@@ -587,6 +603,14 @@ impl Metrics {
             .find(|(method, _)| *method == failure.method)
         {
             counters[usize::from(failure.proven)].increment(1);
+        }
+    }
+
+    /// Counts a call rule's refusal.
+    pub fn refusal(&self, refusal: &CallRefusal) {
+        let key = (refusal.rule, refusal.class);
+        if let Some((_, counters)) = self.call_refusals.iter().find(|(k, _)| *k == key) {
+            counters[usize::from(!refusal.observed)].increment(1);
         }
     }
 

@@ -179,8 +179,12 @@ impl Outbound {
     /// A carrier's response carrying sipguard's Via (the UDP front found the mark): to the PBX.
     pub async fn response(&self, message: &[u8]) {
         let counters = &self.pipeline.metrics.outbound;
-        let relayed = SipView::parse(message)
-            .ok()
+        let view = SipView::parse(message).ok();
+        if let Some(view) = &view {
+            // The carrier's final answer (or its 2xx to the PBX's BYE) ends an outbound call.
+            self.pipeline.policy.track_call(view, self.pipeline.now());
+        }
+        let relayed = view
             .and_then(|view| proxy::forward_response(&view, &self.me, &self.key))
             .filter(|relayed| relayed.to.ip() == self.pbx);
         match relayed {

@@ -12,7 +12,7 @@ use sipguard_policy::{
 use sipguard_sip::{proxy, SipView};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// What a front does with one message from a client.
 #[must_use]
@@ -30,6 +30,12 @@ pub(crate) enum Step<'a> {
         /// A response carrying sipguard's own Via on top: it answers a request the outbound
         /// path relayed for the PBX, and goes there ([`crate::outbound`]).
         relayed_response: bool,
+    },
+    /// Refused with an answer sipguard makes itself (a 403 to a phone's barred call): send
+    /// `response` back to the client, forward nothing.
+    Reply {
+        /// The whole response.
+        response: Vec<u8>,
     },
     /// A keep-alive: it refreshes the client's session and goes no further.
     Keepalive,
@@ -83,6 +89,9 @@ impl Pipeline {
         if let Some(event) = &checked.event {
             self.metrics.rule_event(event);
         }
+        if let Some(refusal) = &checked.refusal {
+            self.refused(Some(client.ip()), refusal);
+        }
         match checked.verdict {
             Verdict::Forward(view) => Step::Forward {
                 message: view.message,
@@ -97,6 +106,12 @@ impl Pipeline {
             Verdict::Drop(reason) => {
                 packets.policy_drop(reason);
                 debug!(%client, ?transport, reason = reason.as_str(), len = message.len(), "dropped");
+                let answer = checked.refusal.filter(|refusal| refusal.answer);
+                if let Some(response) = answer.and_then(|refusal| {
+                    sipguard_sip::reply(message, 403, refusal.reason_phrase()).ok()
+                }) {
+                    return Step::Reply { response };
+                }
                 // A source a blocklist feed lists is shut out like a banned one.
                 Step::Drop {
                     banned: banned_now || matches!(reason, DropReason::Banned | DropReason::Feed),
@@ -109,11 +124,37 @@ impl Pipeline {
     /// caller. The rules for outbound calls hook in here; for now only the size limit applies.
     /// `now` is the time those rules judge by.
     pub fn outbound(&self, view: &SipView<'_>, now: Timestamp) -> OutboundStep {
-        let _ = now;
         if view.message.len() > self.policy.max_message_size() {
             return OutboundStep::Reject(513, "Message Too Large");
         }
+        // A BYE the PBX sends ends its call; a new call is held to the dial rules and rates.
+        self.policy.track_call(view, now);
+        if view.method() == Some(sipguard_sip::Method::Invite) {
+            let call = self.policy.check_outbound_call(view, now);
+            if let Some(refusal) = &call.refusal {
+                self.refused(None, refusal);
+                if !call.allowed {
+                    return OutboundStep::Reject(403, refusal.reason_phrase());
+                }
+            }
+        }
         OutboundStep::Forward
+    }
+
+    /// Counts and logs a call the dial, call rate or country rules refused (or observed); no
+    /// `source` is the PBX calling out.
+    fn refused(&self, source: Option<std::net::IpAddr>, refusal: &sipguard_policy::Refusal) {
+        self.metrics.refusal(refusal);
+        info!(
+            source = %source.map_or_else(|| "pbx".to_owned(), |ip| ip.to_string()),
+            username = refusal.username.as_deref().unwrap_or("-"),
+            destination = refusal.destination.as_deref().unwrap_or("-"),
+            rule = refusal.rule.as_str(),
+            class = refusal.class,
+            observed = refusal.observed,
+            answered = refusal.answer && !refusal.observed,
+            "call rule refused a request"
+        );
     }
 
     /// Hands what a client forwards to its exchange: a request's memo, or a response's
@@ -142,6 +183,7 @@ impl Pipeline {
         let Ok(response) = SipView::parse(message) else {
             return;
         };
+        self.policy.track_call(&response, self.now());
         if response.status().is_none() {
             self.policy.pbx_request(&response, exchange);
             return;

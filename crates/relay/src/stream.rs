@@ -364,7 +364,7 @@ impl Connection<'_> {
                 }
                 Frame::Message(_) => {
                     self.seen_message = true;
-                    if let Err(closed) = self.on_message(bytes).await {
+                    if let Err(closed) = self.on_message(bytes, client_write).await {
                         break Err(closed);
                     }
                 }
@@ -377,7 +377,11 @@ impl Connection<'_> {
         result
     }
 
-    async fn on_message(&mut self, message: &[u8]) -> Result<(), Closed> {
+    async fn on_message<W: AsyncWrite + Unpin>(
+        &mut self,
+        message: &[u8],
+        client_write: &mut W,
+    ) -> Result<(), Closed> {
         let started = self.sampler.start();
         self.packets.received.increment(1);
         let pipeline = &self.front.pipeline;
@@ -389,6 +393,7 @@ impl Connection<'_> {
                 answer,
                 ..
             } => self.forward(message, memo, answer).await,
+            Step::Reply { response } => self.write_to_client(client_write, &response).await,
             Step::Keepalive | Step::Drop { banned: false } => Ok(()),
             Step::Drop { banned: true } => Err(Closed::Banned),
         };

@@ -240,6 +240,7 @@ impl Front {
                                 self.sessions.touch(&session);
                             }
                         }
+                        Step::Reply { response } => self.reply(&response, client, &listener).await,
                         Step::Drop { .. } => {}
                     }
                     if let Some(started) = started {
@@ -286,6 +287,17 @@ impl Front {
             Err(error) => {
                 packets.upstream_errors.increment(1);
                 debug!(%client, %error, "send to pbx failed");
+            }
+        }
+    }
+
+    /// Sends a response sipguard made itself (a refused call's 403) to `client`.
+    async fn reply(&self, response: &[u8], client: SocketAddr, listener: &UdpSocket) {
+        match listener.send_to(response, client).await {
+            Ok(_) => self.packets().forwarded_to_client.increment(1),
+            Err(error) => {
+                self.packets().client_send_errors.increment(1);
+                debug!(%client, %error, "reply to client failed");
             }
         }
     }

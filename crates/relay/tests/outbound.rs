@@ -33,12 +33,12 @@ struct Running {
 }
 
 async fn start() -> Running {
-    start_on("127.0.0.1:0", None).await
+    start_on("127.0.0.1:0", None, PolicyConfig::default()).await
 }
 
 /// The relay's public UDP listener on `listen`; `public_ip`, when given, is the address carriers
 /// are told (on the listener's port), as `outbound.public` says it.
-async fn start_on(listen: &str, public_ip: Option<&str>) -> Running {
+async fn start_on(listen: &str, public_ip: Option<&str>, policy: PolicyConfig) -> Running {
     let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let carrier = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let config = RelayConfig {
@@ -57,7 +57,7 @@ async fn start_on(listen: &str, public_ip: Option<&str>) -> Running {
     let context = Context {
         clock: Arc::new(TokioClock::new()),
         recorder: Some(metrics.recorder()),
-        ..Context::new(Arc::new(Policy::new(PolicyConfig::default()).unwrap()))
+        ..Context::new(Arc::new(Policy::new(policy).unwrap()))
     };
     let listeners = Listeners {
         udp: vec![listener],
@@ -363,7 +363,7 @@ async fn a_request_over_the_size_limit_is_refused_by_the_outbound_rules_with_513
 
 #[tokio::test]
 async fn on_a_wildcard_listener_requests_leave_from_the_public_address_and_answers_come_back() {
-    let relay = start_on("0.0.0.0:0", Some("127.0.0.3")).await;
+    let relay = start_on("0.0.0.0:0", Some("127.0.0.3"), PolicyConfig::default()).await;
     let pbx = relay.pbx.local_addr().unwrap();
     let carrier = relay.carrier.local_addr().unwrap();
     let options = from_pbx("OPTIONS", &format!("sip:{carrier}"), pbx, "");
@@ -381,4 +381,33 @@ async fn on_a_wildcard_listener_requests_leave_from_the_public_address_and_answe
         .unwrap();
     let (at_pbx, _) = recv(&relay.pbx).await;
     assert!(at_pbx.starts_with("SIP/2.0 200 OK"), "{at_pbx}");
+}
+
+#[tokio::test]
+async fn a_call_the_dial_rules_bar_is_answered_403_naming_the_rule_and_never_leaves() {
+    let mut policy = PolicyConfig::default();
+    policy.dial.premium.prefixes = vec![sipguard_policy::Prefix::parse("+449").unwrap()];
+    let relay = start_on("127.0.0.1:0", None, policy).await;
+    let pbx = relay.pbx.local_addr().unwrap();
+    let carrier = relay.carrier.local_addr().unwrap();
+    let invite = from_pbx("INVITE", &format!("sip:+449012345678@{carrier}"), pbx, "");
+    relay.pbx_sends(&invite).await;
+    let (at_pbx, from) = recv(&relay.pbx).await;
+    assert_eq!(from, relay.inside);
+    assert!(
+        at_pbx.starts_with("SIP/2.0 403 Forbidden by sipguard rule dial premium\r\n"),
+        "{at_pbx}"
+    );
+    let refused = ["rule=\"dial\"", "class=\"premium\"", "action=\"refused\""];
+    assert_eq!(
+        relay
+            .metrics
+            .counter("sipguard_call_refusals_total", &refused),
+        1.0
+    );
+    let mut buf = [0; 2048];
+    assert!(
+        relay.carrier.try_recv_from(&mut buf).is_err(),
+        "nothing left for the carrier"
+    );
 }

@@ -335,7 +335,7 @@ impl<'a> Lines<'a> {
 
 /// The header name of `line` and the index of the colon after it: `LWS token LWS ":"`, read in
 /// one pass over the name rather than a search for the colon and a second pass over the name.
-fn header_name(line: &[u8]) -> Option<(&[u8], usize)> {
+pub(crate) fn header_name(line: &[u8]) -> Option<(&[u8], usize)> {
     let start = line.iter().position(|&b| !is_lws(b))?;
     let len = line[start..]
         .iter()

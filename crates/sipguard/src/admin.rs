@@ -439,6 +439,9 @@ fn rule_reason(rule: RuleId) -> &'static str {
         RuleId::Flood => "request flood",
         RuleId::Garbage => "garbage (not SIP, malformed or oversized) flood",
         RuleId::Manual => "banned by the operator",
+        RuleId::Dial => "calls to barred destinations",
+        RuleId::CallRate => "calls past the call rate limits",
+        RuleId::Country => "requests from a country not admitted",
     }
 }
 

@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "unknown key, expected one of: listen, pbx, sessions, limits, deny, allowlist, rules, \
-             trust_for, tcp, tls, metrics, admin, journal, feeds, outbound, nftables, cluster"
+             trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter, feeds, outbound, nftables, cluster"
         );
     }
 
@@ -547,7 +547,7 @@ mod tests {
             found,
             [
                 ": sesions: unknown key, expected one of: listen, pbx, sessions, limits, deny, \
-                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, feeds, outbound, nftables, cluster",
+                 allowlist, rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter, feeds, outbound, nftables, cluster",
                 ": limits.max_message_size: \"huge\": expected a number of bytes from 512 to 65535",
             ]
         );
@@ -620,7 +620,7 @@ mod tests {
         assert_eq!(
             found[0].message,
             "expected a mapping with the keys listen, pbx, sessions, limits, deny, allowlist, \
-             rules, trust_for, tcp, tls, metrics, admin, journal, feeds, outbound, nftables, cluster"
+             rules, trust_for, tcp, tls, metrics, admin, journal, dial, call_rates, country_filter, feeds, outbound, nftables, cluster"
         );
     }
 

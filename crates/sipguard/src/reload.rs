@@ -2,7 +2,8 @@
 //! restart.
 //!
 //! SIGHUP and the admin API's `POST /reload` both come here. A valid file replaces the policy's
-//! rules (allowlist, deny list, detection rules) while its state tables stay, so sessions and
+//! rules (allowlist, deny list, detection rules, dial rules, call rates, and the country filter
+//! with its database, which validation reads again) while its state tables stay, so sessions and
 //! bans live on. Keys bound at start (listen addresses, the PBX, table sizes, the services'
 //! addresses and the journal) keep their running values, each named in a warning. An invalid file
 //! changes nothing: every problem is logged and `sipguard_config_reloads_total{result="error"}`

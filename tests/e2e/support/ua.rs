@@ -67,6 +67,15 @@ impl Request {
     pub fn text(&self) -> &str {
         &self.text
     }
+
+    /// The request in the dialog a call's answer opened: `to_tag` added to its To.
+    pub fn with_to_tag(mut self, to_tag: &str) -> Self {
+        if let Some(start) = self.text.find("\r\nTo: ") {
+            let end = start + 2 + self.text[start + 2..].find("\r\n").unwrap_or(0);
+            self.text.insert_str(end, &format!(";tag={to_tag}"));
+        }
+        self
+    }
 }
 
 /// A final response, as much of it as the tests read.
@@ -100,6 +109,19 @@ impl Response {
         header(&self.text, "WWW-Authenticate")
             .or_else(|| header(&self.text, "Proxy-Authenticate"))
             .and_then(Challenge::parse)
+    }
+
+    /// The tag of its To header (a dialog's remote tag).
+    pub fn to_tag(&self) -> Option<&str> {
+        let to = header(&self.text, "To")?;
+        let (_, tag) = to.split_once(";tag=")?;
+        Some(tag.split(';').next().unwrap_or(tag).trim())
+    }
+
+    /// The reason phrase of its status line.
+    pub fn reason(&self) -> &str {
+        let line = self.text.lines().next().unwrap_or_default();
+        line.get(12..).unwrap_or_default().trim()
     }
 
     /// Whether it is the final answer to `request` (same Call-ID, CSeq and method).

@@ -28,6 +28,9 @@ pub(crate) struct RawConfig {
     pub metrics: Option<RawListenOne>,
     pub admin: Option<RawAdmin>,
     pub journal: Option<RawJournal>,
+    pub dial: Option<RawDial>,
+    pub call_rates: Option<RawCallRates>,
+    pub country_filter: Option<RawCountryFilter>,
     pub feeds: Option<super::feeds::RawFeeds>,
     pub outbound: Option<RawOutbound>,
     pub nftables: Option<RawNftables>,
@@ -222,6 +225,66 @@ pub(crate) struct RawGroup {
     pub identity: Option<String>,
 }
 
+/// The `dial` section: the dialling plan and who may dial each class.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawDial {
+    pub mode: Option<String>,
+    pub ban_for: Option<String>,
+    pub plan: Option<RawDialPlan>,
+    pub national: Option<RawClass>,
+    pub international: Option<RawClass>,
+    pub premium: Option<RawClass>,
+    pub special: Option<RawClass>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawDialPlan {
+    pub country_code: Option<String>,
+    pub national_prefix: Option<String>,
+    pub international_prefixes: Option<Vec<String>>,
+    pub outside_line: Option<String>,
+    pub min_national_digits: Option<String>,
+}
+
+/// One class of destinations: its prefixes and who may dial it (`countries` is for
+/// international only).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawClass {
+    pub prefixes: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
+    pub countries: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCallRates {
+    pub mode: Option<String>,
+    pub ban_for: Option<String>,
+    pub per_source_per_minute: Option<String>,
+    pub per_user_per_minute: Option<String>,
+    pub per_user_per_hour: Option<String>,
+    pub concurrent_per_user: Option<String>,
+    pub same_prefix: Option<String>,
+    pub same_prefix_digits: Option<String>,
+    pub call_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCountryFilter {
+    pub database: Option<String>,
+    pub mode: Option<String>,
+    pub ban_for: Option<String>,
+    pub register: Option<RawCountries>,
+    pub invite: Option<RawCountries>,
+    pub private: Option<String>,
+    pub unknown: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCountries {
+    pub only: Option<Vec<String>>,
+    pub except: Option<Vec<String>>,
+}
+
 /// What a rule's `mode` accepts, in messages.
 pub(crate) const MODES: &str = "one of observe, drop, ban";
 /// What a duration key accepts, in messages.
@@ -230,6 +293,18 @@ pub(crate) const DURATION: &str = "a duration such as 30s, 10m, 1h";
 pub(crate) const NETWORK: &str =
     "a network such as 192.0.2.0/24 or 2001:db8::/32, or a single address";
 const THRESHOLD: &str = "a whole number of at least 1";
+const PREFIXES: &str = "a list of number prefixes, such as [\"+449\", \"+1900\"]";
+/// A number prefix of the dial rules, in messages.
+pub(crate) const PREFIX: &str =
+    "a number prefix: + and digits for an international number (+449), digits for one dialled as is (118)";
+const CALLERS: &str = "a list of callers, such as [allowlisted, phones, pbx]";
+/// A kind of caller of the dial rules, in messages.
+pub(crate) const CALLER: &str = "one of allowlisted, phones, others, pbx";
+const LIMIT: &str = "a whole number (0: off)";
+const COUNTRIES: &str = "a mapping with only or except, such as {except: [XX]}";
+const COUNTRY_LIST: &str = "a list of ISO country codes, such as [FR, DE]";
+/// A country of the country filter, in messages.
+pub(crate) const COUNTRY: &str = "a two-letter ISO country code, such as FR";
 
 /// The keys a file may hold, with what belongs at each, in the words messages use. Unknown keys
 /// list their known siblings from here, and a wrongly shaped value says what was expected. A
@@ -398,6 +473,64 @@ pub(crate) const SCHEMA: Schema = Schema(&[
         "journal.path",
         "a file name, such as /var/lib/sipguard/bans.journal (relative to this file's directory)",
     ),
+    ("dial", "a mapping"),
+    ("dial.mode", MODES),
+    ("dial.ban_for", DURATION),
+    ("dial.plan", "a mapping"),
+    ("dial.plan.country_code", "the home country calling code, such as \"44\""),
+    ("dial.plan.national_prefix", "the national (trunk) prefix, such as \"0\""),
+    ("dial.plan.international_prefixes", "a list of international prefixes, such as [\"00\"]"),
+    ("dial.plan.international_prefixes[]", "an international prefix, such as \"00\" or \"011\""),
+    ("dial.plan.outside_line", "the outside-line prefix, such as \"9\""),
+    ("dial.plan.min_national_digits", "a whole number of digits, such as 10 (0: off)"),
+    ("dial.national", "a mapping"),
+    ("dial.national.prefixes", PREFIXES),
+    ("dial.national.prefixes[]", PREFIX),
+    ("dial.national.allow", CALLERS),
+    ("dial.national.allow[]", CALLER),
+    ("dial.international", "a mapping"),
+    ("dial.international.prefixes", PREFIXES),
+    ("dial.international.prefixes[]", PREFIX),
+    ("dial.international.allow", CALLERS),
+    ("dial.international.allow[]", CALLER),
+    ("dial.premium", "a mapping"),
+    ("dial.premium.prefixes", PREFIXES),
+    ("dial.premium.prefixes[]", PREFIX),
+    ("dial.premium.allow", CALLERS),
+    ("dial.premium.allow[]", CALLER),
+    ("dial.special", "a mapping"),
+    ("dial.special.prefixes", PREFIXES),
+    ("dial.special.prefixes[]", PREFIX),
+    ("dial.special.allow", CALLERS),
+    ("dial.special.allow[]", CALLER),
+    ("dial.international.countries", "a list of country calling codes, such as [\"33\", \"49\"]"),
+    ("dial.international.countries[]", "a country calling code, such as 33"),
+    ("call_rates", "a mapping"),
+    ("call_rates.mode", MODES),
+    ("call_rates.ban_for", DURATION),
+    ("call_rates.per_source_per_minute", LIMIT),
+    ("call_rates.per_user_per_minute", LIMIT),
+    ("call_rates.per_user_per_hour", LIMIT),
+    ("call_rates.concurrent_per_user", "a whole number from 0 (off) to 16"),
+    ("call_rates.same_prefix", LIMIT),
+    ("call_rates.same_prefix_digits", "a number of digits from 1 to 15, such as 6"),
+    ("call_rates.call_timeout", DURATION),
+    ("country_filter", "a mapping"),
+    ("country_filter.database", "a MaxMind-format country database, such as /var/lib/GeoIP/GeoLite2-Country.mmdb (relative to this file's directory)"),
+    ("country_filter.mode", MODES),
+    ("country_filter.ban_for", DURATION),
+    ("country_filter.register", COUNTRIES),
+    ("country_filter.register.only", COUNTRY_LIST),
+    ("country_filter.register.only[]", COUNTRY),
+    ("country_filter.register.except", COUNTRY_LIST),
+    ("country_filter.register.except[]", COUNTRY),
+    ("country_filter.invite", COUNTRIES),
+    ("country_filter.invite.only", COUNTRY_LIST),
+    ("country_filter.invite.only[]", COUNTRY),
+    ("country_filter.invite.except", COUNTRY_LIST),
+    ("country_filter.invite.except[]", COUNTRY),
+    ("country_filter.private", "one of allow, deny, lookup"),
+    ("country_filter.unknown", "one of allow, deny"),
     ("feeds", "a mapping"),
     ("feeds.lists", "a list of blocklists"),
     ("feeds.lists[]", "a mapping"),

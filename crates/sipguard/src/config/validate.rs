@@ -7,6 +7,8 @@
 //! Validation reads the allowlist file the config names, so its problems are reported with the
 //! main file's in one run.
 
+mod calls;
+
 use super::error::{quote, Problem, ProblemKind};
 use super::raw::{
     self, expected_at, RawAllowlistRef, RawConfig, RawRepeat, RawRule, RawRules, RawScannerRule,
@@ -151,6 +153,16 @@ pub(crate) fn validate(
     let rules = v.rules(raw.rules.unwrap_or_default(), &defaults);
     let trust_for = v.duration("trust_for", raw.trust_for.as_deref(), defaults.trust_for);
     let ops = v.ops(&raw.metrics, &raw.admin, &raw.journal, dir, overrides);
+    let groups: Vec<&str> = allowlist
+        .iter()
+        .flatten()
+        .map(|g| g.name.as_str())
+        .collect();
+    // The toll-fraud rules' bans grow like the others', up to repeat_offenders.max_ban.
+    let max_ban = rules.as_ref().map(|rules| rules.repeat.max_ban);
+    let dial = v.dial(raw.dial.unwrap_or_default(), &groups, max_ban);
+    let calls = v.call_rates(raw.call_rates.unwrap_or_default(), max_ban);
+    let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir, max_ban);
     let outbound = v.outbound(raw.outbound.unwrap_or_default(), &listen_udp, pbx_addr);
     let nftables = v.nftables(raw.nftables.unwrap_or_default());
     let cluster = v.cluster(raw.cluster.unwrap_or_default());
@@ -193,6 +205,9 @@ pub(crate) fn validate(
             repeat: rules.repeat,
             trust_for: trust_for?,
             max_tracked_sources: max_tracked_sources?,
+            dial: dial?,
+            calls: calls?,
+            geo: geo?,
         },
         ops: ops?,
         feeds: feeds?,
