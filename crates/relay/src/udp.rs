@@ -16,7 +16,7 @@ use crate::{Binding, RelayConfig, SessionStore, Transport};
 use sipguard_policy::{Answer, Exchange, RequestMemo};
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,7 +240,9 @@ impl Front {
                                 self.sessions.touch(&session);
                             }
                         }
-                        Step::Reply { response } => self.reply(&response, client, &listener).await,
+                        Step::Reply { response } => {
+                            self.reply(&response, client, destination, &listener).await;
+                        }
                         Step::Drop { .. } => {}
                     }
                     if let Some(started) = started {
@@ -291,14 +293,23 @@ impl Front {
         }
     }
 
-    /// Sends a response sipguard made itself (a refused call's 403) to `client`.
-    async fn reply(&self, response: &[u8], client: SocketAddr, listener: &UdpSocket) {
-        match listener.send_to(response, client).await {
+    /// Sends a response sipguard made itself (a refused call's 403) to `client`, from
+    /// `destination`, the address its request was sent to (known on a wildcard listener).
+    async fn reply(
+        &self,
+        response: &[u8],
+        client: SocketAddr,
+        destination: Option<IpAddr>,
+        listener: &UdpSocket,
+    ) {
+        let sent = listener
+            .async_io(Interest::WRITABLE, || {
+                send_to_client(listener, response, client, destination)
+            })
+            .await;
+        match sent {
             Ok(_) => self.packets().forwarded_to_client.increment(1),
-            Err(error) => {
-                self.packets().client_send_errors.increment(1);
-                debug!(%client, %error, "reply to client failed");
-            }
+            Err(error) => self.client_send_failed(client, &error),
         }
     }
 
@@ -416,12 +427,12 @@ impl Front {
                 self.sessions.touch(session);
                 self.pipeline
                     .response(&buf[..len], session.client, &mut session.exchange());
-                match self.send_to_client(listener, session, &buf[..len]) {
+                match send_to_client(listener, &buf[..len], session.client, session.reply_from) {
                     Ok(_) => self.packets().forwarded_to_client.increment(1),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         return Some(buf[..len].to_vec());
                     }
-                    Err(error) => self.client_send_failed(session, &error),
+                    Err(error) => self.client_send_failed(session.client, &error),
                 }
             }
             None
@@ -429,34 +440,34 @@ impl Front {
         if let Some(datagram) = blocked {
             let sent = listener
                 .async_io(Interest::WRITABLE, || {
-                    self.send_to_client(listener, session, &datagram)
+                    send_to_client(listener, &datagram, session.client, session.reply_from)
                 })
                 .await;
             match sent {
                 Ok(_) => self.packets().forwarded_to_client.increment(1),
-                Err(error) => self.client_send_failed(session, &error),
+                Err(error) => self.client_send_failed(session.client, &error),
             }
         }
     }
 
-    /// Sends to the client without waiting, from the address it sent to: a wildcard listener
-    /// names it in each datagram, another is bound to it.
-    fn send_to_client(
-        &self,
-        listener: &UdpSocket,
-        session: &Session,
-        datagram: &[u8],
-    ) -> io::Result<usize> {
-        match session.reply_from {
-            None => listener.try_send_to(datagram, session.client),
-            Some(from) => listener.try_io(Interest::WRITABLE, || {
-                send_from(listener, datagram, session.client, from)
-            }),
-        }
-    }
-
-    fn client_send_failed(&self, session: &Session, error: &io::Error) {
+    fn client_send_failed(&self, client: SocketAddr, error: &io::Error) {
         self.packets().client_send_errors.increment(1);
-        debug!(client = %session.client, %error, "send to client failed");
+        debug!(%client, %error, "send to client failed");
+    }
+}
+
+/// Sends to `client` without waiting, from `from` when the listener is a wildcard one (the
+/// address the client sent to), else from the listener's own address.
+fn send_to_client(
+    listener: &UdpSocket,
+    datagram: &[u8],
+    client: SocketAddr,
+    from: Option<IpAddr>,
+) -> io::Result<usize> {
+    match from {
+        None => listener.try_send_to(datagram, client),
+        Some(from) => listener.try_io(Interest::WRITABLE, || {
+            send_from(listener, datagram, client, from)
+        }),
     }
 }
