@@ -464,7 +464,7 @@ fn describe() {
     describe_counter!(SESSIONS_EXPIRED, "Client sessions closed after going idle.");
     describe_counter!(
         SESSIONS_EVICTED,
-        "Client sessions that never proved anything, evicted from a full table for a newcomer."
+        "Client sessions never established (no proven address, no accepted registration), evicted from a full table for a newcomer."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open.");
     describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted.");

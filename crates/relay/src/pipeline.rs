@@ -121,8 +121,8 @@ impl Pipeline {
     }
 
     /// Judges a request the PBX sends out through sipguard (the outbound path), parsed by the
-    /// caller. The rules for outbound calls hook in here; for now only the size limit applies.
-    /// `now` is the time those rules judge by.
+    /// caller, at `now`: the size limit, then for a new call the dial rules and call rates with
+    /// the PBX as the caller.
     pub fn outbound(&self, view: &SipView<'_>, now: Timestamp) -> OutboundStep {
         if view.message.len() > self.policy.max_message_size() {
             return OutboundStep::Reject(513, "Message Too Large");
@@ -183,14 +183,15 @@ impl Pipeline {
         let Ok(response) = SipView::parse(message) else {
             return;
         };
-        self.policy.track_call(&response, self.now());
+        let now = self.now();
+        self.policy.track_call(&response, now);
         if response.status().is_none() {
             self.policy.pbx_request(&response, exchange);
             return;
         }
         let judged = self
             .policy
-            .judge_response(client.ip(), &response, exchange, self.now());
+            .judge_response(client.ip(), &response, exchange, now);
         if let Some(failure) = judged.auth_failure {
             self.metrics.auth_failure(failure);
         }

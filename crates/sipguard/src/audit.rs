@@ -267,10 +267,15 @@ mod tests {
     }
 
     fn checks(files: &[(&str, &str)]) -> Vec<&'static str> {
+        lines(files).into_iter().map(|f| f.2).collect()
+    }
+
+    /// The findings as (line, severity, check), but for files that are not there.
+    fn lines(files: &[(&str, &str)]) -> Vec<(u32, Severity, &'static str)> {
         run(files)
             .into_iter()
             .filter(|f| f.3 != "not-found")
-            .map(|f| f.3)
+            .map(|f| (f.1, f.2, f.3))
             .collect()
     }
 
@@ -317,17 +322,12 @@ mod tests {
     fn endpoints_without_auth_and_loopback_identifies_are_high() {
         let text = "[trunk]\ntype=endpoint\n[trunk-id]\ntype=identify\nendpoint=trunk\n\
                     match=203.0.113.5,127.0.0.1\n[anonymous]\ntype=endpoint\n";
-        let found = run(&[("pjsip.conf", text)]);
         let expected = [
             (1, Severity::High, "endpoint-no-auth"),
             (6, Severity::High, "identify-loopback"),
             (7, Severity::Medium, "anonymous-endpoint"),
         ];
-        let got: Vec<(u32, Severity, &str)> = found
-            .iter()
-            .filter(|f| f.3 != "not-found")
-            .map(|f| (f.1, f.2, f.3))
-            .collect();
+        let got = lines(&[("pjsip.conf", text)]);
         assert_eq!(got, expected);
     }
 
@@ -336,11 +336,7 @@ mod tests {
         let text = "[global]\ntype=global\nendpoint_identifier_order=ip,anonymous\n\
                     [carrier]\ntype=endpoint\n[carrier-id]\ntype=identify\nendpoint=carrier\n\
                     match=127.0.1.1\n[orphan]\ntype=endpoint\n";
-        let got: Vec<(u32, Severity, &str)> = run(&[("pjsip.conf", text)])
-            .into_iter()
-            .filter(|f| f.3 != "not-found")
-            .map(|f| (f.1, f.2, f.3))
-            .collect();
+        let got = lines(&[("pjsip.conf", text)]);
         assert_eq!(
             got,
             [
@@ -356,11 +352,7 @@ mod tests {
                     endpoint=carrier\nmatch=127.0.1.1\n[named]\ntype=endpoint\n\
                     identify_by=username,ip\n[named-id]\ntype=identify\nendpoint=named\n\
                     match=127.0.1.2\n";
-        let got: Vec<(u32, Severity, &str)> = run(&[("pjsip.conf", text)])
-            .into_iter()
-            .filter(|f| f.3 != "not-found")
-            .map(|f| (f.1, f.2, f.3))
-            .collect();
+        let got = lines(&[("pjsip.conf", text)]);
         assert_eq!(
             got,
             [
@@ -395,12 +387,7 @@ mod tests {
 
     #[test]
     fn chan_sip_defaults_let_guests_in_on_every_address() {
-        let found = run(&[("sip.conf", "[general]\n")]);
-        let got: Vec<(u32, Severity, &str)> = found
-            .iter()
-            .filter(|f| f.3 != "not-found")
-            .map(|f| (f.1, f.2, f.3))
-            .collect();
+        let got = lines(&[("sip.conf", "[general]\n")]);
         assert_eq!(
             got,
             [
