@@ -52,7 +52,7 @@ impl Expiring for Ban {
 /// source, or the operator's. The packet rules (a scanner's signature, a flood, garbage) ban on
 /// what a spoofer forges with a new address per packet, and give way to these when the table
 /// is full.
-fn earned(rule: RuleId) -> bool {
+pub(crate) fn earned(rule: RuleId) -> bool {
     !matches!(rule, RuleId::Scanner | RuleId::Flood | RuleId::Garbage)
 }
 

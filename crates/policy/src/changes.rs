@@ -19,6 +19,10 @@ pub enum Change {
         source: IpNet,
         /// The ban as it stands.
         ban: Ban,
+        /// One of a flood of bans on forgeable evidence, past [`crate::ANNOUNCED_BANS_PER_SECOND`]:
+        /// enforced here and counted, but followers that write down, push or share each ban
+        /// pass over it (it still appears in the table's snapshots).
+        quiet: bool,
     },
     /// The operator lifted the ban early.
     Lifted {

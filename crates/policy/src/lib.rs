@@ -38,11 +38,11 @@ pub use geo::{CountryDb, GeoConfig};
 pub use ipnet::IpNet;
 pub use response::{Answer, AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};
 pub use scanner::{BuildError, SignatureSite, DEFAULT_USER_AGENTS};
-pub use time::Timestamp;
+pub use time::{PerSecond, Timestamp};
 pub use verdict::{Action, DropReason, Event, RuleId, Verdict};
 
 use arc_swap::ArcSwap;
-use bans::{host, BanTable, Cover, Evidence};
+use bans::{earned, host, BanTable, Cover, Evidence};
 use bounded::BoundedMap;
 use prefix::PrefixState;
 use scanner::ScannerSignatures;
@@ -53,6 +53,13 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Bans on evidence a forged datagram can produce (a scanner's signature, a flood, garbage)
+/// announced to the observers each second; past it they are enforced and counted but marked
+/// [`Change::Banned`]`{ quiet: true }`, so that a flood with a new forged source per packet
+/// does not become as many journal records, kernel set updates and cluster messages. A real
+/// scanner is one source banned once: far below this.
+pub const ANNOUNCED_BANS_PER_SECOND: u32 = 1_000;
 
 /// The outcome of [`Policy::check`]: what to do with the message, the rule hit behind it, and
 /// what the response path needs to remember of a request that is forwarded.
@@ -171,6 +178,9 @@ pub struct Policy {
     callers: BoundedMap<calls::Counted, calls::Calling>,
     /// Who follows the ban and trust tables.
     observers: ArcSwap<Vec<Arc<dyn Observer>>>,
+    /// Bans on evidence a forged datagram can produce, announced as [`Change::Banned`] with
+    /// `quiet: false` this second.
+    announced: PerSecond,
     /// The blocklist feeds, replaced whole by [`Policy::set_feeds`] when one changes.
     feeds: ArcSwap<Feeds>,
 }
@@ -213,6 +223,7 @@ impl Policy {
             callers: BoundedMap::new(cap),
             hasher: RandomState::new(),
             observers: ArcSwap::from_pointee(Vec::new()),
+            announced: PerSecond::new(ANNOUNCED_BANS_PER_SECOND),
             feeds: ArcSwap::from_pointee(Feeds::default()),
         })
     }
@@ -246,6 +257,7 @@ impl Policy {
         let ban = self.bans.ban(source, evidence, ban_for, now)?;
         self.publish(Change::Banned {
             source,
+            quiet: !earned(ban.rule) && !self.announced.take(now),
             ban: ban.clone(),
         });
         if let (IpNet::V6(net), Some(prefix)) = (source, self.bans.prefix_of(source.addr())) {
@@ -494,6 +506,7 @@ impl Policy {
         self.publish(Change::Banned {
             source,
             ban: ban.clone(),
+            quiet: false,
         });
         Some(ban)
     }
@@ -544,7 +557,11 @@ impl Policy {
             return false;
         }
         if let Some(ban) = self.bans.get(source, now) {
-            self.publish(Change::Banned { source, ban });
+            self.publish(Change::Banned {
+                source,
+                ban,
+                quiet: false,
+            });
         }
         true
     }

@@ -187,3 +187,52 @@ fn new_forged_sources_allocate_nothing_once_the_tables_are_full() {
     }
     assert_eq!(allocations() - before, 0);
 }
+
+#[test]
+fn bans_of_forged_sources_past_the_budget_are_enforced_but_quiet_and_earned_ones_never_are() {
+    use sipguard_policy::{Change, Observer, ANNOUNCED_BANS_PER_SECOND};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    #[derive(Default)]
+    struct Heard {
+        announced: AtomicU64,
+        quiet: AtomicU64,
+    }
+    impl Observer for Heard {
+        fn changed(&self, change: &Change) {
+            if let Change::Banned { quiet, .. } = change {
+                let count = if *quiet { &self.quiet } else { &self.announced };
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let heard = |h: &Heard| {
+        (
+            h.announced.load(Ordering::Relaxed),
+            h.quiet.load(Ordering::Relaxed),
+        )
+    };
+    let policy = capped();
+    let observer = std::sync::Arc::new(Heard::default());
+    policy.subscribe(observer.clone());
+    let budget = u64::from(ANNOUNCED_BANS_PER_SECOND);
+
+    // Three times the budget of scanner probes within one second, each from a new source.
+    let probes = 3 * budget as u32;
+    for n in 0..probes {
+        forge(&policy, 2 * n, at(5));
+    }
+    assert_eq!(heard(&observer), (budget, 2 * budget));
+    for n in 0..probes {
+        assert!(policy.is_banned(forged(2 * n), at(5)), "{n}: not banned");
+    }
+
+    // The operator's ban in the same second is announced: the budget is for forgeable evidence.
+    assert!(policy
+        .ban_manually(ip("192.0.2.9"), Duration::from_secs(60), None, at(5))
+        .is_some());
+    assert_eq!(heard(&observer), (budget + 1, 2 * budget));
+
+    // The next second announces again.
+    forge(&policy, 2 * probes, at(6));
+    assert_eq!(heard(&observer), (budget + 2, 2 * budget));
+}

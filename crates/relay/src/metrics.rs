@@ -34,6 +34,7 @@ const CONNECTIONS_CLOSED: &str = "sipguard_connections_closed_total";
 const RULE_HITS: &str = "sipguard_rule_hits_total";
 const BANS: &str = "sipguard_bans_total";
 const UNBANS: &str = "sipguard_unbans_total";
+const BANS_QUIET: &str = "sipguard_bans_quiet_total";
 const BANS_ACTIVE: &str = "sipguard_bans_active";
 const SOURCES_TRACKED: &str = "sipguard_sources_tracked";
 const EVICTIONS: &str = "sipguard_state_evictions_total";
@@ -418,14 +419,18 @@ pub(crate) struct BanCounters {
     issued: Vec<(RuleId, Counter)>,
     expired: Counter,
     lifted: Counter,
+    quiet: Counter,
 }
 
 impl Observer for BanCounters {
     fn changed(&self, event: &Change) {
         match event {
-            Change::Banned { ban, .. } => {
+            Change::Banned { ban, quiet, .. } => {
                 if let Some((_, counter)) = self.issued.iter().find(|(rule, _)| *rule == ban.rule) {
                     counter.increment(1);
+                }
+                if *quiet {
+                    self.quiet.increment(1);
                 }
             }
             Change::Expired { .. } => self.expired.increment(1),
@@ -479,6 +484,10 @@ fn describe() {
     );
     describe_counter!(BANS, "Bans issued, by rule.");
     describe_counter!(UNBANS, "Bans ended, by how (manual, expired).");
+    describe_counter!(
+        BANS_QUIET,
+        "Bans on forgeable evidence past the announced budget of 1,000 a second: enforced, but not journalled, pushed to the kernel or shared one by one."
+    );
     describe_gauge!(BANS_ACTIVE, "Bans in force.");
     describe_gauge!(SOURCES_TRACKED, "Sources with evidence held.");
     describe_counter!(
@@ -568,6 +577,7 @@ impl Metrics {
                     .collect(),
                 expired: counter!(UNBANS, "how" => "expired"),
                 lifted: counter!(UNBANS, "how" => "manual"),
+                quiet: counter!(BANS_QUIET),
             },
             outbound: OutboundCounters::new(),
         }

@@ -13,11 +13,10 @@ use crate::pipeline::{Pipeline, Step};
 use crate::session::{Refusal, Session, SessionTable};
 use crate::socket::{bind_udp_sibling, connect_upstream};
 use crate::{Binding, RelayConfig, SessionStore, Transport};
-use sipguard_policy::{Answer, Exchange, RequestMemo};
+use sipguard_policy::{Answer, Exchange, PerSecond, RequestMemo};
 use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::Interest;
@@ -38,7 +37,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Session open and close lines logged at info level per second; past it they go to debug, so
 /// a flood of forged sources cannot flood the log (the metrics count every session).
-const SESSION_LINES_PER_SECOND: u64 = 20;
+const SESSION_LINES_PER_SECOND: u32 = 20;
 
 thread_local! {
     static UPSTREAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
@@ -51,8 +50,8 @@ pub(crate) struct Front {
     outbound: Option<Arc<Outbound>>,
     sessions: Arc<SessionTable>,
     shutdown: watch::Receiver<bool>,
-    /// The second and the session lines logged in it, for [`SESSION_LINES_PER_SECOND`].
-    log_budget: AtomicU64,
+    /// Session lines logged at info level, [`SESSION_LINES_PER_SECOND`].
+    session_lines: PerSecond,
 }
 
 impl Front {
@@ -68,7 +67,7 @@ impl Front {
             pipeline,
             outbound,
             shutdown,
-            log_budget: AtomicU64::new(0),
+            session_lines: PerSecond::new(SESSION_LINES_PER_SECOND),
         })
     }
 
@@ -148,16 +147,7 @@ impl Front {
     /// Logs a session's opening or closing at info level within [`SESSION_LINES_PER_SECOND`],
     /// else at debug level.
     fn log_session(&self, session: &Session, what: &'static str) {
-        let second = self.pipeline.now().as_millis() / 1000;
-        let budget = self.log_budget.load(Ordering::Relaxed);
-        // The second in the high half, the lines logged in it in the low half.
-        let within = if budget >> 32 == second {
-            self.log_budget.fetch_add(1, Ordering::Relaxed) & u64::from(u32::MAX)
-                < SESSION_LINES_PER_SECOND
-        } else {
-            self.log_budget.store(second << 32 | 1, Ordering::Relaxed);
-            true
-        };
+        let within = self.session_lines.take(self.pipeline.now());
         let (client, upstream) = (session.client, session.upstream_addr);
         if within {
             info!(%client, %upstream, "{what}");
@@ -168,8 +158,12 @@ impl Front {
 
     /// The sockets to receive on: each listener and, per extra core, a sibling on its address
     /// (SO_REUSEPORT), so a flood is drained by every core while a client's packets, hashed by
-    /// the kernel to one socket, stay in order.
-    pub fn sockets(&self, listeners: Vec<std::net::UdpSocket>) -> io::Result<Vec<Arc<UdpSocket>>> {
+    /// the kernel to one socket, stay in order. Each is registered with the runtime of whoever
+    /// receives on it.
+    pub fn sockets(
+        &self,
+        listeners: Vec<std::net::UdpSocket>,
+    ) -> io::Result<Vec<std::net::UdpSocket>> {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         let mut sockets = Vec::new();
         for listener in listeners {
@@ -183,7 +177,7 @@ impl Front {
                 if address.ip().is_unspecified() {
                     receive_destinations(&socket, address.is_ipv6())?;
                 }
-                sockets.push(Arc::new(UdpSocket::from_std(socket)?));
+                sockets.push(socket);
             }
         }
         Ok(sockets)

@@ -112,7 +112,11 @@ impl Observer for ClusterSink {
             return;
         }
         let outgoing = match change {
-            Change::Banned { source, ban } => Outgoing::Ban(*source, ban.clone()),
+            Change::Banned {
+                source,
+                ban,
+                quiet: false,
+            } => Outgoing::Ban(*source, ban.clone()),
             Change::Lifted { source, ban } => Outgoing::Lift(*source, ban.clone()),
             _ => return,
         };

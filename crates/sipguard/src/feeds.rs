@@ -518,7 +518,7 @@ impl Observer for BansFeed {
     fn changed(&self, change: &Change) {
         if matches!(
             change,
-            Change::Banned { .. } | Change::Lifted { .. } | Change::Expired { .. }
+            Change::Banned { quiet: false, .. } | Change::Lifted { .. } | Change::Expired { .. }
         ) {
             self.dirty.notify_one();
         }

@@ -395,9 +395,13 @@ impl Observer for JournalSink {
     fn changed(&self, change: &Change) {
         let journal = &self.0;
         match change {
-            Change::Banned { source, ban } => {
-                journal.record(Record::Ban(BanEntry::new(*source, ban)));
-            }
+            Change::Banned {
+                source,
+                ban,
+                quiet: false,
+            } => journal.record(Record::Ban(BanEntry::new(*source, ban))),
+            // One of a flood of forgeable bans: written with the next compaction, if it lasts.
+            Change::Banned { quiet: true, .. } => {}
             Change::Lifted { source, .. } => journal.record(Record::Unban { ip: *source }),
             Change::Trusted { source, until } => journal.record(Record::Trust {
                 ip: *source,

@@ -113,7 +113,14 @@ struct NftSink {
 impl Observer for NftSink {
     fn changed(&self, change: &Change) {
         let update = match change {
-            Change::Banned { source, ban } => Update::Ban(*source, ban.expires),
+            Change::Banned {
+                source,
+                ban,
+                quiet: false,
+            } => Update::Ban(*source, ban.expires),
+            // One of a flood of forged sources: each would be a set update for a packet that
+            // does not come back.
+            Change::Banned { quiet: true, .. } => return,
             Change::Lifted { source, .. } | Change::Expired { source, .. } => {
                 Update::Unban(*source)
             }
