@@ -47,7 +47,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::runtime::RuntimeFlavor;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -187,27 +186,11 @@ pub async fn run(
     }
     let sockets = udp.sockets(listeners.udp)?;
     if let Some(store) = &context.sessions {
-        // Restored sessions run here, sending through clones of the listeners.
-        let listeners = (sockets.iter())
-            .map(|socket| {
-                Ok(Arc::new(tokio::net::UdpSocket::from_std(
-                    socket.try_clone()?,
-                )?))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        udp.restore(store.load(), &listeners);
+        udp.restore(store.load(), &sockets);
         tasks.spawn(Arc::clone(&udp).keep_saved(Arc::clone(store)));
     }
-    let own_threads =
-        tokio::runtime::Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread;
-    let mut udp_threads = Vec::new();
     for socket in sockets {
-        if own_threads {
-            udp_threads.push(receive_on_own_thread(&udp, socket, stopped.clone())?);
-        } else {
-            let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
-            tasks.spawn(Arc::clone(&udp).receive(socket));
-        }
+        tasks.spawn(Arc::clone(&udp).receive(socket));
     }
     let streams = stream::Front::new(config, limits, Arc::clone(&pipeline), stopped);
     context
@@ -229,53 +212,7 @@ pub async fn run(
     shutdown.await;
     let _ = stop.send(true);
     tasks.shutdown().await;
-    // The UDP threads stop on the signal, their sessions' tasks with them; waited for, so that
-    // the sockets are closed when this returns.
-    let _ = tokio::task::spawn_blocking(move || {
-        for thread in udp_threads {
-            let _ = thread.join();
-        }
-    })
-    .await;
     Ok(())
-}
-
-/// Runs the receive loop of one UDP listener socket, and the tasks of the sessions it opens, on
-/// a thread of their own with a single-threaded runtime, until `stopped` says so.
-///
-/// On one thread, the PBX's answer is relayed by the thread that forwarded the request, and a
-/// datagram that wakes the loop is handled by the thread that was waiting for it. On a shared
-/// multi-threaded runtime, a task woken while its worker waits for I/O goes to the runtime's
-/// queue and another worker is woken to take it: a futex wake and a thread switch per packet
-/// (benches/RESULTS.md). The kernel spreads clients over a listener and its SO_REUSEPORT
-/// siblings, one per core, so the threads share the load without sharing work. (On a
-/// single-threaded runtime, as in tests on paused time, the loops run on that runtime.)
-fn receive_on_own_thread(
-    udp: &Arc<udp::Front>,
-    socket: std::net::UdpSocket,
-    mut stopped: watch::Receiver<bool>,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let udp = Arc::clone(udp);
-    std::thread::Builder::new()
-        .name("sipguard-udp".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let socket = match tokio::net::UdpSocket::from_std(socket) {
-                    Ok(socket) => Arc::new(socket),
-                    Err(error) => {
-                        tracing::error!(%error, "udp listener unusable");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    () = udp.receive(socket) => {}
-                    _ = stopped.wait_for(|stop| *stop) => {}
-                }
-            });
-        })
 }
 
 /// Drops expired policy state now and then (which publishes the expiries), and publishes the

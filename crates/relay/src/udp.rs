@@ -158,12 +158,8 @@ impl Front {
 
     /// The sockets to receive on: each listener and, per extra core, a sibling on its address
     /// (SO_REUSEPORT), so a flood is drained by every core while a client's packets, hashed by
-    /// the kernel to one socket, stay in order. Each is registered with the runtime of whoever
-    /// receives on it.
-    pub fn sockets(
-        &self,
-        listeners: Vec<std::net::UdpSocket>,
-    ) -> io::Result<Vec<std::net::UdpSocket>> {
+    /// the kernel to one socket, stay in order.
+    pub fn sockets(&self, listeners: Vec<std::net::UdpSocket>) -> io::Result<Vec<Arc<UdpSocket>>> {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         let mut sockets = Vec::new();
         for listener in listeners {
@@ -177,7 +173,7 @@ impl Front {
                 if address.ip().is_unspecified() {
                     receive_destinations(&socket, address.is_ipv6())?;
                 }
-                sockets.push(socket);
+                sockets.push(Arc::new(UdpSocket::from_std(socket)?));
             }
         }
         Ok(sockets)
