@@ -3,7 +3,7 @@
 //! dashboard and the rules name is one sipguard exports.
 
 use crate::attacks::ask;
-use crate::support::{poll_until, Daemon, DaemonConfig, Kamailio};
+use crate::support::{in_private_namespace, poll_until, Daemon, DaemonConfig, Kamailio};
 use anyhow::{bail, ensure, Context};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -27,38 +27,56 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/sipguard";
 
 /// The names of the series a running sipguard exposes on /metrics, as a query selects them: a
 /// counter or gauge by its name, a histogram by its `_bucket`, `_sum` and `_count` series. The
-/// instance answers OPTIONS through Kamailio from a few addresses (under the flood rule's
-/// threshold each) until the sampled processing-time histogram has series too.
+/// instance runs as deployed with the optional parts whose metrics only exist when they are on: a
+/// blocklist feed (a file) and the kernel offload, in a network namespace of its own so its
+/// nftables table never touches the host's. It answers OPTIONS through Kamailio from a few
+/// addresses (under the flood rule's threshold each) until the sampled processing-time
+/// histogram and the feed's fetches have series too.
 fn exported_metric_names() -> anyhow::Result<BTreeSet<String>> {
-    let pbx = Kamailio::start()?;
-    let dir = tempfile::tempdir()?;
-    let guard = Daemon::start(&DaemonConfig::in_dir(dir.path(), "", pbx.addr())?)?;
-    let sockets = (40..48)
-        .map(|host| UdpSocket::bind((Ipv4Addr::new(127, 0, 3, host), 0)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut sent = sockets.iter().cycle().take(8 * 8);
-    let scrape = poll_until(
-        "the processing-time histogram on /metrics",
-        SCRAPE_TIMEOUT,
-        || {
-            if let Some(socket) = sent.next() {
-                let _ = ask(
-                    socket,
-                    guard.addr(),
-                    "OPTIONS",
-                    "1001",
-                    "sipguard-e2e-deploy",
-                    ANSWER_WITHIN,
-                );
-            }
-            guard.scrape().ok().filter(|scrape| {
-                scrape
-                    .text
-                    .contains("sipguard_packet_processing_seconds_bucket")
-            })
-        },
-    )?;
-    Ok(scrape.series_names())
+    in_private_namespace(&[], || {
+        let pbx = Kamailio::start()?;
+        let dir = tempfile::tempdir()?;
+        let list = dir.path().join("blocklist.txt");
+        std::fs::write(&list, "# scanners\n192.0.2.0/24\n")?;
+        let yaml = format!(
+            "feeds:\n  lists:\n    - {{name: local, file: \"{}\", interval: 1h}}\n\
+             nftables:\n  enabled: true\n",
+            list.display()
+        );
+        let guard = Daemon::start(&DaemonConfig::in_dir(dir.path(), &yaml, pbx.addr())?)?;
+        let sockets = (40..48)
+            .map(|host| UdpSocket::bind((Ipv4Addr::new(127, 0, 3, host), 0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sent = sockets.iter().cycle().take(8 * 8);
+        let scrape = poll_until(
+            "the processing-time histogram and the feed's fetches on /metrics",
+            SCRAPE_TIMEOUT,
+            || {
+                if let Some(socket) = sent.next() {
+                    let _ = ask(
+                        socket,
+                        guard.addr(),
+                        "OPTIONS",
+                        "1001",
+                        "sipguard-e2e-deploy",
+                        ANSWER_WITHIN,
+                    );
+                }
+                guard.scrape().ok().filter(|scrape| {
+                    scrape
+                        .text
+                        .contains("sipguard_packet_processing_seconds_bucket")
+                        && scrape.text.contains("sipguard_feed_fetches_total")
+                })
+            },
+        )?;
+        ensure!(
+            scrape.text.contains("sipguard_nftables_active 1"),
+            "the offload did not start:\n{}",
+            guard.log().join("\n")
+        );
+        Ok(scrape.series_names())
+    })
 }
 
 /// Every sipguard metric name in `text` (PromQL, or a whole file): identifiers that start with
@@ -283,6 +301,7 @@ fn dashboard_shows_the_metrics_operators_need() -> anyhow::Result<()> {
         "sipguard_connections_active",
         "sipguard_packet_processing_seconds_bucket",
         "sipguard_config_reloads_total",
+        "sipguard_kernel_dropped_packets_total",
     ];
     let missing: Vec<&str> = needed
         .into_iter()

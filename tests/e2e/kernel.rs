@@ -1,10 +1,14 @@
 //! Kernel offload (docs/design.md section 11): in a network namespace of the test's own, sipguard
-//! with `nftables.enabled` mirrors its bans into its nftables table, and the kernel drops a
-//! banned source's packets before sipguard's socket sees them; without CAP_NET_ADMIN it warns and
-//! runs as before.
+//! with `nftables.enabled` mirrors its bans and its blocklist feeds into its nftables table, and
+//! the kernel drops a banned or listed source's packets before sipguard's socket sees them, but
+//! never an allowlisted or trusted one's; without CAP_NET_ADMIN it warns and runs as before.
+//! Sources from 127.0.4.0 up for the feeds.
 
 use crate::attacks::request;
-use crate::support::{in_private_namespace, poll_until, Daemon, DaemonConfig, Sipguard};
+use crate::support::{
+    in_private_namespace, password, poll_until, Daemon, DaemonConfig, Kamailio, Registration,
+    Sipguard, Ua,
+};
 use anyhow::{ensure, Context};
 use serde_json::Value;
 use sipguard_policy::{AllowGroup, PolicyConfig, Timestamp};
@@ -41,10 +45,40 @@ fn in_set(set: &str, source: &str) -> bool {
     elements(set).is_ok_and(|elements| elements.contains(&format!("\"{source}\"")))
 }
 
-/// Packets counted by the rule dropping the sources of `set`.
+/// The elements of an interval set, each as `addr`, `addr/len` or `first-last`.
+fn intervals(set: &str) -> anyhow::Result<Vec<String>> {
+    let listed = nft(&["list", "set", "inet", TABLE, set])?;
+    let elements = listed["nftables"][1]["set"]["elem"].as_array();
+    Ok(elements
+        .into_iter()
+        .flatten()
+        .map(|elem| match elem {
+            Value::String(addr) => addr.clone(),
+            _ if elem["prefix"].is_object() => {
+                format!(
+                    "{}/{}",
+                    elem["prefix"]["addr"].as_str().unwrap_or("?"),
+                    elem["prefix"]["len"]
+                )
+            }
+            _ => format!(
+                "{}-{}",
+                elem["range"][0].as_str().unwrap_or("?"),
+                elem["range"][1].as_str().unwrap_or("?")
+            ),
+        })
+        .collect())
+}
+
+/// Packets counted by the rule dropping the sources of `set` (a ban set, or `feeds4`).
 fn dropped_by_rule(set: &str) -> anyhow::Result<u64> {
     let chain = nft(&["list", "chain", "inet", TABLE, "input"])?;
-    let comment = format!("sipguard bans: {set}");
+    let kind = if set.starts_with("feeds") {
+        "feeds"
+    } else {
+        "bans"
+    };
+    let comment = format!("sipguard {kind}: {set}");
     let rules = chain["nftables"].as_array().context("no nftables array")?;
     rules
         .iter()
@@ -57,6 +91,19 @@ fn dropped_by_rule(set: &str) -> anyhow::Result<u64> {
                 .find_map(|expr| expr["counter"]["packets"].as_u64())
         })
         .with_context(|| format!("no counter on the {set} rule: {chain}"))
+}
+
+/// The (protocol, port) pairs of a port set, sorted, as nft writes each in JSON.
+fn ports(table: &str, set: &str) -> anyhow::Result<Vec<String>> {
+    let listed = nft(&["list", "set", "inet", table, set])?;
+    let mut ports: Vec<String> = listed["nftables"][1]["set"]["elem"]
+        .as_array()
+        .context("no ports")?
+        .iter()
+        .map(|elem| elem["elem"]["val"]["concat"].to_string())
+        .collect();
+    ports.sort();
+    Ok(ports)
 }
 
 fn received(guard: &Sipguard) -> f64 {
@@ -93,20 +140,15 @@ fn banned_sources_are_dropped_by_the_kernel_until_the_ban_expires_or_is_lifted(
             nft(&["list", "table", "inet", TABLE]).ok()
         })?;
         // The rules match sipguard's own listeners and nothing else (no ssh, no other port).
-        let listed = nft(&["list", "set", "inet", TABLE, "ports"])?;
-        let mut ports: Vec<String> = listed["nftables"][1]["set"]["elem"]
-            .as_array()
-            .context("no ports")?
-            .iter()
-            .map(|elem| elem["concat"].to_string())
-            .collect();
-        ports.sort();
         let mut expected = vec![
             format!("[\"tcp\",{}]", guard.tcp_addr().port()),
             format!("[\"udp\",{}]", guard.addr().port()),
         ];
         expected.sort();
-        ensure!(ports == expected, "the rule's ports: {ports:?}");
+        for set in ["ban_ports", "feed_ports"] {
+            let ports = ports(TABLE, set)?;
+            ensure!(ports == expected, "the {set} rules' ports: {ports:?}");
+        }
 
         // Before any ban, the source reaches sipguard.
         let scanner: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
@@ -241,4 +283,235 @@ fn without_cap_net_admin_sipguard_warns_and_relays_as_before() -> anyhow::Result
         scrape.text
     );
     Ok(())
+}
+
+/// Whether an OPTIONS from `from` is answered through `guard` within `within`.
+fn answered(guard: &Daemon, from: Ipv4Addr, within: Duration) -> anyhow::Result<bool> {
+    crate::ops::answered(&UdpSocket::bind((from, 0))?, guard, within)
+}
+
+/// Fails unless an OPTIONS from `from` (`who`) is answered through `guard` when `admitted`, and
+/// goes unanswered when not.
+fn ensure_admitted(
+    guard: &Daemon,
+    from: Ipv4Addr,
+    admitted: bool,
+    who: &str,
+) -> anyhow::Result<()> {
+    let within = if admitted { ANSWER } else { SILENCE };
+    let outcome = if admitted { "not answered" } else { "answered" };
+    ensure!(
+        answered(guard, from, within)? == admitted,
+        "{from} ({who}) was {outcome}"
+    );
+    Ok(())
+}
+
+/// How long a source gets to be answered, and how long a dropped one is listened for.
+const ANSWER: Duration = Duration::from_secs(5);
+const SILENCE: Duration = Duration::from_millis(1000);
+
+/// `sipguard_kernel_dropped_packets_total{set}` as the daemon's /metrics has it now.
+fn kernel_dropped(guard: &Daemon, set: &str) -> anyhow::Result<f64> {
+    guard
+        .scrape()?
+        .value("sipguard_kernel_dropped_packets_total", &[("set", set)])
+        .context("no sipguard_kernel_dropped_packets_total on /metrics")
+}
+
+fn received_by(guard: &Daemon) -> anyhow::Result<f64> {
+    Ok(guard
+        .scrape()?
+        .value("sipguard_packets_received_total", &[("transport", "udp")])
+        .unwrap_or(0.0))
+}
+
+/// A daemon in front of `pbx` with the feed file `list`, the allowlist `allowlisted` and the
+/// offload on, its files in `dir`.
+fn daemon_with_feed(
+    dir: &std::path::Path,
+    pbx: SocketAddr,
+    list: &std::path::Path,
+    allowlisted: &str,
+) -> anyhow::Result<Daemon> {
+    std::fs::write(
+        dir.join("allowlist.yaml"),
+        format!("carriers:\n  - name: carrier\n    cidrs: [\"{allowlisted}\"]\n"),
+    )?;
+    let yaml = format!(
+        "allowlist:\n  file: allowlist.yaml\n\
+         feeds:\n  lists:\n    - {{name: local, file: \"{}\", interval: 1h}}\n\
+         nftables:\n  enabled: true\n  table: {TABLE}\n",
+        list.display()
+    );
+    Daemon::start(&DaemonConfig::in_dir(dir, &yaml, pbx)?)
+}
+
+#[test]
+fn feed_listed_sources_are_dropped_by_the_kernel_but_allowlisted_and_trusted_ones_get_through(
+) -> anyhow::Result<()> {
+    const SCANNER: Ipv4Addr = Ipv4Addr::new(127, 0, 4, 10);
+    const CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 4, 5);
+    const BYSTANDER: Ipv4Addr = Ipv4Addr::new(127, 0, 4, 150);
+    const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 4, 200);
+    const NEIGHBOUR: Ipv4Addr = Ipv4Addr::new(127, 0, 4, 201);
+    const DELISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 5, 7);
+    in_private_namespace(&[], || {
+        let pbx = Kamailio::start()?;
+        let dir = tempfile::tempdir()?;
+        let list = dir.path().join("blocklist.txt");
+        std::fs::write(&list, format!("# scanners\n127.0.4.0/25\n{DELISTED}\n"))?;
+        let mut guard = daemon_with_feed(dir.path(), pbx.addr(), &list, &format!("{CARRIER}/32"))?;
+        let listed_at_start = vec!["127.0.4.0/25".to_owned(), DELISTED.to_string()];
+        poll_until("the feed's ranges in the kernel", WAIT, || {
+            (intervals("feeds4").ok()? == listed_at_start).then_some(())
+        })
+        .with_context(|| format!("log:\n{}", guard.log().join("\n")))?;
+        ensure!(
+            intervals("allow4")? == [CARRIER.to_string()],
+            "the allowlist is the feed rule's exemption: {:?}",
+            intervals("allow4")
+        );
+
+        // A listed scanner's flood is counted by the feed rule and never reaches sipguard.
+        let scanner = UdpSocket::bind((SCANNER, 0))?;
+        let flat = received_by(&guard)?;
+        let counted = dropped_by_rule("feeds4")?;
+        send(&scanner, guard.addr(), FLOOD)?;
+        poll_until("the feed rule to count the flood", WAIT, || {
+            (dropped_by_rule("feeds4").ok()? >= counted + FLOOD).then_some(())
+        })?;
+        ensure!(
+            received_by(&guard)? == flat,
+            "sipguard received {} packets of a source the kernel drops",
+            received_by(&guard)? - flat
+        );
+        // ... and /metrics shows what the kernel dropped.
+        poll_until("the kernel's feed drops on /metrics", WAIT * 3, || {
+            (kernel_dropped(&guard, "feeds").ok()? >= FLOOD as f64).then_some(())
+        })?;
+        ensure!(kernel_dropped(&guard, "bans")? == 0.0, "nothing is banned");
+        // Only sipguard's ports: the scanner still reaches another service on the host.
+        let other = UdpSocket::bind("127.0.0.1:0")?;
+        other.set_read_timeout(Some(ANSWER))?;
+        scanner.send_to(b"not SIP", other.local_addr()?)?;
+        let mut buf = [0u8; 64];
+        let (_, from) = other
+            .recv_from(&mut buf)
+            .context("the kernel dropped a listed source's packet to another port")?;
+        ensure!(from.ip() == IpAddr::from(SCANNER));
+        // An unlisted neighbour of the range, and an allowlisted address inside it, get through.
+        ensure_admitted(&guard, BYSTANDER, true, "not listed")?;
+        ensure_admitted(&guard, CARRIER, true, "allowlisted inside a listed range")?;
+        ensure_admitted(&guard, DELISTED, false, "listed")?;
+
+        // A phone registers and is trusted: the kernel exempts it as the policy does.
+        let mut phone = Ua::udp(
+            SocketAddr::from((PHONE, 0)),
+            guard.addr(),
+            "1001",
+            password("1001"),
+        )?;
+        let registered = phone.register(ANSWER)?;
+        ensure!(
+            matches!(registered, Registration::Registered),
+            "{registered:?}"
+        );
+        poll_until("the phone in the trusted set", WAIT, || {
+            in_set("trusted4", &PHONE.to_string()).then_some(())
+        })?;
+
+        // The list grows over the phone and its neighbour and drops an entry; a reload takes it,
+        // and the kernel's set is replaced whole.
+        std::fs::write(&list, "# scanners\n127.0.4.0/24\n")?;
+        guard.hangup();
+        poll_until("the new list in the kernel", WAIT, || {
+            (intervals("feeds4").ok()? == ["127.0.4.0/24"]).then_some(())
+        })
+        .with_context(|| format!("log:\n{}", guard.log().join("\n")))?;
+        ensure_admitted(
+            &guard,
+            PHONE,
+            true,
+            "trusted, listed after it proved itself",
+        )?;
+        let counted = dropped_by_rule("feeds4")?;
+        ensure_admitted(&guard, NEIGHBOUR, false, "listed now, untrusted")?;
+        ensure!(
+            dropped_by_rule("feeds4")? > counted,
+            "the kernel did not drop {NEIGHBOUR}"
+        );
+        ensure_admitted(&guard, DELISTED, true, "no longer listed")?;
+        ensure_admitted(&guard, CARRIER, true, "allowlisted, after the reload")?;
+        Ok(())
+    })
+}
+
+#[test]
+fn a_feed_of_100k_ranges_reaches_the_kernel_in_one_transaction() -> anyhow::Result<()> {
+    const RANGES: u32 = 100_000;
+    // Every 16th address of 10.0.0.0/8 from 10.0.0.16 on: single addresses and /29s in turn,
+    // never touching, so each stays a range of its own.
+    let entry = |n: u32, shift: u32| {
+        let at = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (n + 1) * 16;
+        if n.is_multiple_of(2) {
+            format!("{}\n", Ipv4Addr::from(at + shift))
+        } else {
+            format!("{}/29\n", Ipv4Addr::from(at + 8 * shift))
+        }
+    };
+    in_private_namespace(&[], || {
+        let pbx = UdpSocket::bind("127.0.0.1:0")?;
+        let dir = tempfile::tempdir()?;
+        let list = dir.path().join("blocklist.txt");
+        std::fs::write(&list, (0..RANGES).map(|n| entry(n, 0)).collect::<String>())?;
+        let mut guard = daemon_with_feed(dir.path(), pbx.local_addr()?, &list, "192.0.2.1/32")?;
+        let took = |guard: &Daemon, nth: usize| {
+            poll_until(
+                "the feed pushed to nftables",
+                Duration::from_secs(60),
+                || {
+                    guard
+                        .log()
+                        .into_iter()
+                        .filter(|line| line.contains("blocklist feeds pushed to nftables"))
+                        .nth(nth)
+                },
+            )
+            .with_context(|| format!("log:\n{}", guard.log().join("\n")))
+        };
+        let first = took(&guard, 0)?;
+        ensure!(first.contains(&format!("ranges={RANGES}")), "{first}");
+        ensure!(
+            intervals("feeds4")?.len() == RANGES as usize,
+            "not every range went in"
+        );
+        // A changed list replaces all of them: the other half of each range listed now.
+        std::fs::write(&list, (0..RANGES).map(|n| entry(n, 1)).collect::<String>())?;
+        guard.hangup();
+        let second = took(&guard, 1)?;
+        let now_listed = intervals("feeds4")?;
+        ensure!(
+            now_listed.len() == RANGES as usize,
+            "{} ranges",
+            now_listed.len()
+        );
+        ensure!(
+            now_listed[0] == "10.0.0.17" && now_listed[1] == "10.0.0.40/29",
+            "{:?}",
+            &now_listed[..2]
+        );
+        let took_ms = |line: &str| {
+            line.split("took_ms=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .with_context(|| format!("no took_ms in {line}"))
+        };
+        let (first, second) = (took_ms(&first)?, took_ms(&second)?);
+        eprintln!("{RANGES} ranges pushed to nftables in {first} ms, replaced in {second} ms");
+        // Seconds, not minutes: nothing in the push grows faster than the list.
+        ensure!(first < 10_000 && second < 10_000, "{first} ms, {second} ms");
+        Ok(())
+    })
 }

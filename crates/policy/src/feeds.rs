@@ -7,10 +7,13 @@
 //! The set is built off the packet path (by the binary, whenever a feed changes) and handed to
 //! [`crate::Policy::set_feeds`] whole. Each feed's counters ([`FeedTally`]) belong to the
 //! caller, which keeps them across rebuilds so its metrics do not reset.
+//!
+//! [`Spans`] is the same sweep without the feeds' bits: listed or not, as a firewall's interval
+//! set wants it (the kernel offload pushes the feeds' spans, and the allowlist's, into nftables).
 
 use crate::cidr::canonical;
 use ipnet::IpNet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -74,6 +77,18 @@ impl Bits for u128 {
 }
 
 impl<T: Bits> Ranges<T> {
+    /// The ranges with adjacent ones joined whatever their masks: what is listed at all.
+    fn spans(&self) -> Vec<(T, T)> {
+        let mut spans: Vec<(T, T)> = Vec::with_capacity(self.starts.len());
+        for (&start, &end) in self.starts.iter().zip(&self.ends) {
+            match spans.last_mut() {
+                Some(last) if last.1.next() == Some(start) => last.1 = end,
+                _ => spans.push((start, end)),
+            }
+        }
+        spans
+    }
+
     fn find(&self, addr: T) -> u64 {
         let after = self.starts.partition_point(|&start| start <= addr);
         match after.checked_sub(1) {
@@ -192,6 +207,11 @@ impl Feeds {
         self.v4.starts.len() + self.v6.starts.len()
     }
 
+    /// What the feeds list, whichever feed lists it.
+    pub fn spans(&self) -> Spans {
+        Spans::from_ranges(&self.v4, &self.v6)
+    }
+
     /// Counts a source the feeds in `mask` list as dropped, or as admitted anyway.
     pub(crate) fn count(&self, mask: u64, dropped: bool) {
         for (feed, tally) in self.tallies.iter().enumerate() {
@@ -204,6 +224,55 @@ impl Feeds {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Addresses as sorted, disjoint and non-adjacent inclusive ranges, per family: networks that
+/// overlap or touch are joined. Equal spans hold the same addresses, so comparing two tells
+/// whether a firewall set built from one needs rebuilding for the other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spans {
+    /// IPv4 ranges, first and last address.
+    pub v4: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// IPv6 ranges, first and last address.
+    pub v6: Vec<(Ipv6Addr, Ipv6Addr)>,
+}
+
+impl Spans {
+    /// The addresses of `nets`, joined.
+    pub fn of(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for net in nets {
+            match net {
+                IpNet::V4(net) => {
+                    v4.push((u32::from(net.network()), u32::from(net.broadcast()), 0))
+                }
+                IpNet::V6(net) => {
+                    v6.push((u128::from(net.network()), u128::from(net.broadcast()), 0))
+                }
+            }
+        }
+        Spans::from_ranges(&Ranges::build(v4, 1), &Ranges::build(v6, 1))
+    }
+
+    fn from_ranges(v4: &Ranges<u32>, v6: &Ranges<u128>) -> Self {
+        let v4 = v4.spans();
+        let v6 = v6.spans();
+        Spans {
+            v4: v4.into_iter().map(|(a, b)| (a.into(), b.into())).collect(),
+            v6: v6.into_iter().map(|(a, b)| (a.into(), b.into())).collect(),
+        }
+    }
+
+    /// How many ranges, both families.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// Whether no address is in them.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -284,5 +353,60 @@ mod tests {
             .map(|t| (t.dropped(), t.admitted()))
             .collect();
         assert_eq!(seen, [(1, 1), (1, 0), (0, 0)]);
+    }
+
+    fn spans_v4(spans: &Spans) -> Vec<String> {
+        spans
+            .v4
+            .iter()
+            .map(|(first, last)| format!("{first}-{last}"))
+            .collect()
+    }
+
+    #[test]
+    fn spans_join_what_several_feeds_list_side_by_side_and_keep_gaps() {
+        // Two feeds split 198.51.100.0/24 into three ranges by mask; listed or not, it is one.
+        let (set, _) = feeds(&[
+            &["198.51.100.0/24", "192.0.2.7/32", "192.0.2.9/32"],
+            &["198.51.100.128/25", "2001:db8::/33", "2001:db8:8000::/33"],
+        ]);
+        assert_eq!(set.ranges(), 5);
+        let spans = set.spans();
+        assert_eq!(
+            spans_v4(&spans),
+            [
+                "192.0.2.7-192.0.2.7",
+                "192.0.2.9-192.0.2.9",
+                "198.51.100.0-198.51.100.255"
+            ]
+        );
+        assert_eq!(
+            spans.v6,
+            [(
+                "2001:db8::".parse().unwrap(),
+                "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()
+            )]
+        );
+        assert_eq!(spans.len(), 4);
+        assert_eq!(Feeds::default().spans(), Spans::default());
+    }
+
+    #[test]
+    fn spans_of_overlapping_networks_are_disjoint_and_equal_for_the_same_addresses() {
+        let nets =
+            |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+        let spans = Spans::of(nets(&[
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "11.0.0.0/8",
+            "192.0.2.1/32",
+        ]));
+        assert_eq!(
+            spans_v4(&spans),
+            ["10.0.0.0-11.255.255.255", "192.0.2.1-192.0.2.1"]
+        );
+        assert_eq!(spans, Spans::of(nets(&["192.0.2.1/32", "10.0.0.0/7"])));
+        assert_ne!(spans, Spans::of(nets(&["10.0.0.0/7"])));
+        assert!(Spans::of([]).is_empty());
     }
 }

@@ -33,7 +33,7 @@ pub use changes::{Change, Observer};
 pub use cidr::{CidrMap, CidrSet};
 pub use config::{AllowGroup, AllowlistMode, Mode, PolicyConfig, Rule};
 pub use dial::{Access, Caller, Class, ClassRule, DialConfig, DialPlan, Number, Prefix};
-pub use feeds::{FeedTally, Feeds, MAX_FEEDS};
+pub use feeds::{FeedTally, Feeds, Spans, MAX_FEEDS};
 pub use geo::{CountryDb, GeoConfig};
 pub use ipnet::IpNet;
 pub use response::{Answer, AuthFailure, AuthMethod, Exchange, Judged, RequestMemo};

@@ -76,11 +76,19 @@ fn describe() {
     );
     describe_gauge!(
         "sipguard_nftables_active",
-        "1 while bans are offloaded to the kernel's nftables, else 0."
+        "1 while bans and feeds are offloaded to the kernel's nftables, else 0."
     );
     describe_counter!(
         "sipguard_nftables_transactions_total",
-        "nft transactions updating the kernel's ban sets, by result (ok, error)."
+        "nft transactions updating the kernel's ban, trust, allowlist and feed sets, by result (ok, error)."
+    );
+    describe_counter!(
+        "sipguard_kernel_dropped_packets_total",
+        "Packets to sipguard's ports the kernel dropped (nftables offload), by set (bans, feeds)."
+    );
+    describe_counter!(
+        "sipguard_kernel_dropped_bytes_total",
+        "Bytes of the packets the kernel dropped (nftables offload), by set (bans, feeds)."
     );
     describe_gauge!(
         "sipguard_cluster_connected",
