@@ -25,6 +25,16 @@ impl Sources {
     pub fn nth(&self, i: u64) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.first) + (i % u64::from(self.count)) as u32)
     }
+
+    /// An allowlist file naming these addresses as one group (their count a power of two, the
+    /// first aligned to it).
+    pub fn allowlist(&self) -> String {
+        let prefix = 32 - self.count.trailing_zeros();
+        format!(
+            "bench:\n  - name: clean-sources\n    cidrs: [{}/{prefix}]\n",
+            self.first
+        )
+    }
 }
 
 /// The load client's socket, kept from one run to the next.

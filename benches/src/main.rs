@@ -116,6 +116,11 @@ enum Edge {
     Baseline(usize),
     /// sipguard with its bans offloaded to nftables (needs root): banned-source floods only.
     Kernel,
+    /// sipguard with the clean sources allowlisted (carriers, offices): spoofed floods only.
+    Allowlisted,
+    /// As [`Edge::Allowlisted`], with nftables on and its shield capping what reaches the socket
+    /// from sources neither allowlisted nor trusted (needs root): spoofed floods only.
+    Shield,
 }
 
 impl Edge {
@@ -128,6 +133,8 @@ impl Edge {
             Edge::Baseline(0) => "(d0) sipguard baseline build".into(),
             Edge::Baseline(n) => format!("(d{n}) sipguard baseline build {n}"),
             Edge::Kernel => "(e) sipguard, bans in nftables".into(),
+            Edge::Allowlisted => "(f) sipguard, clean sources allowlisted".into(),
+            Edge::Shield => "(g) sipguard, clean sources allowlisted, nftables shield".into(),
         }
     }
 }
@@ -274,16 +281,31 @@ fn start_edge(
             listen,
             Some(pbx),
         )?,
-        Edge::Sipguard => peers::sipguard(&settings.sipguard, listen, pbx, "")?,
+        Edge::Sipguard => peers::sipguard(&settings.sipguard, listen, pbx, "", None)?,
         Edge::Baseline(n) => {
             let binary = settings.baselines.get(n).context("SIPGUARD_BASELINE")?;
-            peers::sipguard(binary, listen, pbx, "")?
+            peers::sipguard(binary, listen, pbx, "", None)?
         }
         Edge::Kernel => peers::sipguard(
             &settings.sipguard,
             listen,
             pbx,
             "nftables:\n  enabled: true\n  table: sipguard_bench\n",
+            None,
+        )?,
+        Edge::Allowlisted => peers::sipguard(
+            &settings.sipguard,
+            listen,
+            pbx,
+            "",
+            Some(&CLEAN.allowlist()),
+        )?,
+        Edge::Shield => peers::sipguard(
+            &settings.sipguard,
+            listen,
+            pbx,
+            "nftables:\n  enabled: true\n  table: sipguard_bench\n",
+            Some(&CLEAN.allowlist()),
         )?,
         Edge::Direct => unreachable!(),
     };
@@ -384,10 +406,12 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
             if !settings.has(Part::Floods) {
                 flood_edges.push(Edge::Sipguard);
             }
-            flood_edges.push(Edge::Kernel);
+            flood_edges.extend([Edge::Kernel, Edge::Allowlisted, Edge::Shield]);
         }
         for edge in flood_edges {
-            let kinds: &[Flood] = if settings.has(Part::Floods) && edge != Edge::Kernel {
+            let kinds: &[Flood] = if matches!(edge, Edge::Allowlisted | Edge::Shield) {
+                &[Flood::ScannerSpoofedPaced]
+            } else if settings.has(Part::Floods) && edge != Edge::Kernel {
                 &[
                     Flood::Scanner,
                     Flood::ScannerSpoofed,

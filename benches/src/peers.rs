@@ -125,15 +125,24 @@ pub fn bare_relay(listen: SocketAddrV4, pbx: SocketAddrV4) -> anyhow::Result<Pee
 /// sipguard with its default rules, listening on `listen` in front of `pbx`. Its ban journal
 /// lives in the run's own directory (a journal shared between runs would replay one run's flood
 /// bans into the next), TCP is off, and the metrics exporter and admin API are on, as deployed,
-/// on free ports. `extra` is appended to its config (the kernel offload's section).
+/// on free ports. `extra` is appended to its config (the kernel offload's section), and an
+/// `allowlist` file's content, if any, is written beside it and named in the config.
 pub fn sipguard(
     binary: &Path,
     listen: SocketAddrV4,
     pbx: SocketAddrV4,
     extra: &str,
+    allowlist: Option<&str>,
 ) -> anyhow::Result<Peer> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("sipguard.yaml");
+    let extra = match allowlist {
+        Some(groups) => {
+            std::fs::write(dir.path().join("allowlist.yaml"), groups)?;
+            format!("{extra}allowlist:\n  file: allowlist.yaml\n")
+        }
+        None => extra.to_owned(),
+    };
     std::fs::write(
         &path,
         format!(
