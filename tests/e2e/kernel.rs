@@ -1,18 +1,19 @@
 //! Kernel offload (docs/design.md section 11): in a network namespace of the test's own, sipguard
 //! with `nftables.enabled` mirrors its bans and its blocklist feeds into its nftables table, and
 //! the kernel drops a banned or listed source's packets before sipguard's socket sees them, but
-//! never an allowlisted or trusted one's; without CAP_NET_ADMIN it warns and runs as before.
-//! Sources from 127.0.4.0 up for the feeds.
+//! never an allowlisted or trusted one's; the shield caps what all other sources send together;
+//! without CAP_NET_ADMIN it warns and runs as before. Sources from 127.0.4.0 up for the feeds,
+//! 127.0.9.0 for the shield's innocents and 127.100.0.0 up for its forged ones.
 
-use crate::attacks::request;
+use crate::attacks::{ask, request};
 use crate::support::{
     in_private_namespace, password, poll_until, Daemon, DaemonConfig, Kamailio, Registration,
-    Sipguard, Ua,
+    Sipguard, Spoofer, Ua,
 };
 use anyhow::{ensure, Context};
 use serde_json::Value;
 use sipguard_policy::{AllowGroup, PolicyConfig, Timestamp};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
@@ -133,6 +134,7 @@ fn banned_sources_are_dropped_by_the_kernel_until_the_ban_expires_or_is_lifted(
         let guard = Sipguard::start_with(pbx.local_addr()?, |config| {
             config.nftables = Some(sipguard::config::NftConfig {
                 table: TABLE.to_owned(),
+                ..Default::default()
             });
         })?;
         let policy = guard.policy();
@@ -347,6 +349,26 @@ fn daemon_with_feed(
     Daemon::start(&DaemonConfig::in_dir(dir, &yaml, pbx)?)
 }
 
+/// Registers user 1001 from `phone` through `guard` and waits until the kernel's trusted set
+/// holds it.
+fn register_trusted(guard: &Daemon, phone: Ipv4Addr) -> anyhow::Result<()> {
+    let mut ua = Ua::udp(
+        SocketAddr::from((phone, 0)),
+        guard.addr(),
+        "1001",
+        password("1001"),
+    )?;
+    let registered = ua.register(ANSWER)?;
+    ensure!(
+        matches!(registered, Registration::Registered),
+        "{registered:?}"
+    );
+    poll_until("the phone in the trusted set", WAIT, || {
+        in_set("trusted4", &phone.to_string()).then_some(())
+    })?;
+    Ok(())
+}
+
 #[test]
 fn feed_listed_sources_are_dropped_by_the_kernel_but_allowlisted_and_trusted_ones_get_through(
 ) -> anyhow::Result<()> {
@@ -406,20 +428,7 @@ fn feed_listed_sources_are_dropped_by_the_kernel_but_allowlisted_and_trusted_one
         ensure_admitted(&guard, DELISTED, false, "listed")?;
 
         // A phone registers and is trusted: the kernel exempts it as the policy does.
-        let mut phone = Ua::udp(
-            SocketAddr::from((PHONE, 0)),
-            guard.addr(),
-            "1001",
-            password("1001"),
-        )?;
-        let registered = phone.register(ANSWER)?;
-        ensure!(
-            matches!(registered, Registration::Registered),
-            "{registered:?}"
-        );
-        poll_until("the phone in the trusted set", WAIT, || {
-            in_set("trusted4", &PHONE.to_string()).then_some(())
-        })?;
+        register_trusted(&guard, PHONE)?;
 
         // The list grows over the phone and its neighbour and drops an entry; a reload takes it,
         // and the kernel's set is replaced whole.
@@ -512,6 +521,240 @@ fn a_feed_of_100k_ranges_reaches_the_kernel_in_one_transaction() -> anyhow::Resu
         eprintln!("{RANGES} ranges pushed to nftables in {first} ms, replaced in {second} ms");
         // Seconds, not minutes: nothing in the push grows faster than the list.
         ensure!(first < 10_000 && second < 10_000, "{first} ms, {second} ms");
+        Ok(())
+    })
+}
+
+/// The shield's drops: the packets counted by the elements of `shield_ports`.
+fn shield_dropped() -> anyhow::Result<u64> {
+    let listed = nft(&["list", "set", "inet", TABLE, "shield_ports"])?;
+    let elements = listed["nftables"][1]["set"]["elem"]
+        .as_array()
+        .context("shield_ports has no elements")?;
+    Ok(elements
+        .iter()
+        .filter_map(|elem| elem["elem"]["counter"]["packets"].as_u64())
+        .sum())
+}
+
+/// The chain's shield rules, one a family when the shield is on.
+fn shield_rules() -> anyhow::Result<usize> {
+    let chain = nft(&["list", "chain", "inet", TABLE, "input"])?;
+    let rules = chain["nftables"].as_array().context("no nftables array")?;
+    Ok(rules
+        .iter()
+        .filter_map(|entry| entry["rule"]["comment"].as_str())
+        .filter(|comment| comment.starts_with("sipguard shield"))
+        .count())
+}
+
+/// The shield's limit object as (rate a second, burst), `None` when there is none.
+fn shield_limit() -> Option<(u64, u64)> {
+    let listed = nft(&["list", "limit", "inet", TABLE, "shield"]).ok()?;
+    let limit = &listed["nftables"][1]["limit"];
+    // nft leaves out a burst of 5, its default.
+    Some((
+        limit["rate"].as_u64()?,
+        limit["burst"].as_u64().unwrap_or(5),
+    ))
+}
+
+/// Sends `count` OPTIONS to `to`, each from a forged source of its own (127.100.0.0 and up, from
+/// the `first`th), `pace` apart; how long it took.
+fn forge(
+    spoofer: &Spoofer,
+    to: SocketAddr,
+    first: u32,
+    count: u32,
+    pace: Duration,
+) -> anyhow::Result<Duration> {
+    let SocketAddr::V4(to) = to else {
+        anyhow::bail!("sipguard listens on {to}, not IPv4")
+    };
+    let message = request(
+        "OPTIONS",
+        SocketAddr::from((Ipv4Addr::new(127, 100, 0, 1), 5060)),
+        "100",
+        "shield",
+        "e2e-stranger",
+    );
+    let started = std::time::Instant::now();
+    for n in first..first + count {
+        let from = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 100, 0, 0)) + n);
+        spoofer.send(SocketAddrV4::new(from, 5060), to, message.as_bytes())?;
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// The sipguard config of the shield test, with the shield at `limit`.
+fn shield_yaml(limit: u32) -> String {
+    format!(
+        "allowlist:\n  file: allowlist.yaml\n\
+         nftables:\n  enabled: true\n  table: {TABLE}\n  untrusted_limit: {limit}\n"
+    )
+}
+
+#[test]
+fn the_shield_caps_a_forged_flood_in_the_kernel_while_allowlisted_and_trusted_sources_get_every_packet_through(
+) -> anyhow::Result<()> {
+    const LIMIT: u32 = 200;
+    const CARRIER: Ipv4Addr = Ipv4Addr::new(127, 0, 9, 5);
+    const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 9, 200);
+    /// OPTIONS each of the carrier and the phone sends during the flood.
+    const INNOCENT: usize = 100;
+    /// The flood's least size.
+    const FLOOD_AT_LEAST: u32 = 20_000;
+    in_private_namespace(&[], || {
+        let pbx = Kamailio::start()?;
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("allowlist.yaml"),
+            format!("carriers:\n  - name: carrier\n    cidrs: [\"{CARRIER}/32\"]\n"),
+        )?;
+        let config = DaemonConfig::in_dir(dir.path(), &shield_yaml(LIMIT), pbx.addr())?;
+        let mut guard = Daemon::start(&config)?;
+        poll_until("the shield's rules", WAIT, || {
+            (shield_rules().ok()? == 2).then_some(())
+        })
+        .with_context(|| format!("log:\n{}", guard.log().join("\n")))?;
+        ensure!(
+            shield_limit() == Some((u64::from(LIMIT), 5)),
+            "the limit: {:?}",
+            shield_limit()
+        );
+        let spoofer = Spoofer::new()?;
+
+        // A phone registers and is trusted (two untrusted packets, well under the limit).
+        register_trusted(&guard, PHONE)?;
+
+        // Untrusted traffic under the limit (100 a second, each packet from a new source)
+        // passes untouched.
+        let before = received_by(&guard)?;
+        forge(&spoofer, guard.addr(), 0, 60, Duration::from_millis(10))?;
+        poll_until("sipguard to receive the untrusted packets", WAIT, || {
+            (received_by(&guard).ok()? >= before + 60.0).then_some(())
+        })?;
+        ensure!(
+            shield_dropped()? == 0,
+            "the shield dropped traffic under its limit"
+        );
+
+        // A flood with a new forged source per packet, and beside it the allowlisted carrier and
+        // the trusted phone, each asking one OPTIONS after another: every one is answered.
+        let before = received_by(&guard)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (flood, innocent) = std::thread::scope(|scope| {
+            let flood = scope.spawn(|| -> anyhow::Result<(u32, Duration)> {
+                let (mut sent, mut took) = (0, Duration::ZERO);
+                while sent < FLOOD_AT_LEAST || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    took += forge(&spoofer, guard.addr(), 1_000 + sent, 500, Duration::ZERO)?;
+                    sent += 500;
+                }
+                Ok((sent, took))
+            });
+            let innocent = (|| -> anyhow::Result<Vec<String>> {
+                let carrier = UdpSocket::bind((CARRIER, 0))?;
+                let phone = UdpSocket::bind((PHONE, 0))?;
+                let mut unanswered = Vec::new();
+                for n in 0..INNOCENT {
+                    for (who, socket) in [("carrier", &carrier), ("phone", &phone)] {
+                        let (id, reply) = ask(
+                            socket,
+                            guard.addr(),
+                            "OPTIONS",
+                            "1001",
+                            "e2e-innocent",
+                            ANSWER,
+                        )?;
+                        if reply.is_none() {
+                            unanswered.push(format!("{who} #{n} ({id})"));
+                        }
+                    }
+                }
+                Ok(unanswered)
+            })();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (flood.join(), innocent)
+        });
+        let (sent, took) = flood.map_err(|_| anyhow::anyhow!("the flood panicked"))??;
+        let unanswered = innocent?;
+        ensure!(
+            unanswered.is_empty(),
+            "unanswered during the flood: {unanswered:?}"
+        );
+        let dropped = shield_dropped()?;
+        let received = poll_until("sipguard to drain what passed", WAIT, || {
+            let received = received_by(&guard).ok()? - before;
+            let passed = u64::from(sent) - dropped.min(u64::from(sent));
+            (received >= passed as f64).then_some(received)
+        })?;
+        let rate = f64::from(sent) / took.as_secs_f64();
+        eprintln!(
+            "shield at {LIMIT}/s: {sent} forged packets in {took:?} ({rate:.0}/s): the kernel \
+             dropped {dropped}, sipguard received {received} (with the {} innocent OPTIONS, all \
+             answered)",
+            2 * INNOCENT
+        );
+        // What passed is the limit's share of the flood's time and the burst; allow the
+        // innocents' own packets and the time the flood thread took to start and stop.
+        let allowed = f64::from(LIMIT) * (took.as_secs_f64() + 0.5) + 5.0 + 2.0 * INNOCENT as f64;
+        ensure!(
+            received <= allowed,
+            "sipguard received {received} packets, over the {allowed:.0} the shield lets by"
+        );
+        ensure!(
+            dropped as f64 >= f64::from(sent) - allowed,
+            "the kernel dropped {dropped} of {sent}"
+        );
+        poll_until("the shield's drops on /metrics", WAIT * 3, || {
+            (kernel_dropped(&guard, "shield").ok()? >= dropped as f64).then_some(())
+        })?;
+
+        // A reload raises the limit: the kernel's limit follows, and a pace the old limit would
+        // have cut (1,000 a second) passes untouched.
+        std::fs::write(&config.config, shield_yaml(2_000))?;
+        guard.hangup();
+        poll_until("the raised limit in the kernel", WAIT, || {
+            (shield_limit()? == (2_000, 20)).then_some(())
+        })
+        .with_context(|| format!("log:\n{}", guard.log().join("\n")))?;
+        ensure!(shield_rules()? == 2, "the rules after the reload");
+        let (before, counted) = (received_by(&guard)?, shield_dropped()?);
+        forge(
+            &spoofer,
+            guard.addr(),
+            100_000,
+            300,
+            Duration::from_millis(1),
+        )?;
+        poll_until("sipguard to receive the faster pace", WAIT, || {
+            (received_by(&guard).ok()? >= before + 300.0).then_some(())
+        })?;
+        ensure!(
+            shield_dropped()? == counted,
+            "the shield dropped traffic under its raised limit"
+        );
+
+        // 0 turns it off: no shield rule, no limit, and a burst well past the old limit passes.
+        std::fs::write(&config.config, shield_yaml(0))?;
+        guard.hangup();
+        poll_until("the shield's rules to go", WAIT, || {
+            (shield_rules().ok()? == 0 && shield_limit().is_none()).then_some(())
+        })
+        .with_context(|| format!("log:\n{}", guard.log().join("\n")))?;
+        let before = received_by(&guard)?;
+        forge(&spoofer, guard.addr(), 200_000, 300, Duration::ZERO)?;
+        poll_until("sipguard to receive the whole burst", WAIT, || {
+            (received_by(&guard).ok()? >= before + 300.0).then_some(())
+        })?;
+        ensure!(shield_dropped()? == counted, "no shield, no drops");
+        ensure!(
+            answered(&guard, CARRIER, ANSWER)?,
+            "the carrier after the reloads"
+        );
         Ok(())
     })
 }

@@ -82,6 +82,20 @@ pub struct OutboundConfig {
 pub struct NftConfig {
     /// The `inet` table sipguard owns: created at start, removed at a clean stop.
     pub table: String,
+    /// The shield: packets a second that sources neither allowlisted nor trusted may send to
+    /// sipguard's ports together, the excess dropped in the kernel, so a flood of forged sources
+    /// (which no ban can catch) never crowds the listener's buffer; 0: no limit. A reload
+    /// changes it.
+    pub untrusted_limit: u32,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            table: "sipguard".to_owned(),
+            untrusted_limit: 50_000,
+        }
+    }
 }
 
 /// Bans shared through Redis (`crate::cluster`).

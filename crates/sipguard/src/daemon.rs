@@ -119,7 +119,14 @@ pub async fn serve(
         ..crate::RelayContext::new(Arc::clone(&policy))
     };
     let directory = Arc::clone(&context.directory);
-    let mut relay = std::pin::pin!(crate::run_with_context(config, sockets, context, shutdown));
+    let (reloaded, reloads) = tokio::sync::watch::channel(config.clone());
+    reloader.on_reload(Box::new(move |config: &Config| {
+        reloaded.send_replace(config.clone());
+        Ok(())
+    }));
+    let mut relay = std::pin::pin!(crate::run_reloading(
+        config, sockets, context, reloads, shutdown
+    ));
     // The relay's first step registers its metrics and subscribes them to the policy. The
     // operator's services start after it: /metrics has every family from its first scrape, and
     // a ban by the admin API, however early, is counted like any other.

@@ -84,11 +84,11 @@ fn describe() {
     );
     describe_counter!(
         "sipguard_kernel_dropped_packets_total",
-        "Packets to sipguard's ports the kernel dropped (nftables offload), by set (bans, feeds)."
+        "Packets to sipguard's ports the kernel dropped (nftables offload), by set (bans, feeds, shield)."
     );
     describe_counter!(
         "sipguard_kernel_dropped_bytes_total",
-        "Bytes of the packets the kernel dropped (nftables offload), by set (bans, feeds)."
+        "Bytes of the packets the kernel dropped (nftables offload), by set (bans, feeds, shield)."
     );
     describe_gauge!(
         "sipguard_cluster_connected",

@@ -183,6 +183,19 @@ pub async fn run_with_context(
     context: RelayContext,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let (_, reloads) = tokio::sync::watch::channel(config.clone());
+    run_reloading(config, sockets, context, reloads, shutdown).await
+}
+
+/// [`run_with_context`], where the parts that follow reloads outside the policy (the kernel
+/// shield's limit) follow `reloads`: the config in force after each reload.
+pub async fn run_reloading(
+    config: Config,
+    sockets: Sockets,
+    context: RelayContext,
+    reloads: tokio::sync::watch::Receiver<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (policy, clock) = (&context.policy, &context.clock);
     // Set up beside the relay, not before it: its first step (metrics registered, observers
     // subscribed) stays the first thing `run` does, and the offload fills its sets from the
@@ -191,7 +204,8 @@ pub async fn run_with_context(
         let metrics = registered(&context, nft::Metrics::register);
         let ports = sockets.offload_ports();
         let (policy, clock) = (Arc::clone(policy), Arc::clone(clock));
-        tokio::spawn(nft::Offload::start(nft, ports, policy, clock, metrics))
+        let offload = nft::Offload::start(nft, reloads, ports, policy, clock, metrics);
+        tokio::spawn(offload)
     });
     let _cluster = config.cluster.clone().map(|cluster| {
         let metrics = registered(&context, cluster::Metrics::register);

@@ -17,6 +17,13 @@
 //! Each ban element's timeout is the ban's remaining time rounded down, so the kernel never drops
 //! longer than sipguard would.
 //!
+//! The shield, last in the chain: what sources neither allowlisted nor trusted send to the
+//! listeners, all together, goes through one named limit (`nftables.untrusted_limit` a second,
+//! shared by both families' rules) and the excess is dropped, counted by `shield_ports`. A flood
+//! with a new forged source per packet cannot be banned; capped in the kernel, it leaves the
+//! listener's buffer to the phones and carriers. A reload that changes the limit replaces the
+//! chain's rules and the limit in one transaction.
+//!
 //! The policy stays the source of truth and still checks every packet that reaches it: the sets
 //! are an accelerator. [`NftSink`] follows the policy's changes into a bounded queue (never
 //! waiting, on the packet path); one task batches them (every [`BATCH`]) into one `nft -j -f -`
@@ -46,6 +53,7 @@
 //! interval sets). The cost, a process per batch, is paid per batch, not per packet.
 
 use crate::config::NftConfig;
+use crate::Config;
 use metrics::{counter, gauge, Counter, Gauge};
 use serde_json::{json, Value};
 use sipguard_policy::{Change, Feeds, IpNet, Observer, Policy, Spans, Timestamp};
@@ -57,7 +65,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How long updates gather before one transaction carries them.
 const BATCH: Duration = Duration::from_millis(20);
@@ -93,23 +101,26 @@ impl Proto {
     }
 }
 
-/// What the kernel drops, by the sets that name the source: the label of the drop counters, and
-/// the port set whose counters count them.
+/// What the kernel drops, by the rule that drops it: the label of the drop counters, and the
+/// port set whose counters count them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drops {
     /// Banned sources (`addr4`, `addr6`, `net4`, `net6`).
     Bans,
     /// Sources a feed lists (`feeds4`, `feeds6`).
     Feeds,
+    /// Untrusted packets past the shield's rate.
+    Shield,
 }
 
 impl Drops {
-    const ALL: [Drops; 2] = [Drops::Bans, Drops::Feeds];
+    const ALL: [Drops; 3] = [Drops::Bans, Drops::Feeds, Drops::Shield];
 
     fn as_str(self) -> &'static str {
         match self {
             Drops::Bans => "bans",
             Drops::Feeds => "feeds",
+            Drops::Shield => "shield",
         }
     }
 
@@ -117,8 +128,21 @@ impl Drops {
         match self {
             Drops::Bans => "ban_ports",
             Drops::Feeds => "feed_ports",
+            Drops::Shield => "shield_ports",
         }
     }
+}
+
+/// The shield's named limit: one token bucket for both families' rules.
+const SHIELD: &str = "shield";
+/// The listeners' (protocol, port) without counters: what the shield's limit looks at, so no
+/// other port's traffic spends its budget.
+const SIP_PORTS: &str = "sip_ports";
+
+/// The shield's burst for a rate of `limit` packets a second: a hundredth of a second's worth, so
+/// packets a NIC hands over in one batch pass, and at least nft's default of 5.
+fn shield_burst(limit: u32) -> u32 {
+    (limit / 100).max(5)
 }
 
 /// One change for the kernel sets.
@@ -136,7 +160,7 @@ pub struct Metrics {
     ok: Counter,
     failed: Counter,
     /// Packets and bytes the kernel dropped, by [`Drops`] in order.
-    dropped: [(Counter, Counter); 2],
+    dropped: [(Counter, Counter); 3],
 }
 
 impl Metrics {
@@ -205,22 +229,27 @@ impl Observer for NftSink {
 impl Offload {
     /// Creates the table for the listeners on `ports` (replacing one left by an unclean stop),
     /// fills it from the policy's bans, trust, allowlist and feeds and follows the policy from
-    /// then on. `None`, after one warning, when nftables cannot be used (no `nft`, no
+    /// then on, and the shield's limit through `reloads` (the config in force after each
+    /// reload). `None`, after one warning, when nftables cannot be used (no `nft`, no
     /// CAP_NET_ADMIN): sipguard then drops banned and listed sources itself, as it always does.
     pub async fn start(
         config: NftConfig,
+        reloads: watch::Receiver<Config>,
         ports: Vec<(Proto, u16)>,
         policy: Arc<Policy>,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Option<Offload> {
-        let table = config.table;
-        if let Err(reason) = nft(&setup(&table, &ports), NFT_TIMEOUT).await {
+        let NftConfig {
+            table,
+            untrusted_limit,
+        } = config;
+        if let Err(reason) = nft(&setup(&table, &ports, untrusted_limit), NFT_TIMEOUT).await {
             tracing::warn!(table = %table, %reason, "kernel offload of bans is off (it needs the nft tool and CAP_NET_ADMIN); sipguard drops banned sources itself");
             return None;
         }
         metrics.active.set(1.0);
-        tracing::info!(table = %table, "bans are offloaded to nftables");
+        tracing::info!(table = %table, untrusted_limit, "bans are offloaded to nftables");
         let (queue, updates) = mpsc::channel(QUEUE);
         let resync = Arc::new(AtomicBool::new(true));
         policy.subscribe(Arc::new(NftSink {
@@ -236,6 +265,9 @@ impl Offload {
             pushed_nets: HashSet::new(),
             allowlist: Vec::new(),
             lists: Lists::default(),
+            reloads,
+            shield: untrusted_limit,
+            shield_retry_at: None,
             metrics,
         };
         let task = tokio::spawn(worker.run(updates));
@@ -293,6 +325,12 @@ struct Worker {
     /// The allowlist the ban sets were last built against.
     allowlist: Vec<IpNet>,
     lists: Lists,
+    /// The config in force, for the shield's limit.
+    reloads: watch::Receiver<Config>,
+    /// The shield's limit the chain holds.
+    shield: u32,
+    /// No change of the shield before this, after a failed one.
+    shield_retry_at: Option<Instant>,
     metrics: Metrics,
 }
 
@@ -310,6 +348,7 @@ impl Worker {
                 self.resync.store(true, Ordering::Relaxed);
             }
             self.follow_lists().await;
+            self.follow_shield().await;
             let commands = if self.resync.swap(false, Ordering::Relaxed) {
                 while updates.try_recv().is_ok() {}
                 self.rebuild()
@@ -363,6 +402,31 @@ impl Worker {
                 self.metrics.failed.increment(1);
                 tracing::warn!(table = %self.table, %reason, retry_in = ?LISTS_RETRY, "nftables update of the feeds or the allowlist failed");
                 self.lists.failed(now);
+            }
+        }
+    }
+
+    /// Replaces the chain's rules when a reload changed the shield's limit.
+    async fn follow_shield(&mut self) {
+        let now = Instant::now();
+        let wanted = match &self.reloads.borrow().nftables {
+            Some(config) => config.untrusted_limit,
+            None => self.shield,
+        };
+        if wanted == self.shield || self.shield_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        match nft(&reshield(&self.table, wanted), NFT_TIMEOUT).await {
+            Ok(()) => {
+                self.metrics.ok.increment(1);
+                tracing::info!(table = %self.table, untrusted_limit = wanted, was = self.shield, "the shield's limit changed");
+                self.shield = wanted;
+                self.shield_retry_at = None;
+            }
+            Err(reason) => {
+                self.metrics.failed.increment(1);
+                tracing::warn!(table = %self.table, %reason, retry_in = ?LISTS_RETRY, "nftables update of the shield's limit failed");
+                self.shield_retry_at = Some(now + LISTS_RETRY);
             }
         }
     }
@@ -626,23 +690,15 @@ fn fill(table: &str, name: &str, spans: &Spans) -> Vec<Value> {
     commands
 }
 
-/// The table, created afresh: its sets, the ports of sipguard's listeners, and the chain.
-fn setup(table: &str, ports: &[(Proto, u16)]) -> Value {
+/// The table, created afresh: its sets, the ports of sipguard's listeners, and the chain with
+/// the shield at `untrusted_limit`.
+fn setup(table: &str, ports: &[(Proto, u16)], untrusted_limit: u32) -> Value {
     let family = "inet";
     let set = |name: &str, kind: &str, flags: &[&str]| json!({"add": {"set": {"family": family, "table": table, "name": name, "type": kind, "flags": flags}}});
     let port_elements: Vec<Value> = ports
         .iter()
         .map(|(proto, port)| json!({"concat": [proto.as_str(), port]}))
         .collect();
-    let saddr = |protocol: &str, op: &str, set: &str| json!({"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": "saddr"}}, "right": format!("@{set}")}});
-    let rule = |comment: String, mut matches: Vec<Value>, drops: Drops| {
-        matches.extend([
-            json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "right": format!("@{}", drops.ports_set())}}),
-            json!({"counter": null}),
-            json!({"drop": null}),
-        ]);
-        json!({"add": {"rule": {"family": family, "table": table, "chain": "input", "comment": comment, "expr": matches}}})
-    };
     let table_ref = json!({"table": {"family": family, "name": table}});
     let mut commands = vec![
         // Add, then delete: a table left by an unclean stop is replaced, and none is no error.
@@ -660,15 +716,49 @@ fn setup(table: &str, ports: &[(Proto, u16)]) -> Value {
         set("trusted4", "ipv4_addr", &["timeout"]),
         set("trusted6", "ipv6_addr", &["timeout"]),
     ];
-    for drops in Drops::ALL {
-        let name = drops.ports_set();
-        // Each element counts what the rules using the set drop to its port.
-        commands.push(json!({"add": {"set": {"family": family, "table": table, "name": name, "type": ["inet_proto", "inet_service"], "stmt": [{"counter": null}]}}}));
+    let ports_set = |name: &str, counted: bool| {
+        let stmt = if counted {
+            json!([{"counter": null}])
+        } else {
+            json!([])
+        };
+        json!({"add": {"set": {"family": family, "table": table, "name": name, "type": ["inet_proto", "inet_service"], "stmt": stmt}}})
+    };
+    // Each element of a drop's port set counts what the rules using the set drop to its port.
+    let port_sets = Drops::ALL
+        .map(|drops| (drops.ports_set(), true))
+        .into_iter()
+        .chain([(SIP_PORTS, false)]);
+    for (name, counted) in port_sets {
+        commands.push(ports_set(name, counted));
         if !port_elements.is_empty() {
             commands.push(json!({"add": {"element": {"family": family, "table": table, "name": name, "elem": port_elements}}}));
         }
     }
-    commands.push(json!({"add": {"chain": {"family": family, "table": table, "name": "input", "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}}));
+    commands.extend(chain(table, untrusted_limit));
+    json!({ "nftables": commands })
+}
+
+/// The input chain and its rules: the bans' drops, the feeds', and the shield's at
+/// `untrusted_limit` (none at 0), after them, with its named limit.
+fn chain(table: &str, untrusted_limit: u32) -> Vec<Value> {
+    let family = "inet";
+    let saddr = |protocol: &str, op: &str, set: &str| json!({"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": "saddr"}}, "right": format!("@{set}")}});
+    let ports = |set: &str| json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "right": format!("@{set}")}});
+    let rule = |comment: String, mut matches: Vec<Value>, drops: Drops| {
+        matches.extend([
+            ports(drops.ports_set()),
+            json!({"counter": null}),
+            json!({"drop": null}),
+        ]);
+        json!({"add": {"rule": {"family": family, "table": table, "chain": "input", "comment": comment, "expr": matches}}})
+    };
+    let mut commands = vec![
+        json!({"add": {"chain": {"family": family, "table": table, "name": "input", "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}}),
+    ];
+    if untrusted_limit > 0 {
+        commands.push(json!({"add": {"limit": {"family": family, "table": table, "name": SHIELD, "rate": untrusted_limit, "per": "second", "burst": shield_burst(untrusted_limit), "inv": true}}}));
+    }
     for (protocol, set) in [
         ("ip", "addr4"),
         ("ip", "net4"),
@@ -690,14 +780,48 @@ fn setup(table: &str, ports: &[(Proto, u16)]) -> Value {
             Drops::Feeds,
         ));
     }
+    if untrusted_limit > 0 {
+        // The listeners' ports first, so only their packets spend the limit's tokens; the
+        // counting port set after the limit, so its counters count the drops.
+        for (protocol, family_bits) in [("ip", "4"), ("ip6", "6")] {
+            let matches = vec![
+                ports(SIP_PORTS),
+                saddr(protocol, "!=", &format!("allow{family_bits}")),
+                saddr(protocol, "!=", &format!("trusted{family_bits}")),
+                json!({ "limit": SHIELD }),
+            ];
+            commands.push(rule(
+                format!("sipguard shield: untrusted{family_bits}"),
+                matches,
+                Drops::Shield,
+            ));
+        }
+    }
+    commands
+}
+
+/// The transaction that sets the shield's limit to `untrusted_limit` (0: none): the chain's
+/// rules replaced whole, and the limit object with them (a limit cannot be changed in place, nor
+/// deleted while a rule uses it). One transaction, so the kernel goes from the old rules to the
+/// new at once; the sets and their counters stay.
+fn reshield(table: &str, untrusted_limit: u32) -> Value {
+    let limit = json!({"limit": {"family": "inet", "table": table, "name": SHIELD}});
+    let mut commands = vec![
+        json!({"flush": {"chain": {"family": "inet", "table": table, "name": "input"}}}),
+        // Add (any rate: a present one is left as it is), then delete: gone, whether it was
+        // there or not.
+        json!({"add": {"limit": {"family": "inet", "table": table, "name": SHIELD, "rate": 1, "per": "second"}}}),
+        json!({ "delete": limit }),
+    ];
+    commands.extend(chain(table, untrusted_limit));
     json!({ "nftables": commands })
 }
 
 /// Reads the drop counters every [`COUNT_EVERY`] into `dropped` (by [`Drops`]), off the packet
 /// path. The kernel's counters start again at 0 when the table is made afresh; a reading below
 /// the last one counts from there.
-async fn count_drops(table: String, dropped: [(Counter, Counter); 2]) {
-    let mut last = [(0u64, 0u64); 2];
+async fn count_drops(table: String, dropped: [(Counter, Counter); 3]) {
+    let mut last = [(0u64, 0u64); 3];
     let mut ticks = tokio::time::interval(COUNT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -936,6 +1060,141 @@ mod tests {
             Duration::from_secs(11) + slack
         );
         assert_eq!(trust_left(now, now, Duration::ZERO), Duration::from_secs(1));
+    }
+
+    /// The comments of the rules `commands` add, in order.
+    fn rules(commands: &[Value]) -> Vec<&str> {
+        commands
+            .iter()
+            .filter_map(|command| command["add"]["rule"]["comment"].as_str())
+            .collect()
+    }
+
+    /// The limit objects `commands` add.
+    fn limits(commands: &[Value]) -> Vec<&Value> {
+        commands
+            .iter()
+            .filter_map(|command| command["add"].get("limit"))
+            .collect()
+    }
+
+    #[test]
+    fn the_shield_drops_after_the_bans_and_feeds_and_spares_the_allowlist_and_trusted() {
+        let ports = [(Proto::Udp, 5060), (Proto::Tcp, 5061)];
+        let setup = setup("sg", &ports, 200);
+        let commands = setup["nftables"].as_array().unwrap();
+        assert_eq!(
+            rules(commands),
+            [
+                "sipguard bans: addr4",
+                "sipguard bans: net4",
+                "sipguard bans: addr6",
+                "sipguard bans: net6",
+                "sipguard feeds: feeds4",
+                "sipguard feeds: feeds6",
+                "sipguard shield: untrusted4",
+                "sipguard shield: untrusted6",
+            ]
+        );
+        assert_eq!(
+            limits(commands),
+            [
+                &json!({"family": "inet", "table": "sg", "name": "shield", "rate": 200,
+                     "per": "second", "burst": 5, "inv": true})
+            ],
+            "one bucket for both families, dropping what goes over the rate"
+        );
+        let shield = commands
+            .iter()
+            .find(|command| command["add"]["rule"]["comment"] == "sipguard shield: untrusted4")
+            .unwrap();
+        let expr = shield["add"]["rule"]["expr"].as_array().unwrap();
+        let right: Vec<&str> = expr
+            .iter()
+            .map(|e| {
+                e["match"]["right"]
+                    .as_str()
+                    .or(e["limit"].as_str())
+                    .unwrap_or("-")
+            })
+            .collect();
+        // Only the listeners' packets reach the limit; the counting ports after it count drops.
+        assert_eq!(
+            right,
+            [
+                "@sip_ports",
+                "@allow4",
+                "@trusted4",
+                "shield",
+                "@shield_ports",
+                "-",
+                "-"
+            ]
+        );
+        assert_eq!(expr[1]["match"]["op"], "!=");
+        assert_eq!(expr[2]["match"]["op"], "!=");
+        // Both port sets hold the listeners, the shield's counting each element.
+        for set in ["shield_ports", "sip_ports"] {
+            let elements = commands
+                .iter()
+                .find(|c| c["add"]["element"]["name"] == set)
+                .unwrap();
+            assert_eq!(
+                elements["add"]["element"]["elem"],
+                json!([{"concat": ["udp", 5060]}, {"concat": ["tcp", 5061]}])
+            );
+        }
+        let counted = |set: &str| {
+            commands
+                .iter()
+                .find(|c| c["add"]["set"]["name"] == set)
+                .map(|c| c["add"]["set"]["stmt"].clone())
+        };
+        assert_eq!(counted("shield_ports"), Some(json!([{"counter": null}])));
+        assert_eq!(counted("sip_ports"), Some(json!([])));
+    }
+
+    #[test]
+    fn a_limit_of_0_makes_no_shield_rule_and_no_limit() {
+        let setup = setup("sg", &[(Proto::Udp, 5060)], 0);
+        let commands = setup["nftables"].as_array().unwrap();
+        assert!(limits(commands).is_empty());
+        assert!(rules(commands).iter().all(|rule| !rule.contains("shield")));
+        assert_eq!(rules(commands).len(), 6, "the bans' and feeds' rules stay");
+    }
+
+    #[test]
+    fn a_new_limit_replaces_the_chains_rules_and_the_limit_in_one_transaction() {
+        let batch = reshield("sg", 30_000);
+        let commands = batch["nftables"].as_array().unwrap();
+        assert_eq!(
+            commands[..3],
+            [
+                json!({"flush": {"chain": {"family": "inet", "table": "sg", "name": "input"}}}),
+                json!({"add": {"limit": {"family": "inet", "table": "sg", "name": "shield", "rate": 1, "per": "second"}}}),
+                json!({"delete": {"limit": {"family": "inet", "table": "sg", "name": "shield"}}}),
+            ],
+            "the old rules and limit go, whatever the kernel held"
+        );
+        let added = limits(&commands[3..]);
+        assert_eq!(added.len(), 1);
+        assert_eq!(
+            (&added[0]["rate"], &added[0]["burst"]),
+            (&json!(30_000), &json!(300))
+        );
+        assert_eq!(rules(commands).len(), 8);
+
+        let off = reshield("sg", 0);
+        let commands = off["nftables"].as_array().unwrap();
+        assert!(limits(&commands[3..]).is_empty());
+        assert_eq!(rules(commands).len(), 6);
+    }
+
+    #[test]
+    fn the_shields_burst_is_a_hundredth_of_a_second_and_at_least_five_packets() {
+        assert_eq!(shield_burst(50_000), 500);
+        assert_eq!(shield_burst(200), 5);
+        assert_eq!(shield_burst(1), 5);
     }
 
     #[test]

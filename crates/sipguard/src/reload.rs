@@ -4,8 +4,9 @@
 //! SIGHUP and the admin API's `POST /reload` both come here. A valid file replaces the policy's
 //! rules (allowlist, deny list, detection rules, dial rules, call rates, and the country filter
 //! with its database, which validation reads again) while its state tables stay, so sessions and
-//! bans live on. Keys bound at start (listen addresses, the PBX, table sizes, the services'
-//! addresses and the journal) keep their running values, each named in a warning. An invalid file
+//! bans live on, and so does the kernel shield's limit (`nftables.untrusted_limit`, through a
+//! hook). Keys bound at start (listen addresses, the PBX, table sizes, the services' addresses,
+//! the journal, the nftables table) keep their running values, each named in a warning. An invalid file
 //! changes nothing: every problem is logged and `sipguard_config_reloads_total{result="error"}`
 //! counts it. Other parts (the TLS front's certificates) hook in with [`Reloader::on_reload`].
 
@@ -224,7 +225,10 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     );
     new.feeds.bans_file = running.feeds.bans_file.clone();
     keep("outbound", new.outbound != running.outbound);
-    keep("nftables", new.nftables != running.nftables);
+    // Whether the offload runs, and its table, are bound at start; the shield's limit follows.
+    let table = |config: &Config| config.nftables.as_ref().map(|nft| nft.table.clone());
+    keep("nftables", table(new) != table(running));
+    let untrusted_limit = new.nftables.as_ref().map(|nft| nft.untrusted_limit);
     keep("cluster", new.cluster != running.cluster);
     new.listen_udp = running.listen_udp.clone();
     new.listen_tcp = running.listen_tcp.clone();
@@ -237,6 +241,9 @@ fn keep_bound_settings(running: &Config, new: &mut Config) -> Vec<&'static str> 
     new.ops = running.ops.clone();
     new.outbound = running.outbound;
     new.nftables = running.nftables.clone();
+    if let (Some(nft), Some(limit)) = (&mut new.nftables, untrusted_limit) {
+        nft.untrusted_limit = limit;
+    }
     new.cluster = running.cluster.clone();
     changed
 }
@@ -293,6 +300,49 @@ mod tests {
             reloader.running().listen_udp,
             ["127.0.0.1:5070".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn the_shields_limit_follows_a_reload_while_the_table_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reloader, _, path) = reloader(
+            dir.path(),
+            "nftables: {enabled: true, untrusted_limit: 200}\n",
+        );
+        let limit = |reloader: &Reloader| reloader.running().nftables.map(|n| n.untrusted_limit);
+        std::fs::write(&path, "nftables: {enabled: true, untrusted_limit: 0}\n").unwrap();
+        assert_eq!(
+            reloader.reload(),
+            Outcome::Applied {
+                restart_required: vec![]
+            }
+        );
+        assert_eq!(limit(&reloader), Some(0));
+        std::fs::write(
+            &path,
+            "nftables: {enabled: true, table: other, untrusted_limit: 900}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            reloader.reload(),
+            Outcome::Applied {
+                restart_required: vec!["nftables"]
+            }
+        );
+        let running = reloader.running().nftables.unwrap();
+        assert_eq!(
+            (running.table.as_str(), running.untrusted_limit),
+            ("sipguard", 900)
+        );
+        // Turned off: the offload runs on until a restart, with the limit it had.
+        std::fs::write(&path, "nftables: {enabled: false, untrusted_limit: 5}\n").unwrap();
+        assert_eq!(
+            reloader.reload(),
+            Outcome::Applied {
+                restart_required: vec!["nftables"]
+            }
+        );
+        assert_eq!(limit(&reloader), Some(900));
     }
 
     #[test]

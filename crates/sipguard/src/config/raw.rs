@@ -49,6 +49,7 @@ pub(crate) struct RawOutbound {
 pub(crate) struct RawNftables {
     pub enabled: Option<String>,
     pub table: Option<String>,
+    pub untrusted_limit: Option<String>,
 }
 
 /// Bans shared with other nodes through Redis.
@@ -564,6 +565,10 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     (
         "nftables.table",
         "a table name of letters, digits and _, at most 32, such as sipguard",
+    ),
+    (
+        "nftables.untrusted_limit",
+        "a whole number of packets a second, such as 50000 (0: off)",
     ),
     ("cluster", "a mapping"),
     ("cluster.redis", "a mapping"),

@@ -5,7 +5,6 @@ use super::{expected_at, Validator};
 use crate::config::raw::{RawCluster, RawNftables};
 use crate::config::{ClusterConfig, NftConfig};
 
-const DEFAULT_TABLE: &str = "sipguard";
 const DEFAULT_KEY_PREFIX: &str = "sipguard:";
 
 impl Validator<'_, '_> {
@@ -19,16 +18,31 @@ impl Validator<'_, '_> {
                 None
             }
         };
-        let table = raw.table.unwrap_or_else(|| DEFAULT_TABLE.to_owned());
+        let default = NftConfig::default();
+        let table = raw.table.unwrap_or(default.table);
         let table_ok = (1..=32).contains(&table.len())
             && table
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !table_ok {
             self.invalid_at("nftables.table", &table);
-            return None;
         }
-        Some(enabled?.then_some(NftConfig { table }))
+        let untrusted_limit = match raw.untrusted_limit {
+            None => Some(default.untrusted_limit),
+            Some(text) => {
+                let limit = text.parse::<u32>().ok();
+                if limit.is_none() {
+                    self.invalid_at("nftables.untrusted_limit", &text);
+                }
+                limit
+            }
+        };
+        let (enabled, untrusted_limit) = (enabled?, untrusted_limit?);
+        table_ok.then_some(())?;
+        Some(enabled.then_some(NftConfig {
+            table,
+            untrusted_limit,
+        }))
     }
 
     /// `cluster`: `None` unless `cluster.redis.url` is set. The node name defaults to the host's.
@@ -96,7 +110,8 @@ mod tests {
         assert_eq!(
             config.nftables,
             Some(NftConfig {
-                table: "sipguard".into()
+                table: "sipguard".into(),
+                untrusted_limit: 50_000,
             })
         );
         assert_eq!(
@@ -107,12 +122,19 @@ mod tests {
                 key_prefix: "sipguard:".into(),
             })
         );
+        let shieldless =
+            from_yaml("nftables: {enabled: true, untrusted_limit: 0}\n", "t.yaml").unwrap();
+        assert_eq!(
+            shieldless.nftables.map(|nft| nft.untrusted_limit),
+            Some(0),
+            "0 turns the shield off"
+        );
     }
 
     #[test]
     fn every_bad_value_is_named_with_its_key() {
         let errors = from_yaml(
-            "nftables: {enabled: yes, table: \"a b\"}\n\
+            "nftables: {enabled: yes, table: \"a b\", untrusted_limit: 1.5}\n\
              cluster: {redis: {url: \"http://x\"}, node: \"a b\", key_prefix: \"p q\"}\n",
             "t.yaml",
         )
@@ -121,6 +143,7 @@ mod tests {
         for key in [
             "nftables.enabled: \"yes\"",
             "nftables.table: \"a b\"",
+            "nftables.untrusted_limit: \"1.5\"",
             "cluster.redis.url: \"http://x\"",
             "cluster.node: \"a b\"",
             "cluster.key_prefix: \"p q\"",
