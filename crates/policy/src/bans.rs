@@ -5,7 +5,7 @@
 //! a second for IPv6 only while some prefix ban is in force.
 
 use crate::bounded::{BoundedMap, Expiring};
-use crate::time::Timestamp;
+use crate::time::{PerSecond, Timestamp};
 use crate::verdict::RuleId;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -30,6 +30,11 @@ pub struct Ban {
     pub expires: Timestamp,
     /// 1 for a first ban; n for the n-th ban within the repeat window.
     pub offence: u32,
+    /// Not announced yet: one of a flood of bans on forgeable evidence past
+    /// [`crate::ANNOUNCED_BANS_PER_SECOND`], enforced here but passed over by the followers that
+    /// write down, push or share each ban. It is announced the first time its source is seen
+    /// again within the budget: a source that comes back is a real one.
+    pub quiet: bool,
 }
 
 impl Expiring for Ban {
@@ -75,6 +80,14 @@ impl Expiring for Offences {
     fn proven(&self, _now: Timestamp) -> bool {
         self.earned
     }
+}
+
+/// Who imposes a ban, which decides how it is kept.
+enum Imposer {
+    /// A rule: the ban doubles for repeat offenders; `quiet` (see [`Ban::quiet`]).
+    Rule { quiet: bool },
+    /// The operator, with their note: the length stands as given, and it is announced.
+    Operator(Option<Arc<str>>),
 }
 
 /// How bans grow for repeat offenders.
@@ -149,19 +162,38 @@ impl BanTable {
         }
     }
 
-    /// What bans `source`, if anything; notes the drop as the ban's last sighting.
-    pub fn cover(&self, source: IpAddr, now: Timestamp) -> Option<Cover> {
-        let seen = |ban: &mut Ban| ban.last_seen = now;
-        if self.bans.get_live(&host(source), now, seen).is_some() {
-            return Some(Cover::Address);
+    /// What bans `source`, if anything; notes the drop as the ban's last sighting. A quiet ban
+    /// found is made loud when `budget` allows, and returned to be announced.
+    pub fn cover(
+        &self,
+        source: IpAddr,
+        now: Timestamp,
+        budget: &PerSecond,
+    ) -> (Option<Cover>, Option<(IpNet, Ban)>) {
+        let seen = |ban: &mut Ban| {
+            ban.last_seen = now;
+            (ban.quiet && budget.take(now)).then(|| {
+                ban.quiet = false;
+                ban.clone()
+            })
+        };
+        let address = host(source);
+        if let Some(announce) = self.bans.get_live(&address, now, seen) {
+            return (Some(Cover::Address), announce.map(|ban| (address, ban)));
         }
         if now.as_millis() >= self.prefixes_end.load(Ordering::Relaxed) {
-            return None;
+            return (None, None);
         }
-        let prefix = self.prefix_of(source)?;
-        self.bans
-            .get_live(&prefix, now, seen)
-            .map(|()| Cover::Prefix(prefix))
+        let Some(prefix) = self.prefix_of(source) else {
+            return (None, None);
+        };
+        match self.bans.get_live(&prefix, now, seen) {
+            Some(announce) => (
+                Some(Cover::Prefix(prefix)),
+                announce.map(|ban| (prefix, ban)),
+            ),
+            None => (None, None),
+        }
     }
 
     /// Bans `source` for `base`, doubled for each earlier ban that ended less than the repeat
@@ -173,12 +205,13 @@ impl BanTable {
         source: IpNet,
         evidence: Evidence,
         base: Duration,
+        quiet: bool,
         now: Timestamp,
     ) -> Option<Ban> {
         if self.bans.get_live(&source, now, |_| ()).is_some() {
             return None;
         }
-        Some(self.impose(source, evidence, None, base, true, now))
+        Some(self.impose(source, evidence, Imposer::Rule { quiet }, base, now))
     }
 
     /// The operator's ban: replaces any ban in force, and counts as an offence like any other.
@@ -195,19 +228,22 @@ impl BanTable {
             first_seen: now,
         };
         // The operator's length stands as given, doubled for no one.
-        self.impose(source, evidence, note, duration, false, now)
+        self.impose(source, evidence, Imposer::Operator(note), duration, now)
     }
 
     fn impose(
         &self,
         source: IpNet,
         evidence: Evidence,
-        note: Option<Arc<str>>,
+        by: Imposer,
         base: Duration,
-        grow: bool,
         now: Timestamp,
     ) -> Ban {
         let RepeatConfig { within, max_ban } = self.repeat;
+        let (grow, note, quiet) = match by {
+            Imposer::Rule { quiet } => (true, None, quiet),
+            Imposer::Operator(note) => (false, note, false),
+        };
         let (offence, expires) = self.offences.upsert(
             source,
             now,
@@ -237,6 +273,7 @@ impl BanTable {
             last_seen: now,
             expires,
             offence,
+            quiet,
         };
         self.bans.upsert(
             source,

@@ -13,16 +13,20 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// `source` (an address, or an IPv6 prefix) was banned: a new ban, or the operator's ban
-    /// replacing one.
+    /// replacing one. Followers that write down, push or share each ban pass over a quiet one
+    /// ([`Ban::quiet`]; the table's snapshots still hold it) until it is [`Change::Announced`].
     Banned {
         /// The banned network.
         source: IpNet,
         /// The ban as it stands.
         ban: Ban,
-        /// One of a flood of bans on forgeable evidence, past [`crate::ANNOUNCED_BANS_PER_SECOND`]:
-        /// enforced here and counted, but followers that write down, push or share each ban
-        /// pass over it (it still appears in the table's snapshots).
-        quiet: bool,
+    },
+    /// A quiet ban is announced: its source came back while it was in force.
+    Announced {
+        /// The banned network.
+        source: IpNet,
+        /// The ban as it stands (no longer quiet).
+        ban: Ban,
     },
     /// The operator lifted the ban early.
     Lifted {

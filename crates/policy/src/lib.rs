@@ -56,9 +56,9 @@ use std::time::Duration;
 
 /// Bans on evidence a forged datagram can produce (a scanner's signature, a flood, garbage)
 /// announced to the observers each second; past it they are enforced and counted but marked
-/// [`Change::Banned`]`{ quiet: true }`, so that a flood with a new forged source per packet
-/// does not become as many journal records, kernel set updates and cluster messages. A real
-/// scanner is one source banned once: far below this.
+/// quiet ([`Ban::quiet`]), so that a flood with a new forged source per packet does not become
+/// as many journal records, kernel set updates and cluster messages; a quiet ban is announced
+/// when its source is next seen. A real scanner is one source banned once: far below this.
 pub const ANNOUNCED_BANS_PER_SECOND: u32 = 1_000;
 
 /// The outcome of [`Policy::check`]: what to do with the message, the rule hit behind it, and
@@ -178,8 +178,7 @@ pub struct Policy {
     callers: BoundedMap<calls::Counted, calls::Calling>,
     /// Who follows the ban and trust tables.
     observers: ArcSwap<Vec<Arc<dyn Observer>>>,
-    /// Bans on evidence a forged datagram can produce, announced as [`Change::Banned`] with
-    /// `quiet: false` this second.
+    /// Bans on evidence a forged datagram can produce announced this second.
     announced: PerSecond,
     /// The blocklist feeds, replaced whole by [`Policy::set_feeds`] when one changes.
     feeds: ArcSwap<Feeds>,
@@ -254,10 +253,10 @@ impl Policy {
         ban_for: Duration,
         now: Timestamp,
     ) -> Option<Action> {
-        let ban = self.bans.ban(source, evidence, ban_for, now)?;
+        let quiet = !earned(evidence.rule) && !self.announced.take(now);
+        let ban = self.bans.ban(source, evidence, ban_for, quiet, now)?;
         self.publish(Change::Banned {
             source,
-            quiet: !earned(ban.rule) && !self.announced.take(now),
             ban: ban.clone(),
         });
         if let (IpNet::V6(net), Some(prefix)) = (source, self.bans.prefix_of(source.addr())) {
@@ -266,6 +265,16 @@ impl Policy {
             }
         }
         Some(Action::Banned(ban))
+    }
+
+    /// What bans `source`, if anything. A quiet ban found is announced, within the budget: its
+    /// source came back.
+    fn cover(&self, source: IpAddr, now: Timestamp) -> Option<Cover> {
+        let (cover, announced) = self.bans.cover(source, now, &self.announced);
+        if let Some((source, ban)) = announced {
+            self.publish(Change::Announced { source, ban });
+        }
+        cover
     }
 
     /// An address of `prefix` was banned: the prefix is banned once the rule's spread of its
@@ -339,7 +348,7 @@ impl Policy {
     /// accepted, and the first step of every message check.
     pub fn check_source(&self, source: IpAddr, now: Timestamp) -> Result<(), DropReason> {
         let rules = self.rules.load();
-        if self.banned(&rules, source, self.bans.cover(source, now), now) {
+        if self.banned(&rules, source, self.cover(source, now), now) {
             return Err(DropReason::Banned);
         }
         self.unlisted(&rules, source, now)?;
@@ -402,7 +411,7 @@ impl Policy {
     ) -> Checked<'a> {
         // The ban first, before even the rules are loaded: it is what a flood from banned
         // sources costs.
-        let cover = self.bans.cover(source, now);
+        let cover = self.cover(source, now);
         if cover == Some(Cover::Address) {
             return Verdict::Drop(DropReason::Banned).into();
         }
@@ -506,7 +515,6 @@ impl Policy {
         self.publish(Change::Banned {
             source,
             ban: ban.clone(),
-            quiet: false,
         });
         Some(ban)
     }
@@ -557,11 +565,7 @@ impl Policy {
             return false;
         }
         if let Some(ban) = self.bans.get(source, now) {
-            self.publish(Change::Banned {
-                source,
-                ban,
-                quiet: false,
-            });
+            self.publish(Change::Banned { source, ban });
         }
         true
     }
@@ -583,12 +587,7 @@ impl Policy {
 
     /// Whether a ban covers `source` at `now` (its own, or its prefix's).
     pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
-        self.banned(
-            &self.rules.load(),
-            source,
-            self.bans.cover(source, now),
-            now,
-        )
+        self.banned(&self.rules.load(), source, self.cover(source, now), now)
     }
 
     /// The ban that covers `source`, if one is in force: its own, else its prefix's.

@@ -912,6 +912,7 @@ fn restore_puts_a_ban_back_as_it_was_and_the_next_offence_doubles() {
         last_seen: at(0),
         expires: at(3600),
         offence: 2,
+        quiet: false,
     };
     assert!(p.restore(ip(ATTACKER).into(), ban.clone(), at(10)));
     assert_eq!(p.bans(at(10)), [(ip(ATTACKER).into(), ban.clone())]);
@@ -960,6 +961,7 @@ fn adopt_applies_another_nodes_ban_unless_allowlisted_here_or_outlasted_and_tell
         last_seen: at(0),
         expires,
         offence: 1,
+        quiet: false,
     };
     assert!(p.adopt(ip(ATTACKER).into(), ban(at(600)), at(10)));
     assert_eq!(p.ban_of(ip(ATTACKER), at(10)), Some(ban(at(600))));

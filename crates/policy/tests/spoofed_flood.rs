@@ -122,6 +122,7 @@ fn trust_and_earned_bans_outlive_a_million_forged_sources() {
             last_seen: now,
             expires: at(600),
             offence: 1,
+            quiet: false,
         };
         assert!(policy.restore(cracker.into(), ban, now));
     }
@@ -189,25 +190,28 @@ fn new_forged_sources_allocate_nothing_once_the_tables_are_full() {
 }
 
 #[test]
-fn bans_of_forged_sources_past_the_budget_are_enforced_but_quiet_and_earned_ones_never_are() {
+fn bans_of_forged_sources_past_the_budget_are_quiet_until_their_source_comes_back() {
     use sipguard_policy::{Change, Observer, ANNOUNCED_BANS_PER_SECOND};
     use std::sync::atomic::{AtomicU64, Ordering};
+    /// Bans heard loud (new, or announced later) and quiet.
     #[derive(Default)]
     struct Heard {
-        announced: AtomicU64,
+        loud: AtomicU64,
         quiet: AtomicU64,
     }
     impl Observer for Heard {
         fn changed(&self, change: &Change) {
-            if let Change::Banned { quiet, .. } = change {
-                let count = if *quiet { &self.quiet } else { &self.announced };
-                count.fetch_add(1, Ordering::Relaxed);
-            }
+            let count = match change {
+                Change::Banned { ban, .. } if ban.quiet => &self.quiet,
+                Change::Banned { .. } | Change::Announced { .. } => &self.loud,
+                _ => return,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
         }
     }
     let heard = |h: &Heard| {
         (
-            h.announced.load(Ordering::Relaxed),
+            h.loud.load(Ordering::Relaxed),
             h.quiet.load(Ordering::Relaxed),
         )
     };
@@ -232,7 +236,24 @@ fn bans_of_forged_sources_past_the_budget_are_enforced_but_quiet_and_earned_ones
         .is_some());
     assert_eq!(heard(&observer), (budget + 1, 2 * budget));
 
-    // The next second announces again.
-    forge(&policy, 2 * probes, at(6));
+    // A quiet ban's source sending again within the spent budget stays quiet...
+    let comeback = forged(2 * (probes - 1));
+    assert_eq!(
+        policy.ban_of(comeback, at(5)).map(|ban| ban.quiet),
+        Some(true)
+    );
+    forge(&policy, 2 * (probes - 1), at(5));
+    assert_eq!(heard(&observer), (budget + 1, 2 * budget));
+    // ...and is announced, once, in the next second: a source that comes back is a real one.
+    forge(&policy, 2 * (probes - 1), at(6));
+    forge(&policy, 2 * (probes - 1), at(6) + Duration::from_millis(1));
     assert_eq!(heard(&observer), (budget + 2, 2 * budget));
+    assert_eq!(
+        policy.ban_of(comeback, at(6)).map(|ban| ban.quiet),
+        Some(false)
+    );
+
+    // A new forged source in that second is announced too: the budget is per second.
+    forge(&policy, 2 * probes, at(6));
+    assert_eq!(heard(&observer), (budget + 3, 2 * budget));
 }

@@ -425,17 +425,17 @@ pub(crate) struct BanCounters {
 impl Observer for BanCounters {
     fn changed(&self, event: &Change) {
         match event {
-            Change::Banned { ban, quiet, .. } => {
+            Change::Banned { ban, .. } => {
                 if let Some((_, counter)) = self.issued.iter().find(|(rule, _)| *rule == ban.rule) {
                     counter.increment(1);
                 }
-                if *quiet {
+                if ban.quiet {
                     self.quiet.increment(1);
                 }
             }
             Change::Expired { .. } => self.expired.increment(1),
             Change::Lifted { .. } => self.lifted.increment(1),
-            Change::Trusted { .. } | Change::Distrusted { .. } => {}
+            Change::Announced { .. } | Change::Trusted { .. } | Change::Distrusted { .. } => {}
         }
     }
 }

@@ -112,11 +112,9 @@ impl Observer for ClusterSink {
             return;
         }
         let outgoing = match change {
-            Change::Banned {
-                source,
-                ban,
-                quiet: false,
-            } => Outgoing::Ban(*source, ban.clone()),
+            Change::Banned { source, ban } | Change::Announced { source, ban } if !ban.quiet => {
+                Outgoing::Ban(*source, ban.clone())
+            }
             Change::Lifted { source, ban } => Outgoing::Lift(*source, ban.clone()),
             _ => return,
         };

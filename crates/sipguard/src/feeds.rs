@@ -516,10 +516,12 @@ pub struct BansFeed {
 
 impl Observer for BansFeed {
     fn changed(&self, change: &Change) {
-        if matches!(
-            change,
-            Change::Banned { quiet: false, .. } | Change::Lifted { .. } | Change::Expired { .. }
-        ) {
+        let listed = match change {
+            Change::Banned { ban, .. } => !ban.quiet,
+            Change::Announced { .. } | Change::Lifted { .. } | Change::Expired { .. } => true,
+            Change::Trusted { .. } | Change::Distrusted { .. } => false,
+        };
+        if listed {
             self.dirty.notify_one();
         }
     }

@@ -193,6 +193,7 @@ impl BanEntry {
             last_seen: Timestamp::from_millis(self.last_seen),
             expires: Timestamp::from_millis(self.expires),
             offence: self.offence,
+            quiet: false,
         })
     }
 }
@@ -395,13 +396,11 @@ impl Observer for JournalSink {
     fn changed(&self, change: &Change) {
         let journal = &self.0;
         match change {
-            Change::Banned {
-                source,
-                ban,
-                quiet: false,
-            } => journal.record(Record::Ban(BanEntry::new(*source, ban))),
-            // One of a flood of forgeable bans: written with the next compaction, if it lasts.
-            Change::Banned { quiet: true, .. } => {}
+            // A quiet ban is written when it is announced, or by the next compaction.
+            Change::Banned { source, ban } | Change::Announced { source, ban } if !ban.quiet => {
+                journal.record(Record::Ban(BanEntry::new(*source, ban)));
+            }
+            Change::Banned { .. } | Change::Announced { .. } => {}
             Change::Lifted { source, .. } => journal.record(Record::Unban { ip: *source }),
             Change::Trusted { source, until } => journal.record(Record::Trust {
                 ip: *source,

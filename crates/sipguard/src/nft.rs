@@ -206,14 +206,12 @@ struct NftSink {
 impl Observer for NftSink {
     fn changed(&self, change: &Change) {
         let update = match change {
-            Change::Banned {
-                source,
-                ban,
-                quiet: false,
-            } => Update::Ban(*source, ban.expires),
-            // One of a flood of forged sources: each would be a set update for a packet that
-            // does not come back.
-            Change::Banned { quiet: true, .. } => return,
+            Change::Banned { source, ban } | Change::Announced { source, ban } if !ban.quiet => {
+                Update::Ban(*source, ban.expires)
+            }
+            // Pushed when it is announced: a forged source that never comes back would cost a
+            // set update for nothing.
+            Change::Banned { .. } | Change::Announced { .. } => return,
             Change::Lifted { source, .. } | Change::Expired { source, .. } => {
                 Update::Unban(*source)
             }
