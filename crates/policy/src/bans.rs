@@ -33,7 +33,8 @@ pub struct Ban {
     /// Not announced yet: one of a flood of bans on forgeable evidence past
     /// [`crate::ANNOUNCED_BANS_PER_SECOND`], enforced here but passed over by the followers that
     /// write down, push or share each ban. It is announced the first time its source is seen
-    /// again within the budget: a source that comes back is a real one.
+    /// again (within [`crate::ANNOUNCED_COMEBACKS_PER_SECOND`]): a source that comes back is a
+    /// real one.
     pub quiet: bool,
 }
 
@@ -163,16 +164,16 @@ impl BanTable {
     }
 
     /// What bans `source`, if anything; notes the drop as the ban's last sighting. A quiet ban
-    /// found is made loud when `budget` allows, and returned to be announced.
+    /// found is made loud when there is a `budget` and it allows, and returned to be announced.
     pub fn cover(
         &self,
         source: IpAddr,
         now: Timestamp,
-        budget: &PerSecond,
+        budget: Option<&PerSecond>,
     ) -> (Option<Cover>, Option<(IpNet, Ban)>) {
         let seen = |ban: &mut Ban| {
             ban.last_seen = now;
-            (ban.quiet && budget.take(now)).then(|| {
+            (ban.quiet && budget.is_some_and(|budget| budget.take(now))).then(|| {
                 ban.quiet = false;
                 ban.clone()
             })

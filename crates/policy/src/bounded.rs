@@ -5,10 +5,9 @@
 //! The map is split into shards, each a mutex around a dense vector of entries (allocated to the
 //! shard's cap up front) and an index from key to position (sized so it never grows or rehashes
 //! out of place). When an insert finds its shard full it picks entries at random and the newcomer
-//! takes the place of the first that is expired or worth no more than itself, or else of the
-//! least valuable of [`SAMPLES`], as each value judges its own worth: a table holding a few
-//! valuable entries among many cheap ones almost never samples only valuable ones, so the cheap
-//! go first, and a flood of cheap newcomers costs one pick each. Proven state (built on what a
+//! takes the place of the first that is expired or worth less than itself, or else of the least
+//! valuable of [`SAMPLES`], as each value judges its own worth: a table holding a few valuable
+//! entries among many cheap ones almost never samples only valuable ones, so the cheap go first. Proven state (built on what a
 //! forged packet cannot produce) outranks any amount of unproven evidence and is never evicted
 //! for an unproven newcomer: when every sample is proven and worth more than the newcomer, the
 //! newcomer is turned away instead.
@@ -147,10 +146,11 @@ impl<K: Hash + Eq + Clone, V: Expiring> Shard<K, V> {
         self.rng
     }
 
-    /// The first of up to [`SAMPLES`] entries picked at random that is expired or stands no
-    /// higher than `newcomer`, else the least valuable of them, with its standing; `None` on an
-    /// empty shard. Under a flood of newcomers as cheap as the entries they replace, the first
-    /// pick does: one cache miss, not five.
+    /// The first of up to [`SAMPLES`] entries picked at random that is expired or stands lower
+    /// than `newcomer`, else the least valuable of them (the first of equals), with its
+    /// standing; `None` on an empty shard. Where most entries are worth less than a newcomer
+    /// (older bans have less time left), the first pick does: one cache miss, not five. Equals
+    /// are not taken at once, so of a flood's entries alike the older go first.
     fn victim(&mut self, now: Timestamp, newcomer: Standing) -> Option<(usize, Standing)> {
         let len = self.slots.len() as u64;
         if len == 0 {
@@ -164,7 +164,7 @@ impl<K: Hash + Eq + Clone, V: Expiring> Shard<K, V> {
                 return Some((position, (false, 0)));
             }
             let standing = standing(value, now);
-            if standing <= newcomer {
+            if standing < newcomer {
                 return Some((position, standing));
             }
             if least.is_none_or(|(_, lowest)| standing < lowest) {

@@ -57,9 +57,14 @@ use std::time::Duration;
 /// Bans on evidence a forged datagram can produce (a scanner's signature, a flood, garbage)
 /// announced to the observers each second; past it they are enforced and counted but marked
 /// quiet ([`Ban::quiet`]), so that a flood with a new forged source per packet does not become
-/// as many journal records, kernel set updates and cluster messages; a quiet ban is announced
-/// when its source is next seen. A real scanner is one source banned once: far below this.
+/// as many journal records, kernel set updates and cluster messages. A real scanner is one
+/// source banned once: far below this.
 pub const ANNOUNCED_BANS_PER_SECOND: u32 = 1_000;
+
+/// Quiet bans announced each second because their source was seen again: sources that come
+/// back are real ones, worth dropping in the kernel and on every node, so the budget is larger;
+/// it still bounds a flood that forges each source twice.
+pub const ANNOUNCED_COMEBACKS_PER_SECOND: u32 = 10_000;
 
 /// The outcome of [`Policy::check`]: what to do with the message, the rule hit behind it, and
 /// what the response path needs to remember of a request that is forwarded.
@@ -180,6 +185,8 @@ pub struct Policy {
     observers: ArcSwap<Vec<Arc<dyn Observer>>>,
     /// Bans on evidence a forged datagram can produce announced this second.
     announced: PerSecond,
+    /// Quiet bans announced this second because their source came back.
+    comebacks: PerSecond,
     /// The blocklist feeds, replaced whole by [`Policy::set_feeds`] when one changes.
     feeds: ArcSwap<Feeds>,
 }
@@ -223,6 +230,7 @@ impl Policy {
             hasher: RandomState::new(),
             observers: ArcSwap::from_pointee(Vec::new()),
             announced: PerSecond::new(ANNOUNCED_BANS_PER_SECOND),
+            comebacks: PerSecond::new(ANNOUNCED_COMEBACKS_PER_SECOND),
             feeds: ArcSwap::from_pointee(Feeds::default()),
         })
     }
@@ -267,10 +275,10 @@ impl Policy {
         Some(Action::Banned(ban))
     }
 
-    /// What bans `source`, if anything. A quiet ban found is announced, within the budget: its
-    /// source came back.
+    /// What bans `source`, if anything. A quiet ban found is announced, within the budget of
+    /// [`ANNOUNCED_COMEBACKS_PER_SECOND`]: its source came back.
     fn cover(&self, source: IpAddr, now: Timestamp) -> Option<Cover> {
-        let (cover, announced) = self.bans.cover(source, now, &self.announced);
+        let (cover, announced) = self.bans.cover(source, now, Some(&self.comebacks));
         if let Some((source, ban)) = announced {
             self.publish(Change::Announced { source, ban });
         }
@@ -587,7 +595,12 @@ impl Policy {
 
     /// Whether a ban covers `source` at `now` (its own, or its prefix's).
     pub fn is_banned(&self, source: IpAddr, now: Timestamp) -> bool {
-        self.banned(&self.rules.load(), source, self.cover(source, now), now)
+        self.banned(
+            &self.rules.load(),
+            source,
+            self.bans.cover(source, now, None).0,
+            now,
+        )
     }
 
     /// The ban that covers `source`, if one is in force: its own, else its prefix's.
