@@ -230,6 +230,13 @@ fn main() -> anyhow::Result<()> {
                 None => Part::ALL.to_vec(),
             };
             let half = option("--half")?.map_or(Ok(20_000), |rate| rate.parse())?;
+            if args.iter().any(|a| a == "--pin") {
+                // The last CPU for the edges; the harness and the PBX on the rest.
+                let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                anyhow::ensure!(cpus >= 2, "--pin needs two CPUs");
+                let _ = peers::EDGE_CPU.set(cpus - 1);
+                peers::pin(0..cpus - 1)?;
+            }
             let settings = Settings {
                 parts,
                 half,
@@ -254,7 +261,7 @@ fn main() -> anyhow::Result<()> {
             run(&settings)
         }
         _ => bail!(
-            "usage: sipguard-bench run [--quick] [--runs N] [--only PART,..] [--half RATE] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
+            "usage: sipguard-bench run [--quick] [--runs N] [--only PART,..] [--half RATE] [--pin] | relay LISTEN PBX | load TARGET RATE SECONDS | flood TARGET SECONDS"
         ),
     }
 }
@@ -332,7 +339,7 @@ fn run(settings: &Settings) -> anyhow::Result<()> {
         loads.push(procfs::load_average());
         let pbx_addr = localhost(free_port()?);
         let mut pbx = peers::kamailio(
-            "pbx",
+            peers::PBX,
             &settings.root.join("benches/pbx.cfg"),
             pbx_addr,
             None,

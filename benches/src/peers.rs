@@ -10,6 +10,29 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// With `--pin`: the one CPU the edges run on, while the harness (its clients) and the PBX run
+/// on the others, so an edge's latency is its own and not the scheduler's choice among them.
+pub static EDGE_CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// The name the stand-in PBX is started under; every other peer is an edge.
+pub const PBX: &str = "pbx";
+
+/// Keeps the calling thread (and what it starts) to `cpus`.
+pub fn pin(cpus: impl IntoIterator<Item = usize>) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity are given a
+    // set of the size they expect, owned by this frame.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A started peer, stopped (SIGTERM to its group, then SIGKILL) when dropped.
 pub struct Peer {
     pub name: &'static str,
@@ -29,6 +52,10 @@ impl Peer {
 
     fn spawn(name: &'static str, mut command: Command, dir: TempDir) -> anyhow::Result<Self> {
         let log = std::fs::File::create(dir.path().join("stderr.log"))?;
+        if let (Some(&cpu), false) = (EDGE_CPU.get(), name == PBX) {
+            // SAFETY: between fork and exec this only makes one system call.
+            unsafe { command.pre_exec(move || pin([cpu])) };
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
