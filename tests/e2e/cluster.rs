@@ -1,14 +1,19 @@
 //! Shared bans (docs/design.md section 11): two in-process sipguard nodes and a real redis-server.
 //! A ban earned on one node holds on the other within a second, a lift travels back, a restarted
 //! node catches up, both go on alone while Redis is down and converge when it returns, and a node
-//! never applies a ban of an address it allowlists.
+//! never applies a ban of an address it allowlists. Over `rediss://` (a redis-server that speaks
+//! only TLS, with a test CA's certificate) bans travel the same way, and a node that trusts
+//! another CA, or shows no client certificate where Redis asks for one, stays apart and alone.
 
 use crate::attacks::request;
-use crate::support::{poll_until, Redis, Sipguard};
+use crate::support::certs::TestCa;
+use crate::support::{poll_until, Redis, RedisTls, Sipguard};
 use anyhow::{ensure, Context};
 use sipguard::config::ClusterConfig;
+use sipguard::TlsFiles;
 use sipguard_policy::{AllowGroup, RuleId, Timestamp};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -22,21 +27,68 @@ fn node(
     node: &str,
     allowlist: &[&str],
 ) -> anyhow::Result<Sipguard> {
+    let guard = start_node(pbx, redis, node, allowlist, Tls::default())?;
+    connected(&guard, true)?;
+    Ok(guard)
+}
+
+/// The PEM files a node reaches a `rediss://` Redis with.
+#[derive(Default)]
+struct Tls {
+    ca_file: Option<PathBuf>,
+    client_identity: Option<TlsFiles>,
+}
+
+/// A node named `node` told to share bans through `redis`, with `allowlist` and `tls`; not
+/// waited on to connect.
+fn start_node(
+    pbx: &UdpSocket,
+    redis: &Redis,
+    node: &str,
+    allowlist: &[&str],
+    tls: Tls,
+) -> anyhow::Result<Sipguard> {
     let networks = allowlist
         .iter()
         .map(|net| net.parse())
         .collect::<Result<Vec<_>, _>>()?;
     let allowlist = vec![AllowGroup::new("carriers", networks)];
-    let guard = Sipguard::start_with(pbx.local_addr()?, |config| {
+    Sipguard::start_with(pbx.local_addr()?, |config| {
         config.cluster = Some(ClusterConfig {
             redis_url: redis.url(),
+            ca_file: tls.ca_file,
+            client_identity: tls.client_identity,
             node: node.to_owned(),
             key_prefix: "e2e:".to_owned(),
         });
         config.policy.allowlist = allowlist;
+    })
+}
+
+/// Waits until `guard` has failed to connect at least twice (a first try and a retry), and
+/// checks it never connected.
+fn kept_apart(guard: &Sipguard) -> anyhow::Result<()> {
+    poll_until("two failed connections", Duration::from_secs(15), || {
+        let errors = guard.render().lines().find_map(|line| {
+            line.strip_prefix("sipguard_cluster_errors_total ")?
+                .parse::<f64>()
+                .ok()
+        });
+        (errors >= Some(2.0)).then_some(())
     })?;
-    connected(&guard, true)?;
-    Ok(guard)
+    let render = guard.render();
+    ensure!(
+        render.lines().any(|l| l == "sipguard_cluster_connected 0"),
+        "connected:\n{render}"
+    );
+    Ok(())
+}
+
+/// A test CA's certificate written as `<stem>-ca.pem` in `dir`.
+fn ca_file(ca: &TestCa, dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{stem}-ca.pem"));
+    std::fs::write(&path, ca.pem())?;
+    Ok(path)
 }
 
 /// Waits until the node's Redis connection is `up` (or down).
@@ -215,4 +267,120 @@ fn a_node_admits_an_address_it_allowlists_though_another_node_banned_it() -> any
     dropped_as_banned(&a, CARRIER)?;
     a.stop()?;
     b.stop()
+}
+
+#[test]
+fn over_rediss_a_ban_reaches_the_other_node_and_a_node_trusting_another_ca_goes_on_alone(
+) -> anyhow::Result<()> {
+    const SCANNER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 91);
+    const SEEN_ALONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 92);
+    const PHONE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 93);
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new("sipguard e2e Redis CA");
+    let trusted = ca_file(&ca, dir.path(), "redis")?;
+    let other = ca_file(&TestCa::new("another CA"), dir.path(), "other")?;
+    let redis = Redis::start_tls(&RedisTls {
+        issued: &ca.issue(dir.path(), "redis", false),
+        client_ca: &trusted,
+        client_certificates: false,
+    })?;
+    ensure!(
+        redis.url().starts_with("rediss://127.0.0.1:"),
+        "{}",
+        redis.url()
+    );
+    let pbx = UdpSocket::bind("127.0.0.1:0")?;
+    let trusting = || Tls {
+        ca_file: Some(trusted.clone()),
+        client_identity: None,
+    };
+    let a = start_node(&pbx, &redis, "a", &[], trusting())?;
+    let b = start_node(&pbx, &redis, "b", &[], trusting())?;
+    connected(&a, true)?;
+    connected(&b, true)?;
+
+    scan(&a, SCANNER)?;
+    let on_b = poll_until("the ban to reach node b", PROPAGATION, || {
+        b.ban(SCANNER.into())
+    })?;
+    ensure!(on_b.rule == RuleId::Scanner, "b holds {on_b:?}");
+    dropped_as_banned(&b, SCANNER)?;
+
+    // Trusting another CA, a node never connects (so never catches up with a's ban), and
+    // relays and bans on its own.
+    let stranger = start_node(
+        &pbx,
+        &redis,
+        "stranger",
+        &[],
+        Tls {
+            ca_file: Some(other),
+            client_identity: None,
+        },
+    )?;
+    kept_apart(&stranger)?;
+    ensure!(
+        stranger.ban(SCANNER.into()).is_none(),
+        "caught up without TLS"
+    );
+    relayed(&stranger, PHONE)?;
+    scan(&stranger, SEEN_ALONE)?;
+    ensure!(
+        stranger
+            .render()
+            .lines()
+            .any(|l| l == "sipguard_cluster_published_total 0"),
+        "published:\n{}",
+        stranger.render()
+    );
+    ensure!(
+        a.ban(SEEN_ALONE.into()).is_none(),
+        "the stranger's ban reached a"
+    );
+    kept_apart(&stranger)?;
+    a.stop()?;
+    b.stop()?;
+    stranger.stop()
+}
+
+#[test]
+fn over_rediss_a_redis_that_asks_for_client_certificates_admits_only_the_node_that_shows_one(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = TestCa::new("sipguard e2e Redis CA");
+    let trusted = ca_file(&ca, dir.path(), "redis")?;
+    let redis = Redis::start_tls(&RedisTls {
+        issued: &ca.issue(dir.path(), "redis", false),
+        client_ca: &trusted,
+        client_certificates: true,
+    })?;
+    let issued = ca.issue(dir.path(), "node", false);
+    let pbx = UdpSocket::bind("127.0.0.1:0")?;
+    let shown = start_node(
+        &pbx,
+        &redis,
+        "shown",
+        &[],
+        Tls {
+            ca_file: Some(trusted.clone()),
+            client_identity: Some(TlsFiles {
+                certificate: issued.certificate,
+                key: issued.key,
+            }),
+        },
+    )?;
+    let unshown = start_node(
+        &pbx,
+        &redis,
+        "unshown",
+        &[],
+        Tls {
+            ca_file: Some(trusted),
+            client_identity: None,
+        },
+    )?;
+    connected(&shown, true)?;
+    kept_apart(&unshown)?;
+    shown.stop()?;
+    unshown.stop()
 }

@@ -24,6 +24,11 @@
 //! drops the connection, counts it, and the node keeps working alone, reconnecting with backoff
 //! ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`]). Bans it makes meanwhile are in its policy and
 //! written at the merge; lifts are kept (up to [`PENDING_LIFTS`]) and written first.
+//!
+//! `rediss://` is Redis over TLS, on the process's rustls (ring): Redis's certificate is verified
+//! against the system's CA roots, or only against `ca_file`'s, and a client certificate is shown
+//! when configured. The files are read at every connection ([`client`]), so renewed ones are
+//! taken at the next reconnect; verification cannot be turned off (`#insecure` is refused).
 
 use crate::admin::replayed_reason;
 use crate::config::ClusterConfig;
@@ -35,6 +40,7 @@ use sipguard_policy::{Ban, Change, IpNet, Observer, Policy, Timestamp};
 use sipguard_relay::Clock;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,11 +214,133 @@ impl Metrics {
     }
 }
 
+/// Why no client could be made for a configuration: a file it names, or the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no {what} in {}", path.display())]
+    Empty {
+        key: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error("{source}")]
+    Redis {
+        key: &'static str,
+        /// The file at fault; `None` for the URL.
+        path: Option<PathBuf>,
+        source: redis::RedisError,
+    },
+}
+
+impl ClientError {
+    /// The configuration key whose value is at fault, such as `cluster.redis.ca_file`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ClientError::Unreadable { key, .. }
+            | ClientError::Empty { key, .. }
+            | ClientError::Redis { key, .. } => key,
+        }
+    }
+
+    /// The file at fault; `None` when it is the URL.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ClientError::Unreadable { path, .. } | ClientError::Empty { path, .. } => Some(path),
+            ClientError::Redis { path, .. } => path.as_deref(),
+        }
+    }
+}
+
+/// The Redis client of `config`: for `rediss://`, with the CA file and the client certificate
+/// and key read now, each checked on its own so that a bad one is named by its key. Connecting
+/// is left to the caller.
+pub fn client(config: &ClusterConfig) -> Result<redis::Client, ClientError> {
+    let url = config.redis_url.as_str();
+    let redis = |key, path: Option<&Path>| {
+        let path = path.map(Path::to_owned);
+        move |source| ClientError::Redis { key, path, source }
+    };
+    let plain = redis::Client::open(url).map_err(redis("cluster.redis.url", None))?;
+    if config.ca_file.is_none() && config.client_identity.is_none() {
+        return Ok(plain);
+    }
+    let root_cert = config
+        .ca_file
+        .as_deref()
+        .map(|path| pem("cluster.redis.ca_file", path, "CERTIFICATE", "certificate"))
+        .transpose()?;
+    let client_tls = match &config.client_identity {
+        Some(files) => Some(redis::ClientTlsConfig {
+            client_cert: pem(
+                "cluster.redis.client_cert",
+                &files.certificate,
+                "CERTIFICATE",
+                "certificate",
+            )?,
+            client_key: pem(
+                "cluster.redis.client_key",
+                &files.key,
+                "PRIVATE KEY",
+                "private key",
+            )?,
+        }),
+        None => None,
+    };
+    let tls = |client_tls, root_cert| redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    if root_cert.is_some() {
+        redis::Client::build_with_tls(url, tls(None, root_cert.clone()))
+            .map_err(redis("cluster.redis.ca_file", config.ca_file.as_deref()))?;
+    }
+    let certificate = config
+        .client_identity
+        .as_ref()
+        .map(|f| f.certificate.as_path());
+    redis::Client::build_with_tls(url, tls(client_tls, root_cert))
+        .map_err(redis("cluster.redis.client_cert", certificate))
+}
+
+/// The bytes of the PEM file `path` (the value of `key`), which must hold a `label` block.
+fn pem(
+    key: &'static str,
+    path: &Path,
+    label: &str,
+    what: &'static str,
+) -> Result<Vec<u8>, ClientError> {
+    let bytes = std::fs::read(path).map_err(|source| ClientError::Unreadable {
+        key,
+        path: path.to_owned(),
+        source,
+    })?;
+    let boundary = format!("{label}-----");
+    let holds = bytes
+        .windows(boundary.len())
+        .any(|window| window == boundary.as_bytes());
+    if !holds {
+        return Err(ClientError::Empty {
+            key,
+            path: path.to_owned(),
+            what,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Why a session with Redis ended.
 #[derive(Debug, thiserror::Error)]
 enum Lost {
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Client(#[from] ClientError),
     #[error("no answer in time")]
     Timeout,
     #[error("the subscription ended")]
@@ -297,7 +425,7 @@ impl Node {
         outgoing: &mut mpsc::Receiver<Outgoing>,
         backoff: &mut Duration,
     ) -> Lost {
-        let client = match redis::Client::open(self.config.redis_url.as_str()) {
+        let client = match client(&self.config) {
             Ok(client) => client,
             Err(err) => return err.into(),
         };

@@ -101,8 +101,14 @@ impl Default for NftConfig {
 /// Bans shared through Redis (`crate::cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// Where Redis (or Valkey) is.
+    /// Where Redis (or Valkey) is; `rediss://` for TLS.
     pub redis_url: String,
+    /// `rediss://` only: the PEM file of the CA that signed Redis's certificate, trusted in place
+    /// of the system's roots (a private CA); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `rediss://` only: the certificate and key this node shows a Redis that asks clients for
+    /// one (`tls-auth-clients yes`); `None`: none shown.
+    pub client_identity: Option<TlsFiles>,
     /// This node's name, carried by the bans it shares so it ignores its own.
     pub node: String,
     /// Put before every key and the channel, so several clusters can share one Redis.

@@ -38,7 +38,7 @@ pub use feed_server::FeedServer;
 pub use kamailio::{Kamailio, PbxRequest, USERS};
 pub use netns::in_private_namespace;
 pub use phone::Phone;
-pub use redis::Redis;
+pub use redis::{Redis, RedisTls};
 pub use sipguard::Sipguard;
 pub use sipp::{qualify, Sipp, SippProcess, SippRun};
 pub use sipvicious::{SipVicious, Tool};

@@ -1,10 +1,13 @@
 //! A real redis-server on a free loopback port, with no persistence (`--save ''`,
 //! `--appendonly no`): stopped by PID on drop, and restartable on the same port, as an outage.
+//! Or one that speaks only TLS (`--port 0`, `--tls-port`), with a test CA's certificate.
 
+use super::certs::Issued;
 use super::process::Guarded;
 use super::wait::{free_tcp_addr, poll_until, tcp_port_listening};
 use anyhow::{ensure, Context};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,6 +16,18 @@ use std::time::Duration;
 pub struct Redis {
     process: Guarded,
     addr: SocketAddr,
+    /// Only TLS: `rediss://`.
+    tls: bool,
+}
+
+/// The PEM files of a redis-server that speaks only TLS.
+pub struct RedisTls<'a> {
+    /// Its certificate chain and key.
+    pub issued: &'a Issued,
+    /// The CA that client certificates must chain to.
+    pub client_ca: &'a Path,
+    /// Whether a client must show a certificate (`--tls-auth-clients yes`).
+    pub client_certificates: bool,
 }
 
 impl Redis {
@@ -25,8 +40,31 @@ impl Redis {
     /// persistence comes back).
     pub fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
         let mut command = Command::new("redis-server");
+        command.args(["--port", &addr.port().to_string()]);
+        Self::spawn(command, addr, false)
+    }
+
+    /// Starts one on a free port of 127.0.0.1 that speaks only TLS, as `tls` says.
+    pub fn start_tls(tls: &RedisTls<'_>) -> anyhow::Result<Self> {
+        let addr = free_tcp_addr(Ipv4Addr::LOCALHOST)?;
+        let mut command = Command::new("redis-server");
         command
-            .args(["--port", &addr.port().to_string()])
+            .args(["--port", "0", "--tls-port", &addr.port().to_string()])
+            .arg("--tls-cert-file")
+            .arg(&tls.issued.certificate)
+            .arg("--tls-key-file")
+            .arg(&tls.issued.key)
+            .arg("--tls-ca-cert-file")
+            .arg(tls.client_ca)
+            .args([
+                "--tls-auth-clients",
+                if tls.client_certificates { "yes" } else { "no" },
+            ]);
+        Self::spawn(command, addr, true)
+    }
+
+    fn spawn(mut command: Command, addr: SocketAddr, tls: bool) -> anyhow::Result<Self> {
+        command
             .args(["--bind", &addr.ip().to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
@@ -41,12 +79,13 @@ impl Redis {
             tcp_port_listening(addr).then_some(true)
         })?;
         ensure!(listening, "redis-server exited at start");
-        Ok(Redis { process, addr })
+        Ok(Redis { process, addr, tls })
     }
 
     /// The URL nodes are given.
     pub fn url(&self) -> String {
-        format!("redis://{}/", self.addr)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}/", self.addr)
     }
 
     /// Where it listens.

@@ -63,6 +63,9 @@ pub(crate) struct RawCluster {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawRedis {
     pub url: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// The admin API: its address, and the file holding the token every request must carry.
@@ -574,7 +577,23 @@ pub(crate) const SCHEMA: Schema = Schema(&[
     ("cluster.redis", "a mapping"),
     (
         "cluster.redis.url",
-        "a Redis URL, such as redis://10.0.0.5:6379/0 or unix:///run/redis/redis.sock",
+        "a Redis URL, such as redis://10.0.0.5:6379/0, rediss://redis.example.net:6380/0 (TLS) \
+         or unix:///run/redis/redis.sock",
+    ),
+    (
+        "cluster.redis.ca_file",
+        "a PEM file of the CA certificates that sign Redis's, such as redis-ca.pem (relative to \
+         this file's directory), with a rediss:// URL",
+    ),
+    (
+        "cluster.redis.client_cert",
+        "a PEM file of this node's client certificate chain, such as node.crt (relative to this \
+         file's directory), with a rediss:// URL and client_key",
+    ),
+    (
+        "cluster.redis.client_key",
+        "a PEM file of the client certificate's private key, such as node.key (relative to this \
+         file's directory), with a rediss:// URL and client_cert",
     ),
     (
         "cluster.node",

@@ -165,7 +165,7 @@ pub(crate) fn validate(
     let geo = v.country_filter(raw.country_filter.unwrap_or_default(), dir, max_ban);
     let outbound = v.outbound(raw.outbound.unwrap_or_default(), &listen_udp, pbx_addr);
     let nftables = v.nftables(raw.nftables.unwrap_or_default());
-    let cluster = v.cluster(raw.cluster.unwrap_or_default());
+    let cluster = v.cluster(raw.cluster.unwrap_or_default(), dir);
 
     if problems.len() > before {
         return None;
