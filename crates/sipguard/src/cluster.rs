@@ -387,7 +387,7 @@ impl Node {
             self.metrics.connected.set(0.0);
             self.metrics.errors.increment(1);
             if was_connected || backoff == MIN_BACKOFF {
-                tracing::warn!(url = %self.config.redis_url, reason = %lost, "Redis is unreachable: bans are not shared until it is back; this node goes on alone");
+                tracing::warn!(url = %without_password(&self.config.redis_url), reason = %lost, "Redis is unreachable: bans are not shared until it is back; this node goes on alone");
             } else {
                 tracing::debug!(reason = %lost, "Redis still unreachable");
             }
@@ -445,7 +445,7 @@ impl Node {
         }
         self.metrics.connected.set(1.0);
         *backoff = MIN_BACKOFF;
-        tracing::info!(url = %self.config.redis_url, node = %self.config.node, "sharing bans through Redis");
+        tracing::info!(url = %without_password(&self.config.redis_url), node = %self.config.node, "sharing bans through Redis");
         let mut messages = pubsub.on_message();
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         let mut batch = Vec::new();
@@ -636,5 +636,45 @@ impl Node {
         } else {
             self.metrics.ignored.increment(1);
         }
+    }
+}
+
+/// `url` fit for a log line: a password in it (`redis://user:secret@host`) shows as `***`.
+pub(crate) fn without_password(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.into();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return url.into();
+    };
+    let (start, end) = (scheme_end + colon + 1, scheme_end + at);
+    format!("{}***{}", &url[..start], &url[end..]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_password_in_the_url_never_reaches_the_log() {
+        let shown = |url| without_password(url).into_owned();
+        assert_eq!(
+            shown("redis://:s3cret@10.0.0.5:6379/0"),
+            "redis://:***@10.0.0.5:6379/0"
+        );
+        assert_eq!(
+            shown("rediss://sipguard:s3cret@redis.example"),
+            "rediss://sipguard:***@redis.example"
+        );
+        assert_eq!(shown("redis://10.0.0.5:6379/0"), "redis://10.0.0.5:6379/0");
+        assert_eq!(shown("redis://user@host/0"), "redis://user@host/0");
+        assert_eq!(shown("not a url"), "not a url");
     }
 }

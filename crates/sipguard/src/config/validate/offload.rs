@@ -105,9 +105,10 @@ impl Validator<'_, '_> {
         };
         // The files read and checked as each connection will, each named by its key.
         if let Err(error) = crate::cluster::client(&config) {
-            let value = error
-                .path()
-                .map_or_else(|| config.redis_url.clone(), |p| p.display().to_string());
+            let value = error.path().map_or_else(
+                || crate::cluster::without_password(&config.redis_url).into_owned(),
+                |p| p.display().to_string(),
+            );
             let expected = match error {
                 ClientError::Unreadable { .. } => format!("a readable file: {error}"),
                 _ => format!("a usable PEM file: {error}"),
