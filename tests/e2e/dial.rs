@@ -137,6 +137,7 @@ fn a_phone_reaches_home_and_listed_countries_and_gets_a_403_for_the_rest_in_ever
         ("9011234123456789", "dial international_country"),
         ("09012345678", "dial premium"),
     ];
+    let mut last_barred = None;
     for (to, rule) in barred {
         let placed = call(&mut ua, to, ANSWER, true)?;
         ensure!(
@@ -146,7 +147,29 @@ fn a_phone_reaches_home_and_listed_countries_and_gets_a_403_for_the_rest_in_ever
             placed.status,
             placed.reason
         );
+        last_barred = Some(placed);
     }
+    // The phone's ACK to sipguard's 403 ends a transaction the PBX never saw: dropped.
+    let barred_call = last_barred.context("no barred call placed")?;
+    let tag = barred_call
+        .to_tag
+        .as_deref()
+        .context("no To tag on the 403")?;
+    let ack = ua.request("ACK", Some(&barred_call.to), &barred_call.call_id, 1, &[]);
+    ua.send(&ack.with_to_tag(tag))?;
+    poll_until("the ACK to the 403 dropped as answered", ANSWER, || {
+        let dropped = guard.counter(
+            "sipguard_packets_dropped_total",
+            &["transport=\"udp\"", "reason=\"answered\""],
+        );
+        (dropped == 1.0).then_some(())
+    })?;
+    ensure!(
+        !from_client(&pbx, PHONE)
+            .iter()
+            .any(|r| r.call_id == barred_call.call_id),
+        "a request of the barred call reached the PBX"
+    );
     let reached = dialled_at_pbx(&pbx, PHONE);
     ensure!(
         reached == connects,

@@ -472,6 +472,9 @@ impl Policy {
                 return judge.conclude(view, RuleId::Flood, action, DropReason::Flood);
             }
         }
+        if sipguard_sip::acknowledges_own_reply(&view) {
+            return Verdict::Drop(DropReason::Answered).into();
+        }
         let user = self.username(&view);
         if self.is_user_blocked(user, source, now) {
             return Verdict::Drop(DropReason::UserBlocked).into();

@@ -51,11 +51,13 @@ pub enum DropReason {
     CallRate,
     /// A REGISTER or call from a country not admitted.
     Country,
+    /// The ACK to a 403 sipguard answered itself: its transaction never reached the PBX.
+    Answered,
 }
 
 impl DropReason {
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Banned,
         DropReason::Denied,
         DropReason::Feed,
@@ -69,6 +71,7 @@ impl DropReason {
         DropReason::Dial,
         DropReason::CallRate,
         DropReason::Country,
+        DropReason::Answered,
     ];
 
     /// The metric label value.
@@ -87,6 +90,7 @@ impl DropReason {
             DropReason::Dial => "dial",
             DropReason::CallRate => "call_rate",
             DropReason::Country => "country",
+            DropReason::Answered => "answered",
         }
     }
 }

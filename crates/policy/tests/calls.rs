@@ -130,6 +130,25 @@ fn a_phone_dialling_a_country_not_listed_is_answered_403_and_a_stranger_gets_sil
 }
 
 #[test]
+fn the_ack_to_sipguards_own_403_is_dropped_and_the_ack_to_the_pbxs_answer_relayed() {
+    let policy = uk_policy(|_| {});
+    let barred = invite("1001", "00234123456", "c1");
+    assert!(refused(check(&policy, &barred, PHONE, at(1))).answer);
+    let answered = sipguard_sip::reply(barred.as_bytes(), 403, "x").unwrap();
+    let answered = SipView::parse(&answered).unwrap();
+    let tag = std::str::from_utf8(answered.to.tag.unwrap()).unwrap();
+    let ack = request("ACK", "1001", "00234123456", "c1", &format!(";tag={tag}"));
+    assert_eq!(
+        check(&policy, &ack, PHONE, at(2)),
+        Err((DropReason::Answered, None)),
+        "its transaction never reached the PBX"
+    );
+    // The ACK to a failure the PBX sent itself carries the PBX's tag, and goes to the PBX.
+    let ack = request("ACK", "1001", "0033123456", "c2", ";tag=pbx-7f3a");
+    assert_eq!(check(&policy, &ack, PHONE, at(2)), Ok(None));
+}
+
+#[test]
 fn every_class_a_refusal_can_carry_has_a_reason_phrase_naming_it() {
     for (rule, class) in Refusal::CLASSES {
         let refusal = Refusal {

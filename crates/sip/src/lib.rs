@@ -26,5 +26,5 @@ pub use error::{Header, ParseError};
 pub use field::{Challenge, Credentials, NameAddr};
 pub use framing::{next_frame, Frame, FrameError};
 pub use method::Method;
-pub use reply::reply;
+pub use reply::{acknowledges_own_reply, reply};
 pub use view::{is_keepalive, CSeq, SipView, StartLine, UserAgents};

@@ -56,6 +56,19 @@ pub fn reply(request: &[u8], code: u16, reason: &str) -> Result<Vec<u8>, ParseEr
     Ok(out)
 }
 
+/// Whether `request` is the ACK to a response [`reply`] made (its To tag is the one `reply`
+/// derives from the Call-ID): the end of a transaction the PBX never saw, so nothing to relay.
+pub fn acknowledges_own_reply(request: &SipView<'_>) -> bool {
+    request.method() == Some(crate::Method::Ack)
+        && request
+            .to
+            .tag
+            .and_then(|tag| tag.strip_prefix(b"sg"))
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            == Some(fnv(request.call_id))
+}
+
 /// FNV-1a: a stable tag from the Call-ID.
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
@@ -100,6 +113,41 @@ Content-Length: 4\r\n\r\nv=0\n";
         assert_eq!(
             reply(INVITE.as_bytes(), 403, "x").unwrap(),
             reply(INVITE.as_bytes(), 403, "x").unwrap()
+        );
+    }
+
+    #[test]
+    fn the_ack_to_a_403_is_known_by_its_to_tag_and_no_other_request_is() {
+        let response = reply(INVITE.as_bytes(), 403, "x").unwrap();
+        let tag = SipView::parse(&response).unwrap().to.tag.unwrap().to_vec();
+        let ack = |tag: &[u8], method: &str| {
+            let mut ack = format!(
+                "{method} sip:+33123@pbx SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport\r\n\
+From: \"Alice\" <sip:1001@pbx>;tag=abc\r\n\
+To: <sip:+33123@pbx>;tag="
+            )
+            .into_bytes();
+            ack.extend_from_slice(tag);
+            ack.extend_from_slice(
+                format!(
+                    "\r\nCall-ID: c1@x\r\nCSeq: 2 {method}\r\nMax-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            ack
+        };
+        let is_own = |message: Vec<u8>| acknowledges_own_reply(&SipView::parse(&message).unwrap());
+        assert!(is_own(ack(&tag, "ACK")));
+        assert!(
+            !is_own(ack(b"pbx-tag-1", "ACK")),
+            "the PBX's own answer's ACK"
+        );
+        assert!(!is_own(ack(b"sg1234", "ACK")), "a tag of another Call-ID");
+        assert!(
+            !is_own(ack(&tag, "BYE")),
+            "only the ACK ends the transaction"
         );
     }
 
