@@ -539,3 +539,29 @@ async fn a_wildcard_listener_answers_from_the_address_the_client_sent_to() {
     assert_eq!(recv(&phone).await, (invite, spoken_to));
     assert_eq!(relay.directory.by_upstream(upstream)[0].local, spoken_to);
 }
+
+#[tokio::test]
+async fn sipguards_own_403_leaves_a_wildcard_listener_from_the_address_the_client_sent_to() {
+    let mut policy = PolicyConfig::default();
+    let office = "127.0.0.2/32".parse().unwrap();
+    policy.allowlist = vec![AllowGroup::new("office", [office])];
+    policy.dial.premium.prefixes = vec![sipguard_policy::Prefix::parse("+449").unwrap()];
+    let pbx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay = start_with(pbx, "0.0.0.0:0", policy, None, |_| {}).await;
+    let spoken_to = SocketAddr::from(([127, 0, 0, 5], relay.addr.port()));
+    let phone = client("127.0.0.2").await;
+    let premium = "INVITE sip:+449012345678@127.0.0.5 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bK-p1;rport\r\n\
+From: <sip:1001@127.0.0.5>;tag=t-p1\r\n\
+To: <sip:+449012345678@127.0.0.5>\r\n\
+Call-ID: p1\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+    phone.send_to(premium.as_bytes(), spoken_to).await.unwrap();
+    let (answer, from) = recv(&phone).await;
+    assert!(answer.starts_with(b"SIP/2.0 403 Forbidden by sipguard rule dial premium\r\n"));
+    assert_eq!(
+        from, spoken_to,
+        "the 403 left from another address than the phone spoke to"
+    );
+}
