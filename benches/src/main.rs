@@ -293,27 +293,16 @@ fn start_edge(
             let binary = settings.baselines.get(n).context("SIPGUARD_BASELINE")?;
             peers::sipguard(binary, listen, pbx, "", None)?
         }
-        Edge::Kernel => peers::sipguard(
-            &settings.sipguard,
-            listen,
-            pbx,
-            "nftables:\n  enabled: true\n  table: sipguard_bench\n",
-            None,
-        )?,
-        Edge::Allowlisted => peers::sipguard(
-            &settings.sipguard,
-            listen,
-            pbx,
-            "",
-            Some(&CLEAN.allowlist()),
-        )?,
-        Edge::Shield => peers::sipguard(
-            &settings.sipguard,
-            listen,
-            pbx,
-            "nftables:\n  enabled: true\n  table: sipguard_bench\n",
-            Some(&CLEAN.allowlist()),
-        )?,
+        Edge::Kernel | Edge::Allowlisted | Edge::Shield => {
+            let nftables = matches!(edge, Edge::Kernel | Edge::Shield);
+            let extra = if nftables {
+                "nftables:\n  enabled: true\n  table: sipguard_bench\n"
+            } else {
+                ""
+            };
+            let allowlist = (edge != Edge::Kernel).then(|| CLEAN.allowlist());
+            peers::sipguard(&settings.sipguard, listen, pbx, extra, allowlist.as_deref())?
+        }
         Edge::Direct => unreachable!(),
     };
     peer.wait_answering(listen)?;

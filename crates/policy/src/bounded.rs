@@ -7,10 +7,10 @@
 //! out of place). When an insert finds its shard full it picks entries at random and the newcomer
 //! takes the place of the first that is expired or worth less than itself, or else of the least
 //! valuable of [`SAMPLES`], as each value judges its own worth: a table holding a few valuable
-//! entries among many cheap ones almost never samples only valuable ones, so the cheap go first. Proven state (built on what a
-//! forged packet cannot produce) outranks any amount of unproven evidence and is never evicted
-//! for an unproven newcomer: when every sample is proven and worth more than the newcomer, the
-//! newcomer is turned away instead.
+//! entries among many cheap ones almost never samples only valuable ones, so the cheap go
+//! first. Proven state (built on what a forged packet cannot produce) outranks any amount of
+//! unproven evidence and is never evicted for an unproven newcomer: when every sample is proven
+//! and worth more than the newcomer, the newcomer is turned away instead.
 
 use crate::time::Timestamp;
 use std::collections::HashMap;
